@@ -1,0 +1,68 @@
+"""Packaging: the core runs without napari/Qt, the manifest and console script are wired."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import napari_sinkhorn_em
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Imports of these top-level names are refused in the child interpreter below,
+# as if napari and Qt were not installed.
+GUI_PACKAGES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui")
+GUI_MODULES = {"_widget"}
+
+
+def test_core_imports_without_gui_stack():
+    code = textwrap.dedent(
+        f"""
+        import importlib, importlib.abc, pkgutil, sys
+
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {GUI_PACKAGES!r}:
+                    raise ImportError(f"{{name}} is not installed (refused by the test)")
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        import napari_sinkhorn_em as pkg
+        for m in pkgutil.iter_modules(pkg.__path__):
+            if m.name not in {sorted(GUI_MODULES)!r}:
+                importlib.import_module("napari_sinkhorn_em." + m.name)
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_manifest_single_source():
+    """The package's napari.yaml is the top-level one (symlink in the source tree)."""
+    packaged = Path(napari_sinkhorn_em.__file__).parent / "napari.yaml"
+    assert packaged.read_bytes() == (ROOT / "napari.yaml").read_bytes()
+
+
+def test_manifest_entry_point_resolves():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="napari.manifest") if e.name == "napari-sinkhorn-em"]
+    assert ep.value == "napari_sinkhorn_em:napari.yaml"
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_console_script(flag):
+    exe = shutil.which("napari-sinkhorn-em", path=str(Path(sys.executable).parent))
+    assert exe is not None, "console script napari-sinkhorn-em is not installed"
+    proc = subprocess.run([exe, flag], capture_output=True, text=True, check=True)
+    if flag == "--version":
+        assert proc.stdout.strip() == f"napari-sinkhorn-em {napari_sinkhorn_em.__version__}"
+    else:
+        assert "usage: napari-sinkhorn-em" in proc.stdout
