@@ -48,7 +48,8 @@ print("core modules import without napari/Qt:", ", ".join(names))
 
 
 def run(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
-    print("+", " ".join(map(str, cmd)), flush=True)
+    shown = ["<script>" if "\n" in str(c) else str(c) for c in cmd]
+    print("+", " ".join(shown), flush=True)
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
