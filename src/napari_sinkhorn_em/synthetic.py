@@ -1,0 +1,800 @@
+"""Synthetic C. elegans-like fluorescence stacks with ground truth.
+
+:func:`make_worm` draws a worm body (a tapered tube along x), places nuclei in dense
+head ganglia around the pharynx (or along the ventral nerve cord for a mid-body
+piece), gives each nucleus a NeuroPAL-like colour (a random mixture of three colour
+channels) plus a pan-nuclear channel, adds autofluorescent gut granules (small, bright,
+alike in every channel), an uneven background, an anisotropic Gaussian PSF (z blur
+larger than xy) and Poisson + Gaussian camera noise. It returns the image together
+with the true centres, label image, diameters and colours.
+
+Everything is deterministic given ``seed``. No napari or Qt import.
+
+Coordinates: the worm axis is x (nose at small x), dorsal-ventral is y and left-right
+is z (worms lie on their side on the slide). Physical coordinates are micrometres.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["CHANNEL_NAMES", "SyntheticWorm", "make_worm", "write_sample_images"]
+
+#: NeuroPAL-like channel names; the last one is the pan-nuclear marker.
+CHANNEL_NAMES = ("mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear")
+
+
+@dataclass
+class SyntheticWorm:
+    """A synthetic worm stack and its ground truth.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        The image, channel axis first: ``(C, Z, Y, X)`` in 3-D or ``(C, Y, X)`` in 2-D
+        (the channel axis is present even for one channel).
+    channel_axis : int
+        Always 0.
+    voxel_size : tuple of float
+        Spatial voxel size in micrometres, ``(z, y, x)`` or ``(y, x)``.
+    centres : numpy.ndarray
+        ``(K, ndim)`` true nucleus centres in voxel coordinates (float).
+    centres_um : numpy.ndarray
+        ``(K, ndim)`` the same in micrometres (``centres * voxel_size``).
+    labels : numpy.ndarray
+        True label image over the spatial axes, 0 = background, label ``i + 1`` is
+        nucleus ``i`` (``centres[i]``). uint16 (uint32 beyond 65535 nuclei).
+    diameters_um : numpy.ndarray
+        ``(K,)`` equivalent-sphere diameter of each nucleus (micrometres).
+    semi_axes_um : numpy.ndarray
+        ``(K, ndim)`` semi-axes of each (rotated) ellipsoidal nucleus.
+    colours : numpy.ndarray
+        ``(K, C)`` relative channel intensities of each nucleus (before the
+        per-nucleus brightness factor); the pan-nuclear column is 1.
+    brightness : numpy.ndarray
+        ``(K,)`` per-nucleus brightness factor (intensity multiplier).
+    channel_names : list of str
+        One name per channel; the last is ``"pan-nuclear"``.
+    granules : numpy.ndarray
+        ``(G, ndim)`` centres of the autofluorescent granules (voxel coordinates).
+    granule_diameters_um : numpy.ndarray
+        ``(G,)`` granule diameters (micrometres).
+    params : dict
+        Every setting used (JSON-serialisable).
+    """
+
+    image: np.ndarray
+    channel_axis: int
+    voxel_size: tuple[float, ...]
+    centres: np.ndarray
+    centres_um: np.ndarray
+    labels: np.ndarray
+    diameters_um: np.ndarray
+    semi_axes_um: np.ndarray
+    colours: np.ndarray
+    brightness: np.ndarray
+    channel_names: list[str]
+    granules: np.ndarray
+    granule_diameters_um: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_nuclei(self) -> int:
+        """Number of nuclei."""
+        return int(self.centres.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return int(self.centres.shape[1])
+
+    def table(self):
+        """The ground truth as a pandas DataFrame (one row per nucleus).
+
+        Columns: ``label``, voxel centre (``z``, ``y``, ``x``), centre in micrometres
+        (``z_um``, ``y_um``, ``x_um``), ``diameter_um``, ``brightness`` and
+        ``colour_<channel>`` for each channel (no z columns in 2-D).
+        """
+        import pandas as pd
+
+        axes = "zyx"[3 - self.ndim :]
+        data: dict[str, np.ndarray] = {"label": np.arange(1, self.n_nuclei + 1)}
+        for k, a in enumerate(axes):
+            data[a] = self.centres[:, k]
+        for k, a in enumerate(axes):
+            data[f"{a}_um"] = self.centres_um[:, k]
+        data["diameter_um"] = self.diameters_um
+        data["brightness"] = self.brightness
+        for c, name in enumerate(self.channel_names):
+            data[f"colour_{name}"] = self.colours[:, c]
+        return pd.DataFrame(data)
+
+
+# --------------------------------------------------------------------------------------
+# worm anatomy (micrometres; x along the worm from the nose tip, y dorsal-ventral,
+# z left-right)
+# --------------------------------------------------------------------------------------
+
+_HEAD_RADIUS = 14.0  # body radius behind the head taper
+_NOSE_RADIUS = 4.0
+_TAPER_LENGTH = 45.0
+_BODY_RADIUS = 12.5
+_WALL = 1.0  # cuticle + hypodermis + muscle layer without neuronal nuclei
+
+# Head ganglia: (x centre, angle of the centre around the axis in degrees (0 = dorsal
+# +y, 90 = left +z, 180 = ventral, None = all around), angular sd (deg), x sd,
+# radial position as a fraction between pharynx and body wall, relative weight).
+_HEAD_GANGLIA = (
+    ("anterior", 40.0, None, 0.0, 4.0, 0.45, 0.16),
+    ("lateral_left", 72.0, 90.0, 28.0, 9.0, 0.55, 0.22),
+    ("lateral_right", 72.0, -90.0, 28.0, 9.0, 0.55, 0.22),
+    ("dorsal", 64.0, 0.0, 25.0, 4.0, 0.5, 0.07),
+    ("ventral", 68.0, 180.0, 25.0, 5.0, 0.5, 0.12),
+    ("retrovesicular", 100.0, 180.0, 22.0, 5.0, 0.5, 0.11),
+    ("posterior_lateral", 92.0, None, 0.0, 5.0, 0.6, 0.10),
+)
+
+
+def _body_radius(x: np.ndarray, region: str) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    if region == "body":
+        return np.full_like(x, _BODY_RADIUS)
+    t = np.clip(x / _TAPER_LENGTH, 0.0, 1.0)
+    r = _NOSE_RADIUS + (_HEAD_RADIUS - _NOSE_RADIUS) * t**0.6
+    return np.where(x < 0, 0.0, r)
+
+
+def _core_radius(x: np.ndarray, region: str) -> np.ndarray:
+    """Radius of the nucleus-free core: pharynx (head) or intestine (body)."""
+    x = np.asarray(x, dtype=float)
+    if region == "body":
+        return np.full_like(x, 6.0)
+    r = np.full_like(x, 2.5)  # procorpus / isthmus
+    r = r + 2.8 * np.exp(-0.5 * ((x - 50.0) / 5.0) ** 2)  # metacorpus
+    r = r + 3.8 * np.exp(-0.5 * ((x - 95.0) / 6.0) ** 2)  # terminal bulb
+    gut = np.clip((x - 105.0) / 10.0, 0.0, 1.0) * 3.5  # intestine behind the bulb
+    return np.maximum(r, 2.5 + gut)
+
+
+def _random_rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    if ndim == 2:
+        a = rng.uniform(0, np.pi)
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[c, -s], [s, c]])
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _candidates_head(
+    rng: np.random.Generator, n: int, ndim: int, radii: np.ndarray, spread: float
+) -> np.ndarray:
+    """Draw ``n`` candidate centres (um, (x, y, z)) from the head ganglia.
+
+    ``spread`` scales the ganglia (x and angular extent) so that the nuclei pack
+    equally densely whatever their number.
+    """
+    weights = np.array([g[6] for g in _HEAD_GANGLIA])
+    which = rng.choice(len(_HEAD_GANGLIA), size=n, p=weights / weights.sum())
+    out = np.empty((n, 3))
+    for gi, (_, cx, ang, ang_sd, sx, frac, _) in enumerate(_HEAD_GANGLIA):
+        m = which == gi
+        k = int(m.sum())
+        if k == 0:
+            continue
+        x = rng.normal(cx, sx * spread, size=k)
+        if ang is None:
+            theta = rng.uniform(-np.pi, np.pi, size=k)
+        else:
+            theta = np.deg2rad(rng.normal(ang, ang_sd * spread, size=k))
+        inner = _core_radius(x, "head") + radii[m] + 0.3
+        outer = _body_radius(x, "head") - _WALL - radii[m]
+        f = np.clip(rng.normal(frac, 0.28 * spread, size=k), 0.0, 1.0)
+        r = inner + f * np.maximum(outer - inner, 0.0)
+        out[m, 0] = x
+        out[m, 1] = r * np.cos(theta)
+        out[m, 2] = r * np.sin(theta)
+    if ndim == 2:
+        out[:, 2] = 0.0
+    return out
+
+
+def _candidates_body(
+    rng: np.random.Generator, n: int, ndim: int, radii: np.ndarray, length: float
+) -> np.ndarray:
+    """Candidate centres for a mid-body piece: ventral nerve cord + sublateral neurons."""
+    out = np.empty((n, 3))
+    cord = rng.random(n) < 0.8
+    x = rng.uniform(0.0, length, size=n)
+    # ventral cord: a bundle just inside the ventral body wall (-y)
+    yc = -(_BODY_RADIUS - _WALL - radii) + np.abs(rng.normal(0, 1.2, size=n))
+    zc = rng.normal(0, 2.0, size=n)
+    # sublateral neurons anywhere in the shell outside the intestine
+    theta = rng.uniform(-np.pi, np.pi, size=n)
+    inner = _core_radius(x, "body") + radii + 0.3
+    outer = _body_radius(x, "body") - _WALL - radii
+    r = rng.uniform(inner, np.maximum(inner, outer))
+    out[:, 0] = x
+    out[:, 1] = np.where(cord, yc, r * np.cos(theta))
+    out[:, 2] = np.where(cord, zc, r * np.sin(theta))
+    if ndim == 2:
+        out[:, 2] = 0.0
+    return out
+
+
+def _inside_body(p: np.ndarray, radii: np.ndarray, region: str) -> np.ndarray:
+    """Whether spheres of ``radii`` at ``p`` (um, (x, y, z)) lie in the neuronal shell."""
+    rho = np.hypot(p[:, 1], p[:, 2])
+    ok = rho + radii <= _body_radius(p[:, 0], region) - _WALL
+    ok &= rho - radii >= _core_radius(p[:, 0], region)
+    return ok & (p[:, 0] - radii >= 1.0)
+
+
+def _place_nuclei(
+    rng: np.random.Generator,
+    n: int,
+    ndim: int,
+    radii: np.ndarray,
+    region: str,
+    min_factor: float,
+    length: float,
+    spread: float = 1.0,
+) -> np.ndarray:
+    """Random sequential addition: centres (um, (x, y, z)) at least
+    ``min_factor * (r_i + r_j)`` apart, drawn from the anatomical candidate density."""
+    placed = np.empty((n, 3))
+    placed_r = np.empty(n)
+    k = 0
+    stalled = 0
+    attempts = 0
+    max_attempts = 20_000 * n + 500_000
+    while k < n:
+        if attempts > max_attempts:  # pragma: no cover - the spread grows long before
+            raise RuntimeError(
+                f"could only place {k} of {n} nuclei in the {region} without overlap; "
+                "ask for fewer nuclei or smaller diameters"
+            )
+        if stalled >= 4:
+            # the ganglia are full: let them grow a little (keeps the packing dense)
+            spread *= 1.15
+            stalled = 0
+        batch = 512
+        attempts += batch
+        r_next = radii[k]
+        r_b = np.full(batch, r_next)
+        if region == "head":
+            cand = _candidates_head(rng, batch, ndim, r_b, spread)
+        else:
+            cand = _candidates_body(rng, batch, ndim, r_b, length)
+        cand = cand[_inside_body(cand, r_b, region)]
+        if k and len(cand):
+            d = np.sqrt(((cand[:, None, :] - placed[None, :k, :]) ** 2).sum(-1))
+            ok = (d >= min_factor * (r_next + placed_r[None, :k])).all(axis=1)
+            cand = cand[ok]
+        # accept candidates one by one (each is also checked against this batch's)
+        k_before = k
+        for c in cand:
+            if k >= n:
+                break
+            r_c = radii[k]
+            if k:
+                d = np.sqrt(((placed[:k] - c) ** 2).sum(-1))
+                if (d < min_factor * (r_c + placed_r[:k])).any():
+                    continue
+            placed[k] = c
+            placed_r[k] = r_c
+            k += 1
+        stalled = stalled + 1 if k == k_before else 0
+    return placed
+
+
+def _neuropal_colours(rng: np.random.Generator, n: int, n_channels: int) -> np.ndarray:
+    """Per-nucleus relative intensities: random mixtures of the colour channels, pan = 1."""
+    colours = np.ones((n, n_channels))
+    n_col = n_channels - 1
+    if n_col <= 0:
+        return colours
+    levels = rng.uniform(0.15, 1.0, size=(n, n_col))
+    levels[rng.random((n, n_col)) < 0.3] = 0.0  # each fluorophore absent in ~30%
+    # every nucleus shows at least one colour, the strongest at full level
+    empty = levels.max(axis=1) == 0
+    levels[empty, rng.integers(0, n_col, size=int(empty.sum()))] = 1.0
+    levels /= levels.max(axis=1, keepdims=True)
+    colours[:, :n_col] = levels
+    return colours
+
+
+def _channel_names(n_channels: int) -> list[str]:
+    if n_channels == 1:
+        return ["pan-nuclear"]
+    colours = list(CHANNEL_NAMES[:3])
+    while len(colours) < n_channels - 1:
+        colours.append(f"colour{len(colours) + 1}")
+    return [*colours[: n_channels - 1], "pan-nuclear"]
+
+
+def _rasterize_ellipsoids(
+    shape: tuple[int, ...],
+    voxel_size: np.ndarray,
+    centres_vox: np.ndarray,
+    semi_axes: np.ndarray,
+    rotations: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label image and normalised radius (0 at the centre, 1 at the surface).
+
+    Each nucleus is drawn in its own cropped box; a voxel claimed by two ellipsoids
+    goes to the one whose normalised radius there is smaller.
+    """
+    ndim = len(shape)
+    k = len(centres_vox)
+    dtype = np.uint16 if k < 2**16 else np.uint32
+    labels = np.zeros(shape, dtype=dtype)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    for i in range(k):
+        ext = np.ceil(semi_axes[i].max() / voxel_size).astype(int) + 1
+        c = centres_vox[i]
+        lo = np.maximum(np.floor(c).astype(int) - ext, 0)
+        hi = np.minimum(np.floor(c).astype(int) + ext + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(
+            *[(np.arange(lo[a], hi[a]) - c[a]) * voxel_size[a] for a in range(ndim)],
+            indexing="ij",
+        )
+        p = np.stack(grids, axis=-1)  # physical offsets from the centre
+        q = p @ rotations[i]  # coordinates in the ellipsoid's own frame
+        d2 = ((q / semi_axes[i]) ** 2).sum(-1)
+        sl = tuple(slice(lo[a], hi[a]) for a in range(ndim))
+        b = best[sl]
+        win = (d2 <= 1.0) & (d2 < b * b)
+        b[win] = np.sqrt(d2[win])
+        labels[sl][win] = i + 1
+    best[labels == 0] = np.inf
+    return labels, best
+
+
+def make_worm(
+    *,
+    n_nuclei: int = 195,
+    region: str = "head",
+    ndim: int = 3,
+    n_channels: int = 4,
+    shape: tuple[int, ...] | None = None,
+    voxel_size: tuple[float, ...] = (0.8, 0.35, 0.35),
+    nucleus_diameter: tuple[float, float] = (2.7, 0.12),
+    elongation: float = 0.15,
+    min_distance_factor: float = 0.9,
+    brightness_variation: float = 0.5,
+    background: str | None = "uneven",
+    n_granules: int | None = None,
+    granule_brightness: float = 2.5,
+    psf_sigma_um: tuple[float, float] = (0.7, 0.2),
+    photons: float = 600.0,
+    background_photons: float = 25.0,
+    read_noise: float = 3.0,
+    camera_offset: float = 100.0,
+    dtype: type | np.dtype = np.uint16,
+    seed: int | None = 0,
+) -> SyntheticWorm:
+    """Generate a C. elegans-like fluorescence stack with ground truth.
+
+    Parameters
+    ----------
+    n_nuclei : int
+        Number of nuclei (a NeuroPAL head has about 195 neurons in view).
+    region : {"head", "body"}
+        ``"head"``: dense ganglia around the pharynx in a tapered head (nearest
+        neighbour centre distances mostly 2-3 um, touching nuclei). ``"body"``: a
+        straight mid-body piece with the ventral nerve cord and sparse sublateral
+        neurons around the intestine.
+    ndim : {2, 3}
+        3 for a stack (Z, Y, X), 2 for a single optical section (Y, X) through a
+        worm whose nuclei all lie in that plane.
+    n_channels : int
+        1 to 6. The last channel is the pan-nuclear marker; the others are
+        NeuroPAL-like colour channels (mNeptune2.5, CyOFP1, mTagBFP2, ...).
+    shape : tuple of int, optional
+        Spatial shape of the stack. None (default) sizes it to the worm. A given
+        shape must hold every nucleus (the worm is placed at its left edge, centred
+        in y and z).
+    voxel_size : tuple of float
+        Voxel size in micrometres, ``(z, y, x)`` or ``(y, x)`` (a 3-value tuple is
+        accepted in 2-D and its z dropped).
+    nucleus_diameter : (float, float)
+        Mean equivalent diameter in micrometres and relative standard deviation.
+    elongation : float
+        Relative sd of the semi-axes around the equivalent radius (ellipsoids).
+    min_distance_factor : float
+        Centres are at least ``factor * (r_i + r_j)`` apart (0.9: touching, slight
+        overlap resolved in the labels).
+    brightness_variation : float
+        Per-nucleus brightness factor drawn uniformly from ``1 +- variation``.
+    background : {"uneven", "flat", None}
+        ``"uneven"``: illumination gradient + tissue autofluorescence inside the
+        body + a haze over the gut; ``"flat"``: a constant level; None: none.
+    n_granules : int, optional
+        Autofluorescent gut granules (0.5-1 um, bright, equal in every channel,
+        never touching a nucleus). Default: 40 in the head, ``length / 2`` in the
+        body.
+    granule_brightness : float
+        Granule intensity relative to a nucleus of brightness 1.
+    psf_sigma_um : (float, float)
+        Gaussian PSF sigma along z and in xy, micrometres (z > xy: anisotropic).
+    photons : float
+        Expected photons at the centre of a nucleus of brightness 1 (before blur).
+    background_photons : float
+        Typical background level in photons.
+    read_noise : float
+        Sd of the Gaussian camera read noise (counts).
+    camera_offset : float
+        Constant camera baseline added to every pixel (counts).
+    dtype : numpy dtype
+        Output dtype (uint16 default, clipped; float dtypes keep fractional values).
+    seed : int or None
+        Seed for :func:`numpy.random.default_rng`; same seed, same worm.
+
+    Returns
+    -------
+    SyntheticWorm
+        Image (channel axis first) and ground truth.
+
+    Raises
+    ------
+    ValueError
+        For invalid parameters or a ``shape`` too small for the worm.
+    """
+    if region not in ("head", "body"):
+        raise ValueError(f"region must be 'head' or 'body', got {region!r}")
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+    if not 1 <= int(n_channels) <= 6:
+        raise ValueError(f"n_channels must be between 1 and 6, got {n_channels!r}")
+    if int(n_nuclei) < 1:
+        raise ValueError(f"n_nuclei must be >= 1, got {n_nuclei!r}")
+    if background not in ("uneven", "flat", None):
+        raise ValueError(f"background must be 'uneven', 'flat' or None, got {background!r}")
+    vs = tuple(float(v) for v in voxel_size)
+    if ndim == 2 and len(vs) == 3:
+        vs = vs[1:]
+    if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
+        raise ValueError(f"voxel_size must be {ndim} positive numbers, got {voxel_size!r}")
+    if not 0 <= brightness_variation < 1:
+        raise ValueError(f"brightness_variation must be in [0, 1), got {brightness_variation}")
+    n = int(n_nuclei)
+    n_channels = int(n_channels)
+    rng = np.random.default_rng(seed)
+    vsz = np.asarray(vs)
+
+    # ---- nuclei sizes, shapes, positions -------------------------------------------
+    d_mean, d_rel = nucleus_diameter
+    diam = d_mean * np.clip(1.0 + d_rel * rng.standard_normal(n), 0.6, 1.5)
+    radii = diam / 2.0
+    # sort large first: random sequential addition packs better that way
+    order = np.argsort(-radii, kind="stable")
+    radii = radii[order]
+    length = max(40.0, 1.15 * n) if region == "body" else 0.0
+    # ganglia extent for a dense packing whatever n (grown on the fly when full)
+    spread = 0.35 * ((n / 195.0) ** (1.0 / 3.0) if ndim == 3 else (n / 60.0) ** 0.5)
+    pos = _place_nuclei(rng, n, ndim, radii, region, min_distance_factor, length, spread)
+    # shuffle so labels do not follow size
+    perm = rng.permutation(n)
+    pos, radii = pos[perm], radii[perm]
+    diam = 2.0 * radii
+
+    aspect = np.exp(elongation * rng.standard_normal((n, ndim)))
+    aspect /= np.prod(aspect, axis=1, keepdims=True) ** (1.0 / ndim)  # keep the volume
+    semi = radii[:, None] * aspect
+    rotations = np.stack([_random_rotation(rng, ndim) for _ in range(n)])
+
+    # ---- stack geometry ---------------------------------------------------------------
+    # physical point (x, y, z) -> array axes (z, y, x) / (y, x)
+    def to_axes(p: np.ndarray) -> np.ndarray:
+        return p[:, [2, 1, 0]] if ndim == 3 else p[:, [1, 0]]
+
+    if region == "head":
+        x_end = float(pos[:, 0].max()) + 20.0
+        x_start = -3.0
+        r_max = float(_body_radius(np.array([x_end]), "head")[0])
+    else:
+        x_start, x_end = -2.0, length + 2.0
+        r_max = _BODY_RADIUS
+    extent_um = {"x": x_end - x_start, "y": 2 * r_max + 3.0, "z": 2 * r_max + 3.0}
+    axes_names = "zyx"[3 - ndim :]
+    if shape is None:
+        shape = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
+    else:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != ndim or min(shape) < 1:
+            raise ValueError(f"shape must be {ndim} positive integers, got {shape!r}")
+    shape_um = np.asarray(shape) * vsz
+    # origin: nose (x_start) at the left edge, worm axis centred in y and z
+    origin_phys = {"x": x_start, "y": -shape_um[axes_names.index("y")] / 2.0}
+    if ndim == 3:
+        origin_phys["z"] = -shape_um[0] / 2.0
+    origin = np.array([origin_phys[a] for a in axes_names])
+
+    centres_um_abs = to_axes(pos)
+    centres_vox = (centres_um_abs - origin) / vsz - 0.5  # voxel i covers [i-0.5, i+0.5]
+    lo_ok = (centres_vox - semi.max(axis=1)[:, None] / vsz) >= -0.5
+    hi_ok = (centres_vox + semi.max(axis=1)[:, None] / vsz) <= np.asarray(shape) - 0.5
+    if not (lo_ok & hi_ok).all():
+        need = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
+        raise ValueError(
+            f"shape {shape} is too small for this worm ({n} nuclei in the {region}); "
+            f"it needs about {need} voxels — pass shape=None to size it automatically"
+        )
+    # rotations act on physical (x, y, z); express them on the array axes
+    perm_axes = [2, 1, 0] if ndim == 3 else [1, 0]
+    rot_axes = rotations[:, perm_axes, :]
+
+    labels, rnorm = _rasterize_ellipsoids(shape, vsz, centres_vox, semi, rot_axes)
+
+    # ---- intensities ------------------------------------------------------------------
+    colours = _neuropal_colours(rng, n, n_channels)
+    brightness = rng.uniform(1.0 - brightness_variation, 1.0 + brightness_variation, size=n)
+    channel_gain = np.ones(n_channels)
+    if n_channels > 1:
+        channel_gain[:-1] = rng.uniform(0.7, 1.0, size=n_channels - 1)
+
+    # granules (physical, then voxel)
+    if n_granules is None:
+        n_granules = 40 if region == "head" else int(length / 2)
+    gran_pos, gran_diam = _place_granules(
+        rng, int(n_granules), ndim, region, pos, semi.max(axis=1), x_start, x_end
+    )
+    gran_vox = (to_axes(gran_pos) - origin) / vsz - 0.5 if len(gran_pos) else np.empty((0, ndim))
+    inside = np.all((gran_vox >= 0) & (gran_vox <= np.asarray(shape) - 1), axis=1)
+    gran_vox, gran_diam = gran_vox[inside], gran_diam[inside]
+    gran_obj = np.zeros(shape, dtype=np.float32)
+    _draw_granules(gran_obj, gran_vox, gran_diam, vsz, labels)
+
+    # radial profile inside each nucleus: slightly brighter centre (chromatin)
+    profile = np.zeros(shape, dtype=np.float32)
+    fg = labels > 0
+    profile[fg] = 1.0 - 0.35 * rnorm[fg] ** 2
+
+    grid_phys = _physical_grids(shape, vsz, origin, axes_names)
+    bg = _background(background, grid_phys, region, shape, rng) * background_photons
+
+    sig = psf_sigma_um
+    if ndim == 3:
+        sigma_vox = (sig[0] / vs[0], sig[1] / vs[1], sig[1] / vs[2])
+    else:
+        sigma_vox = (sig[1] / vs[0], sig[1] / vs[1])
+
+    out_dtype = np.dtype(dtype)
+    image = np.empty((n_channels, *shape), dtype=out_dtype)
+    lut = np.zeros((n + 1,), dtype=np.float32)
+    for c in range(n_channels):
+        lut[1:] = colours[:, c] * brightness * channel_gain[c]
+        obj = lut[labels] * profile
+        obj += granule_brightness * gran_obj
+        blurred = ndimage.gaussian_filter(obj * np.float32(photons), sigma_vox, mode="nearest")
+        expected = np.maximum(blurred + bg, 0.0)
+        counts = rng.poisson(expected).astype(np.float32)
+        counts += camera_offset + read_noise * rng.standard_normal(shape, dtype=np.float32)
+        if np.issubdtype(out_dtype, np.integer):
+            info = np.iinfo(out_dtype)
+            counts = np.clip(np.rint(counts), info.min, info.max)
+        image[c] = counts.astype(out_dtype)
+
+    params = {
+        "n_nuclei": n,
+        "region": region,
+        "ndim": ndim,
+        "n_channels": n_channels,
+        "shape": list(shape),
+        "voxel_size": list(vs),
+        "nucleus_diameter": [float(d_mean), float(d_rel)],
+        "elongation": float(elongation),
+        "min_distance_factor": float(min_distance_factor),
+        "brightness_variation": float(brightness_variation),
+        "background": background,
+        "n_granules": len(gran_vox),
+        "granule_brightness": float(granule_brightness),
+        "psf_sigma_um": [float(sig[0]), float(sig[1])],
+        "photons": float(photons),
+        "background_photons": float(background_photons),
+        "read_noise": float(read_noise),
+        "camera_offset": float(camera_offset),
+        "dtype": out_dtype.name,
+        "seed": seed,
+    }
+    # micrometres in napari's world convention: voxel index * voxel size
+    centres_um = centres_vox * vsz
+    return SyntheticWorm(
+        image=image,
+        channel_axis=0,
+        voxel_size=vs,
+        centres=centres_vox,
+        centres_um=centres_um,
+        labels=labels,
+        diameters_um=diam,
+        semi_axes_um=semi,
+        colours=colours,
+        brightness=brightness,
+        channel_names=_channel_names(n_channels),
+        granules=gran_vox,
+        granule_diameters_um=gran_diam,
+        params=params,
+    )
+
+
+def _place_granules(
+    rng: np.random.Generator,
+    n: int,
+    ndim: int,
+    region: str,
+    nuclei: np.ndarray,
+    nuclei_rmax: np.ndarray,
+    x_start: float,
+    x_end: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Granule centres (um, (x, y, z)) and diameters, mostly in the gut, off the nuclei."""
+    if n <= 0:
+        return np.empty((0, 3)), np.empty(0)
+    out = []
+    diam_out = []
+    tries = 0
+    while len(out) < n and tries < 200:
+        tries += 1
+        m = 4 * n
+        diam = rng.uniform(0.5, 1.0, size=m)
+        in_gut = rng.random(m) < 0.8
+        if region == "head":
+            x_gut = rng.uniform(105.0, max(x_end, 106.0), size=m)
+            x_any = rng.uniform(max(x_start, 5.0), x_end, size=m)
+            x = np.where(in_gut, x_gut, x_any)
+        else:
+            x = rng.uniform(x_start, x_end, size=m)
+        rho_max = _body_radius(x, region) - _WALL - diam / 2
+        gut_r = np.where(region == "head", 5.5, 6.0)
+        rho = np.where(
+            in_gut,
+            gut_r * np.sqrt(rng.random(m)),
+            np.sqrt(rng.random(m)) * np.maximum(rho_max, 0.0),
+        )
+        rho = np.minimum(rho, np.maximum(rho_max, 0.0))
+        theta = rng.uniform(-np.pi, np.pi, size=m)
+        p = np.stack([x, rho * np.cos(theta), rho * np.sin(theta)], axis=1)
+        if ndim == 2:
+            p[:, 2] = 0.0
+        if region == "head":
+            # not inside the pharynx lumen
+            keep = (x >= 105.0) | (rho > _core_radius(x, "head"))
+            p, diam = p[keep], diam[keep]
+        d = np.sqrt(((p[:, None, :] - nuclei[None, :, :]) ** 2).sum(-1))
+        clear = (d > nuclei_rmax[None, :] + diam[:, None] / 2 + 0.8).all(axis=1)
+        for q, dq in zip(p[clear], diam[clear], strict=True):
+            if len(out) >= n:
+                break
+            out.append(q)
+            diam_out.append(dq)
+    return np.asarray(out).reshape(-1, 3), np.asarray(diam_out)
+
+
+def _draw_granules(
+    obj: np.ndarray,
+    centres_vox: np.ndarray,
+    diam_um: np.ndarray,
+    vsz: np.ndarray,
+    labels: np.ndarray,
+) -> None:
+    """Draw granules as small solid spheres (at least their centre voxel), off nuclei."""
+    ndim = obj.ndim
+    for c, dg in zip(centres_vox, diam_um, strict=True):
+        r = dg / 2.0
+        ext = np.ceil(r / vsz).astype(int) + 1
+        ci = np.rint(c).astype(int)
+        lo = np.maximum(ci - ext, 0)
+        hi = np.minimum(ci + ext + 1, obj.shape)
+        grids = np.meshgrid(
+            *[(np.arange(lo[a], hi[a]) - c[a]) * vsz[a] for a in range(ndim)], indexing="ij"
+        )
+        d2 = sum(g * g for g in grids)
+        inside = d2 <= r * r
+        centre_idx = tuple(ci - lo)
+        inside[centre_idx] = True
+        sl = tuple(slice(lo[a], hi[a]) for a in range(ndim))
+        # intensity per voxel such that small granules are not dimmer than big ones
+        inside &= labels[sl] == 0
+        obj[sl][inside] = 1.0
+
+
+def _physical_grids(
+    shape: tuple[int, ...], vsz: np.ndarray, origin: np.ndarray, axes_names: str
+) -> dict[str, np.ndarray]:
+    """Broadcastable physical coordinate grids (um) keyed by 'x', 'y', 'z'."""
+    ndim = len(shape)
+    out = {}
+    for a, name in enumerate(axes_names):
+        g = (np.arange(shape[a]) + 0.5) * vsz[a] + origin[a]
+        sh = [1] * ndim
+        sh[a] = shape[a]
+        out[name] = g.reshape(sh).astype(np.float32)
+    if "z" not in out:
+        out["z"] = np.zeros([1] * ndim, dtype=np.float32)
+    return out
+
+
+def _background(
+    kind: str | None,
+    g: dict[str, np.ndarray],
+    region: str,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Background in units of ``background_photons`` (float32, spatial shape)."""
+    if kind is None:
+        return np.zeros(shape, dtype=np.float32)
+    if kind == "flat":
+        return np.ones(shape, dtype=np.float32)
+    x, y, z = g["x"], g["y"], g["z"]
+    x_span = float(x.max() - x.min()) or 1.0
+    y_span = float(y.max() - y.min()) or 1.0
+    # smooth illumination gradient (vignetting-like), random direction
+    a, b = rng.uniform(-0.4, 0.4, size=2)
+    illum = 0.6 + a * (x - x.min()) / x_span + b * (y - y.min()) / y_span
+    rho = np.sqrt(y * y + z * z)
+    radius = _body_radius(x, region)
+    body = 1.0 / (1.0 + np.exp((rho - radius) / 0.8))  # tissue autofluorescence
+    gut_x = 1.0 / (1.0 + np.exp(-(x - 108.0) / 4.0)) if region == "head" else np.ones_like(x)
+    gut = gut_x * np.exp(-0.5 * (rho / 5.0) ** 2)
+    bg = np.maximum(illum, 0.2) + 0.8 * body + 2.0 * gut
+    return np.broadcast_to(bg, shape).astype(np.float32)
+
+
+def write_sample_images(
+    folder: str | os.PathLike,
+    *,
+    n_nuclei: int = 75,
+    seed: int = 2024,
+) -> dict[str, Path]:
+    """Write the bundled sample: a NeuroPAL-like head crop and its ground truth.
+
+    Files (all written atomically):
+
+    - ``worm_head.tif``: ImageJ hyperstack ZCYX uint16 with voxel size and
+      channel names, zlib-compressed;
+    - ``worm_head_labels.tif``: true labels (ZYX uint16, same voxel size);
+    - ``worm_head_centres.csv``: the truth table (:meth:`SyntheticWorm.table`).
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Output folder (created if needed).
+    n_nuclei : int
+        Nuclei in the crop.
+    seed : int
+        Generator seed.
+
+    Returns
+    -------
+    dict
+        ``{"image": path, "labels": path, "centres": path}``.
+    """
+    from .io import write_image, write_labels, write_table
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    worm = make_worm(n_nuclei=n_nuclei, region="head", n_channels=4, seed=seed)
+    image_zcyx = np.moveaxis(worm.image, 0, 1)
+    paths = {
+        "image": folder / "worm_head.tif",
+        "labels": folder / "worm_head_labels.tif",
+        "centres": folder / "worm_head_centres.csv",
+    }
+    write_image(
+        paths["image"],
+        image_zcyx,
+        voxel_size=worm.voxel_size,
+        axes="ZCYX",
+        channel_names=worm.channel_names,
+    )
+    write_labels(paths["labels"], worm.labels, worm.voxel_size)
+    write_table(paths["centres"], worm.table().round(4))
+    return paths
