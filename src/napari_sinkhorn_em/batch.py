@@ -997,6 +997,8 @@ def write_synthetic_worms(
     n_nuclei: int | None = None,
     n_channels: int = 4,
     ndim: int = 3,
+    region: str = "head",
+    voxel_size: Sequence[float] | None = None,
     progress_bar: bool = False,
 ) -> list[Path]:
     """Write synthetic worm images with their ground truth.
@@ -1004,8 +1006,9 @@ def write_synthetic_worms(
     For ``i = 0 .. n-1`` writes ``worm_<i>.tif`` (calibrated ImageJ TIFF, channels as
     ImageJ's C axis) into ``output_dir`` and, into ``output_dir/truth``,
     ``worm_<i>_labels.tif`` (true nuclei labels, same voxel size) and
-    ``worm_<i>_centres.csv`` (columns ``label``, ``z``, ``y``, ``x`` in voxels and
-    ``z_um``, ``y_um``, ``x_um``; no z columns for 2-D). Worm ``i`` uses the seed
+    ``worm_<i>_centres.csv`` (:meth:`SyntheticWorm.table`: ``label``, ``z``, ``y``, ``x``
+    in voxels, ``z_um``, ``y_um``, ``x_um``, ``diameter_um``, ``brightness``,
+    ``colour_<channel>``; no z columns for 2-D). Worm ``i`` uses the seed
     ``derive_seed(seed, "worm_<i>")``, so worm ``i`` is the same whatever ``n``. The
     truth lives in a sub-folder so that ``segment DIR`` only picks up the images.
 
@@ -1020,9 +1023,14 @@ def write_synthetic_worms(
     n_nuclei : int, optional
         Nuclei per worm; None = the generator's default.
     n_channels : int, default 4
-        Number of channels (1-4).
+        Number of channels (1-6; the last is the pan-nuclear marker).
     ndim : {2, 3}, default 3
         2-D images or 3-D stacks.
+    region : {"head", "body"}, default "head"
+        Dense head ganglia or a sparser mid-body piece.
+    voxel_size : sequence of float, optional
+        Voxel size in micrometres (``(z, y, x)`` or ``(y, x)``); None = the generator's
+        default (0.8, 0.35, 0.35).
     progress_bar : bool, default False
         Show a tqdm bar on stderr.
 
@@ -1031,8 +1039,6 @@ def write_synthetic_worms(
     list of pathlib.Path
         The image files written.
     """
-    import pandas as pd
-
     from .io import write_image, write_labels, write_table
     from .synthetic import make_worm
 
@@ -1045,7 +1051,9 @@ def write_synthetic_worms(
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(n - 1)))
-    kwargs: dict[str, Any] = {"ndim": ndim, "n_channels": n_channels}
+    kwargs: dict[str, Any] = {"ndim": ndim, "n_channels": n_channels, "region": region}
+    if voxel_size is not None:
+        kwargs["voxel_size"] = tuple(float(v) for v in voxel_size)
     if n_nuclei is not None:
         kwargs["n_nuclei"] = n_nuclei
     written = []
@@ -1071,14 +1079,7 @@ def write_synthetic_worms(
             channel_names=None if worm.channel_axis is None else list(worm.channel_names),
         )
         write_labels(truth / f"{name}_labels.tif", worm.labels, worm.voxel_size)
-        centres = np.asarray(worm.centres, dtype=float).reshape(-1, ndim)
-        centres_um = np.asarray(worm.centres_um, dtype=float).reshape(-1, ndim)
-        table = {"label": np.arange(1, len(centres) + 1)}
-        for j, a in enumerate(spatial.lower()):
-            table[a] = centres[:, j]
-        for j, a in enumerate(spatial.lower()):
-            table[f"{a}_um"] = centres_um[:, j]
-        write_table(truth / f"{name}_centres.csv", pd.DataFrame(table))
+        write_table(truth / f"{name}_centres.csv", worm.table())
         written.append(path)
-        logger.info("wrote %s (%d nuclei) and its truth", path, len(centres))
+        logger.info("wrote %s (%d nuclei) and its truth", path, worm.n_nuclei)
     return written

@@ -187,9 +187,23 @@ def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=4,
         metavar="C",
-        help="number of channels, 1-4 (default 4)",
+        help="number of channels, 1-6 (default 4)",
     )
     p.add_argument("--2d", dest="two_d", action="store_true", help="2-D images instead of stacks")
+    p.add_argument(
+        "--region",
+        choices=("head", "body"),
+        default="head",
+        help="dense head ganglia or a sparser mid-body piece (default head)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        metavar="SIZE",
+        help="voxel size in micrometres, Z Y X or Y X (default 0.8 0.35 0.35)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
@@ -279,6 +293,8 @@ def _cmd_synth(args: argparse.Namespace, argv: Sequence[str]) -> int:
         n_nuclei=args.n_nuclei,
         n_channels=args.channels,
         ndim=2 if args.two_d else 3,
+        region=args.region,
+        voxel_size=args.voxel_size,
         progress_bar=not args.quiet,
     )
     return 0
