@@ -5,14 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from napari_sinkhorn_em import __version__
 from napari_sinkhorn_em.batch import (
     RUN_JSON,
     BatchError,
@@ -23,7 +20,7 @@ from napari_sinkhorn_em.batch import (
     output_paths,
     run_batch,
 )
-from napari_sinkhorn_em.io import read_image, write_image
+from napari_sinkhorn_em.io import write_image
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -88,16 +85,16 @@ def test_discover_skips_output_folder_inside_input(tmp_path):
 
 
 def test_discover_errors(tmp_path):
-    with pytest.raises(BatchError, match="input not found: .*missing"):
+    with pytest.raises(BatchError, match=r"input not found: .*missing"):
         discover_inputs([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BatchError, match="no input files found.*--recursive"):
+    with pytest.raises(BatchError, match=r"no input files found.*--recursive"):
         discover_inputs([tmp_path / "empty"])
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     _touch_tiff(tmp_path / "one" / "w.tif")
     _touch_tiff(tmp_path / "two" / "w.tif")
-    with pytest.raises(BatchError, match="same outputs.*w: "):
+    with pytest.raises(BatchError, match=r"same outputs.*w: "):
         discover_inputs([tmp_path / "one", tmp_path / "two"])
 
 

@@ -1,0 +1,145 @@
+"""Tests of the ``napari-sinkhorn-em`` console script (run as a real subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_sinkhorn_em import __version__
+from napari_sinkhorn_em.cli import main
+from napari_sinkhorn_em.io import read_image
+
+
+def _script() -> str:
+    exe = Path(sys.executable).parent / "napari-sinkhorn-em"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("napari-sinkhorn-em")
+    if found is None:  # pragma: no cover - the package is installed for the tests
+        pytest.fail("console script napari-sinkhorn-em is not installed")
+    return found
+
+
+def _run(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    return subprocess.run(
+        [_script(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kwargs,
+    )
+
+
+def test_help_and_version_of_installed_script():
+    r = _run("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"napari-sinkhorn-em {__version__}"
+    r = _run("--help")
+    assert r.returncode == 0, r.stderr
+    assert "segment" in r.stdout and "synth" in r.stdout
+    assert r.stderr == ""
+    r = _run("segment", "--help")
+    assert r.returncode == 0
+    for flag in (
+        "--output",
+        "--n-nuclei",
+        "--voxel-size",
+        "--channel-axis",
+        "--method",
+        "--config",
+        "--jobs",
+        "--dask-scheduler",
+        "--overwrite",
+        "--quiet",
+        "--recursive",
+        "--seed",
+    ):
+        assert flag in r.stdout, flag
+    r = _run("synth", "--help")
+    assert r.returncode == 0
+    for flag in ("--output", "--n", "--seed", "--n-nuclei", "--channels", "--2d"):
+        assert flag in r.stdout, flag
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: napari-sinkhorn-em" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["segment", "x.tif"], "the following arguments are required: -o/--output"),
+        (["segment", "x.tif", "-o", "out", "--n-nuclei", "0"], "positive integer or 'auto'"),
+        (["segment", "x.tif", "-o", "out", "--jobs", "0"], "expected a positive integer"),
+        (["segment", "x.tif", "-o", "out", "--voxel-size", "-1"], "expected a positive number"),
+        (["segment", "x.tif", "-o", "out", "--method", "kmeans"], "invalid choice: 'kmeans'"),
+        (["segment", "x.tif", "-o", "out", "--seed", "-2"], "non-negative integer"),
+        (["synth", "-o", "out"], "the following arguments are required: --n"),
+    ],
+)
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_setup_errors_exit_2(tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "error: input not found" in err and "missing.tif" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_synth_writes_worms_with_truth(tmp_path):
+    out = tmp_path / "synth"
+    args = ["synth", "-o", str(out), "--n", "2", "--n-nuclei", "9", "--channels", "2"]
+    r = _run(*args, "--seed", "3", "--region", "body", "--voxel-size", "1", "0.7", "0.7", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["truth", "worm_000.tif", "worm_001.tif"]
+    assert sorted(p.name for p in (out / "truth").iterdir()) == [
+        "worm_000_centres.csv",
+        "worm_000_labels.tif",
+        "worm_001_centres.csv",
+        "worm_001_labels.tif",
+    ]
+    img = read_image(out / "worm_000.tif")
+    assert img.axes == "ZCYX" and img.data.shape[1] == 2
+    assert img.voxel_size == pytest.approx((1.0, 0.7, 0.7))
+    assert img.channel_names == ["mNeptune2.5", "pan-nuclear"]
+    truth = read_image(out / "truth" / "worm_000_labels.tif")
+    assert truth.data.shape == img.spatial_shape
+    assert truth.voxel_size == pytest.approx((1.0, 0.7, 0.7))
+    centres = pd.read_csv(out / "truth" / "worm_000_centres.csv")
+    assert list(centres["label"]) == list(range(1, 10))
+    assert set(np.unique(truth.data)) == set(range(10))
+    # each true centre lies in (or right next to) its own label
+    for row in centres.itertuples():
+        z, y, x = (round(row.z), round(row.y), round(row.x))
+        patch = truth.data[max(z - 1, 0) : z + 2, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2]
+        assert row.label in patch
+    # worms differ, and the same seed gives the same worm
+    other = read_image(out / "worm_001.tif")
+    assert other.data.shape != img.data.shape or not np.array_equal(other.data, img.data)
+    again = tmp_path / "again"
+    assert main([*args[:2], str(again), *args[3:], "--seed", "3", "--region", "body",
+                 "--voxel-size", "1", "0.7", "0.7", "-q"]) == 0  # fmt: skip
+    assert np.array_equal(read_image(again / "worm_000.tif").data, img.data)
+    # 2-D, one channel
+    flat = tmp_path / "flat"
+    assert main(["synth", "-o", str(flat), "--n", "1", "--2d", "--channels", "1", "-q"]) == 0
+    img2 = read_image(flat / "worm_000.tif")
+    assert len(img2.spatial_shape) == 2
+    assert read_image(flat / "truth" / "worm_000_labels.tif").data.ndim == 2
+    assert "z" not in pd.read_csv(flat / "truth" / "worm_000_centres.csv").columns
