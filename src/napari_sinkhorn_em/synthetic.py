@@ -226,12 +226,18 @@ def _candidates_body(
     return out
 
 
-def _inside_body(p: np.ndarray, radii: np.ndarray, region: str) -> np.ndarray:
+def _inside_body(
+    p: np.ndarray,
+    radii: np.ndarray,
+    region: str,
+    x_window: tuple[float, float] = (1.0, np.inf),
+) -> np.ndarray:
     """Whether spheres of ``radii`` at ``p`` (um, (x, y, z)) lie in the neuronal shell."""
     rho = np.hypot(p[:, 1], p[:, 2])
     ok = rho + radii <= _body_radius(p[:, 0], region) - _WALL
     ok &= rho - radii >= _core_radius(p[:, 0], region)
-    return ok & (p[:, 0] - radii >= 1.0)
+    ok &= p[:, 0] - radii >= max(x_window[0], 1.0)
+    return ok & (p[:, 0] + radii <= x_window[1])
 
 
 def _place_nuclei(
@@ -243,6 +249,7 @@ def _place_nuclei(
     min_factor: float,
     length: float,
     spread: float = 1.0,
+    x_window: tuple[float, float] = (1.0, np.inf),
 ) -> np.ndarray:
     """Random sequential addition: centres (um, (x, y, z)) at least
     ``min_factor * (r_i + r_j)`` apart, drawn from the anatomical candidate density."""
@@ -270,7 +277,7 @@ def _place_nuclei(
             cand = _candidates_head(rng, batch, ndim, r_b, spread)
         else:
             cand = _candidates_body(rng, batch, ndim, r_b, length)
-        cand = cand[_inside_body(cand, r_b, region)]
+        cand = cand[_inside_body(cand, r_b, region, x_window)]
         if k and len(cand):
             d = np.sqrt(((cand[:, None, :] - placed[None, :k, :]) ** 2).sum(-1))
             ok = (d >= min_factor * (r_next + placed_r[None, :k])).all(axis=1)
@@ -364,6 +371,7 @@ def make_worm(
     ndim: int = 3,
     n_channels: int = 4,
     shape: tuple[int, ...] | None = None,
+    x_range: tuple[float, float] | None = None,
     voxel_size: tuple[float, ...] = (0.8, 0.35, 0.35),
     nucleus_diameter: tuple[float, float] = (2.7, 0.12),
     elongation: float = 0.15,
@@ -401,6 +409,10 @@ def make_worm(
         Spatial shape of the stack. None (default) sizes it to the worm. A given
         shape must hold every nucleus (the worm is placed at its left edge, centred
         in y and z).
+    x_range : (float, float), optional
+        Head only: a window along the worm axis (micrometres from the nose tip; the
+        ganglia span about 30-115 um) that holds all nuclei; the stack then covers
+        just this window (a crop in which no nucleus is cut by the border).
     voxel_size : tuple of float
         Voxel size in micrometres, ``(z, y, x)`` or ``(y, x)`` (a 3-value tuple is
         accepted in 2-D and its z dropped).
@@ -418,7 +430,8 @@ def make_worm(
         body + a haze over the gut; ``"flat"``: a constant level; None: none.
     n_granules : int, optional
         Autofluorescent gut granules (0.5-1 um, bright, equal in every channel,
-        never touching a nucleus). Default: 40 in the head, ``length / 2`` in the
+        never touching a nucleus). Default: 40 in a head with the anterior gut in
+        view, 12 in a head crop without gut, ``length / 2`` in the
         body.
     granule_brightness : float
         Granule intensity relative to a nucleus of brightness 1.
@@ -462,6 +475,8 @@ def make_worm(
         vs = vs[1:]
     if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
         raise ValueError(f"voxel_size must be {ndim} positive numbers, got {voxel_size!r}")
+    if x_range is not None and (region != "head" or len(x_range) != 2 or x_range[1] <= x_range[0]):
+        raise ValueError(f"x_range must be (start, stop) in um for the head, got {x_range!r}")
     if not 0 <= brightness_variation < 1:
         raise ValueError(f"brightness_variation must be in [0, 1), got {brightness_variation}")
     n = int(n_nuclei)
@@ -479,7 +494,8 @@ def make_worm(
     length = max(40.0, 1.15 * n) if region == "body" else 0.0
     # ganglia extent for a dense packing whatever n (grown on the fly when full)
     spread = 0.35 * ((n / 195.0) ** (1.0 / 3.0) if ndim == 3 else (n / 60.0) ** 0.5)
-    pos = _place_nuclei(rng, n, ndim, radii, region, min_distance_factor, length, spread)
+    x_window = (1.0, np.inf) if x_range is None else (float(x_range[0]), float(x_range[1]))
+    pos = _place_nuclei(rng, n, ndim, radii, region, min_distance_factor, length, spread, x_window)
     # shuffle so labels do not follow size
     perm = rng.permutation(n)
     pos, radii = pos[perm], radii[perm]
@@ -496,8 +512,11 @@ def make_worm(
         return p[:, [2, 1, 0]] if ndim == 3 else p[:, [1, 0]]
 
     if region == "head":
-        x_end = float(pos[:, 0].max()) + 20.0
-        x_start = -3.0
+        if x_range is None:
+            x_start = -3.0
+            x_end = float(pos[:, 0].max()) + 55.0  # plus the anterior gut
+        else:
+            x_start, x_end = x_window[0] - 1.0, x_window[1] + 1.0
         r_max = float(_body_radius(np.array([x_end]), "head")[0])
     else:
         x_start, x_end = -2.0, length + 2.0
@@ -542,7 +561,10 @@ def make_worm(
 
     # granules (physical, then voxel)
     if n_granules is None:
-        n_granules = 40 if region == "head" else int(length / 2)
+        if region == "head":
+            n_granules = 40 if x_end >= 110.0 else 12  # many only where the gut is
+        else:
+            n_granules = int(length / 2)
     gran_pos, gran_diam = _place_granules(
         rng, int(n_granules), ndim, region, pos, semi.max(axis=1), x_start, x_end
     )
@@ -588,6 +610,7 @@ def make_worm(
         "ndim": ndim,
         "n_channels": n_channels,
         "shape": list(shape),
+        "x_range": None if x_range is None else [float(x_range[0]), float(x_range[1])],
         "voxel_size": list(vs),
         "nucleus_diameter": [float(d_mean), float(d_rel)],
         "elongation": float(elongation),
@@ -646,6 +669,8 @@ def _place_granules(
         diam = rng.uniform(0.5, 1.0, size=m)
         in_gut = rng.random(m) < 0.8
         if region == "head":
+            if x_end < 110.0:  # no gut in view: granules in the head tissue
+                in_gut[:] = False
             x_gut = rng.uniform(105.0, max(x_end, 106.0), size=m)
             x_any = rng.uniform(max(x_start, 5.0), x_end, size=m)
             x = np.where(in_gut, x_gut, x_any)
@@ -752,6 +777,7 @@ def write_sample_images(
     folder: str | os.PathLike,
     *,
     n_nuclei: int = 75,
+    x_range: tuple[float, float] = (55.0, 100.0),
     seed: int = 2024,
 ) -> dict[str, Path]:
     """Write the bundled sample: a NeuroPAL-like head crop and its ground truth.
@@ -769,6 +795,9 @@ def write_sample_images(
         Output folder (created if needed).
     n_nuclei : int
         Nuclei in the crop.
+    x_range : (float, float)
+        The crop along the worm (micrometres from the nose tip); the default is the
+        nerve-ring region with the lateral, dorsal and ventral ganglia.
     seed : int
         Generator seed.
 
@@ -781,7 +810,9 @@ def write_sample_images(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    worm = make_worm(n_nuclei=n_nuclei, region="head", n_channels=4, seed=seed)
+    worm = make_worm(
+        n_nuclei=n_nuclei, region="head", n_channels=4, x_range=x_range, seed=seed
+    )
     image_zcyx = np.moveaxis(worm.image, 0, 1)
     paths = {
         "image": folder / "worm_head.tif",
