@@ -5,4 +5,21 @@ The core (this package minus ``_widget``) imports neither napari nor Qt.
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+from .io import (
+    ImageData,
+    ImageReadError,
+    read_image,
+    write_image,
+    write_labels,
+    write_table,
+)
+
+__all__ = [
+    "ImageData",
+    "ImageReadError",
+    "__version__",
+    "read_image",
+    "write_image",
+    "write_labels",
+    "write_table",
+]
