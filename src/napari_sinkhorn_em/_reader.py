@@ -1,0 +1,152 @@
+"""napari reader for TIFF, OME-TIFF and ImageJ hyperstacks.
+
+The reader turns a file into napari layer data with the voxel size (micrometres) from
+the file's metadata as the layer ``scale``. By default a multichannel image is split into
+one layer per channel (named after the channel, additive blending, one colour each).
+:func:`read_tiff` with ``split_channels=False`` keeps the channel axis in a single layer
+instead (the widget reads the axis from the layer metadata), e.g. in napari's console::
+
+    from napari_sinkhorn_em._reader import read_tiff
+    for data, kwargs, _ in read_tiff("worm.tif", split_channels=False):
+        viewer.add_image(data, **kwargs)
+
+This module imports neither napari nor Qt: it returns plain ``(data, kwargs, type)``
+tuples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_sinkhorn_em.io import ImageData, read_image
+
+__all__ = ["get_reader", "image_layer_data", "read_tiff"]
+
+LayerData = tuple[Any, dict[str, Any], str]
+PathLike = str | os.PathLike
+
+#: Colormaps cycled over channel layers (NeuroPAL-like order for 4 channels).
+CHANNEL_COLORMAPS = ("red", "green", "blue", "gray", "magenta", "cyan", "yellow")
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _is_tiff(path: PathLike) -> bool:
+    return str(path).lower().endswith(_TIFF_SUFFIXES)
+
+
+def _paths(path: PathLike | Sequence[PathLike]) -> list[PathLike] | None:
+    """Normalise napari's ``path`` argument; None unless every path is a TIFF file."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(_is_tiff(p) for p in paths):
+        return None
+    return paths
+
+
+def get_reader(path: PathLike | Sequence[PathLike]) -> Callable[..., list[LayerData]] | None:
+    """Return a reader for TIFF files that splits channels into layers.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or sequence of them
+        The file(s) napari wants to open.
+
+    Returns
+    -------
+    callable or None
+        A function ``reader(path) -> list of layer data``, or None when any path is
+        not a ``.tif``/``.tiff`` file (napari then tries other readers).
+    """
+    if _paths(path) is None:
+        return None
+    return _read_split
+
+
+def _read_split(path: PathLike | Sequence[PathLike], **_: Any) -> list[LayerData]:
+    return [ld for p in _paths(path) or [] for ld in read_tiff(p, split_channels=True)]
+
+
+def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]:
+    """Read a TIFF into napari layer data with micrometre scale.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF, OME-TIFF or ImageJ hyperstack, 2-D or 3-D with at most one channel
+        axis.
+    split_channels : bool
+        True (default): one image layer per channel, named ``"<stem> <channel>"``.
+        False: a single layer holding the channel axis (recorded in the layer
+        metadata as ``channel_axis``; the widget picks it up).
+
+    Returns
+    -------
+    list of (data, kwargs, "image") tuples
+
+    Raises
+    ------
+    napari_sinkhorn_em.io.ImageReadError
+        With the file name and the reason (not a TIFF, corrupt, wrong axes, ...).
+    """
+    return image_layer_data(read_image(path), split_channels=split_channels)
+
+
+def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[LayerData]:
+    """Convert an :class:`~napari_sinkhorn_em.io.ImageData` into napari layer data.
+
+    Parameters
+    ----------
+    img : ImageData
+        As returned by :func:`napari_sinkhorn_em.io.read_image`.
+    split_channels : bool
+        Split the channel axis into one layer per channel (default) or keep it.
+
+    Returns
+    -------
+    list of (data, kwargs, "image") tuples
+        ``kwargs`` holds ``name``, ``scale`` (voxel size in micrometres, or 1 per axis
+        when the file is uncalibrated), ``metadata`` (source path, voxel size, axes,
+        channel name(s)) and, for channel layers, ``colormap`` and ``blending``.
+    """
+    stem = img.path.stem
+    if stem.lower().endswith(".ome"):
+        stem = stem[:-4]
+    n_spatial = len(img.spatial_axes)
+    calibrated = img.voxel_size is not None
+    spatial_scale = tuple(img.voxel_size) if calibrated else (1.0,) * n_spatial
+    base_meta = {
+        "source_path": str(img.path),
+        "source_name": stem,
+        "voxel_size_um": tuple(img.voxel_size) if calibrated else None,
+        "spatial_axes": img.spatial_axes,
+    }
+    if img.channel_axis is None:
+        kwargs = {"name": stem, "scale": spatial_scale, "metadata": dict(base_meta)}
+        return [(img.data, kwargs, "image")]
+
+    n_ch = img.n_channels
+    names = img.channel_names or [f"ch{i}" for i in range(n_ch)]
+    if not split_channels:
+        scale = list(spatial_scale)
+        scale.insert(img.channel_axis, 1.0)
+        meta = {**base_meta, "channel_axis": img.channel_axis, "channel_names": list(names)}
+        kwargs = {"name": stem, "scale": tuple(scale), "metadata": meta}
+        return [(img.data, kwargs, "image")]
+
+    layers: list[LayerData] = []
+    for i, ch_name in enumerate(names):
+        data = np.take(img.data, i, axis=img.channel_axis)
+        meta = {**base_meta, "channel_name": ch_name, "channel_index": i}
+        kwargs = {
+            "name": f"{stem} {ch_name}",
+            "scale": spatial_scale,
+            "metadata": meta,
+            "colormap": CHANNEL_COLORMAPS[i % len(CHANNEL_COLORMAPS)] if n_ch > 1 else "gray",
+            "blending": "additive",
+        }
+        layers.append((data, kwargs, "image"))
+    return layers
