@@ -13,12 +13,17 @@ from .io import (
     write_labels,
     write_table,
 )
+from .mixture import ConvergenceWarning, SinkhornEM
+from .sinkhorn import sinkhorn_responsibilities
 
 __all__ = [
+    "ConvergenceWarning",
     "ImageData",
     "ImageReadError",
+    "SinkhornEM",
     "__version__",
     "read_image",
+    "sinkhorn_responsibilities",
     "write_image",
     "write_labels",
     "write_table",

@@ -1,0 +1,691 @@
+"""Gaussian mixtures fitted by Sinkhorn-EM (or EM) in the shape of scikit-learn's estimator."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from . import _kernels as _k
+from .sinkhorn import _DUMMY_IDX, _as_sample_weight, _as_weights, _EStep
+
+__all__ = ["ConvergenceWarning", "SinkhornEM"]
+
+_ESTEP_TOL = 1e-8
+_ESTEP_MAX_ITER = 100
+_KMEANS_SUBSAMPLE = 20000
+_PREDICT_CHUNK = 65536
+
+
+class ConvergenceWarning(UserWarning):
+    """The best of the ``n_init`` runs stopped at ``max_iter`` before reaching ``tol``."""
+
+
+def _validate_X(X, name="X") -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{name} must be a numeric array, got dtype {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (n_samples, n_features), got {X.ndim} dimension(s)"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return X
+
+
+class SinkhornEM:
+    """Gaussian mixture fitted by Sinkhorn-EM (entropic-OT E-step) or by EM.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of Gaussian components K.
+    method : {"sinkhorn", "em"}, default "sinkhorn"
+        ``"sinkhorn"``: Sinkhorn-EM with fixed mixing weights; the E-step finds the
+        responsibilities whose sample-weighted averages equal ``weights`` and the
+        objective is the negative entropic-OT loss ``-L``. ``"em"``: EM with the same
+        fixed weights (or learned ones with ``learn_weights=True``); objective is the
+        sample-weighted mean log-likelihood. Both share every other line of code.
+    weights : array_like of shape (K,), optional
+        Mixing weights: strictly positive, summing to 1. Default uniform. With
+        ``learn_weights=True`` they are the initial weights.
+    learn_weights : bool, default False
+        Re-estimate the weights in the M-step (classic EM). Only with ``method="em"``.
+    covariance_type : {"full", "diag", "spherical"}, default "full"
+    covariance_bounds : (float, float), optional
+        ``(lo, hi)`` with ``0 < lo <= hi``. After every covariance update (and after
+        ``reg_covar`` is added) the eigenvalues of the position block (the first
+        ``position_dims`` features), or of the whole covariance when ``position_dims``
+        is None, are clipped into ``[lo, hi]``; eigenvectors are kept. For "diag" the
+        variances of those features are clipped; for "spherical" the single variance.
+        Clipping the eigenvalues of the scatter is the exact maximiser of the Gaussian
+        M-step under these bounds, so the objective stays monotone.
+    reg_covar : float, default 1e-6
+        Added to the diagonal of every covariance.
+    tol : float, default 1e-3
+        Stop when the objective changes by less than ``tol`` between iterations.
+    max_iter : int, default 100
+        Maximum number of EM iterations (M-steps). 0 keeps the initialisation.
+    n_init : int, default 1
+        Number of initialisations; the run with the highest objective is kept.
+    init : {"k-means++", "random"} or array_like of shape (K, D), default "k-means++"
+        Initial means: weighted k-means++ seeding plus Lloyd iterations (on a weighted
+        subsample of at most 20000 points), ``K`` random points drawn with probability
+        proportional to their mass, or the given array.
+    means_init : array_like of shape (K, D), optional
+        Initial means (overrides ``init``).
+    covariances_init : array_like, optional
+        Initial covariances, shape (K, D, D), (K, D) or (K,) per ``covariance_type``.
+        Default: weighted scatter of the points nearest to each initial mean.
+    learn_covariances : bool, default True
+        If False the covariances stay at their initial value.
+    n_neighbors : int, optional
+        Sparse mode: each point only interacts with its ``n_neighbors`` nearest component
+        means (Euclidean over the position features), refreshed every iteration, so
+        memory and time are O(N m). ``None`` (or ``>= K``) is the exact dense model.
+    random_state : int, numpy Generator or None
+        Seed for the initialisation.
+    verbose : int, default 0
+        Print the objective every iteration when > 0.
+    position_dims : int, optional
+        Block structure: the first ``position_dims`` features are positions, the rest
+        intensities, with zero cross-covariance between the blocks ("full" only; the
+        other types have no cross-covariance anyway). Also selects the features used for
+        the neighbour search and for ``covariance_bounds``.
+    callback : callable, optional
+        Called as ``callback(n_iter, objective)`` after every iteration; returning True
+        stops the fit at once (``converged_=False``, ``stopped_=True``, no warning).
+
+    Attributes
+    ----------
+    means_, covariances_, weights_ : ndarray
+        Fitted parameters (covariances in scikit-learn's shape for the type).
+    precisions_cholesky_ : ndarray
+        Cholesky factors of the precisions (full) or ``1/sqrt(var)`` (diag, spherical).
+    potential_ : ndarray of shape (K,)
+        Column potential g of the final E-step; responsibilities are
+        ``softmax_k(log p_k(x) + g_k)`` (``g = log weights_`` for EM).
+    n_iter_ : int
+    converged_ : bool
+    stopped_ : bool
+        True if the callback stopped the fit.
+    objective_ : float
+        Objective at the fitted parameters (``lower_bound_`` is an alias).
+    objective_history_ : list of float
+        Objective at the initial parameters, then after every iteration.
+    marginal_error_ : float
+        ``|| mean responsibility - weights ||_1`` of the final E-step.
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        method: str = "sinkhorn",
+        weights=None,
+        learn_weights: bool = False,
+        covariance_type: str = "full",
+        covariance_bounds: tuple[float, float] | None = None,
+        reg_covar: float = 1e-6,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init="k-means++",
+        means_init=None,
+        covariances_init=None,
+        learn_covariances: bool = True,
+        n_neighbors: int | None = None,
+        random_state=None,
+        verbose: int = 0,
+        position_dims: int | None = None,
+        callback: Callable[[int, float], bool | None] | None = None,
+    ):
+        self.n_components = n_components
+        self.method = method
+        self.weights = weights
+        self.learn_weights = learn_weights
+        self.covariance_type = covariance_type
+        self.covariance_bounds = covariance_bounds
+        self.reg_covar = reg_covar
+        self.tol = tol
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init = init
+        self.means_init = means_init
+        self.covariances_init = covariances_init
+        self.learn_covariances = learn_covariances
+        self.n_neighbors = n_neighbors
+        self.random_state = random_state
+        self.verbose = verbose
+        self.position_dims = position_dims
+        self.callback = callback
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, D: int) -> None:
+        K = self.n_components
+        if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+            raise ValueError(f"n_components must be a positive integer, got {K!r}")
+        if self.method not in ("sinkhorn", "em"):
+            raise ValueError(f"method must be 'sinkhorn' or 'em', got {self.method!r}")
+        if self.learn_weights and self.method != "em":
+            raise ValueError("learn_weights=True requires method='em' (Sinkhorn-EM fixes weights)")
+        if self.covariance_type not in ("full", "diag", "spherical"):
+            raise ValueError(
+                "covariance_type must be 'full', 'diag' or 'spherical', "
+                f"got {self.covariance_type!r}"
+            )
+        if not (np.isfinite(self.reg_covar) and self.reg_covar >= 0):
+            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar}")
+        if not (np.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
+            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if self.covariance_bounds is not None:
+            try:
+                lo, hi = (float(v) for v in self.covariance_bounds)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"covariance_bounds must be a pair (lo, hi), got {self.covariance_bounds!r}"
+                ) from None
+            if not (0 < lo <= hi < np.inf):
+                raise ValueError(f"covariance_bounds must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+        pd = self.position_dims
+        if pd is not None and (
+            isinstance(pd, bool) or not isinstance(pd, (int, np.integer)) or not 1 <= pd <= D
+        ):
+            raise ValueError(f"position_dims must be an integer in [1, {D}], got {pd!r}")
+        m = self.n_neighbors
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
+            raise ValueError(f"n_neighbors must be a positive integer or None, got {m!r}")
+        if isinstance(self.init, str) and self.init not in ("k-means++", "random"):
+            raise ValueError(
+                f"init must be 'k-means++', 'random' or an array of means, got {self.init!r}"
+            )
+        if self.callback is not None and not callable(self.callback):
+            raise ValueError("callback must be callable or None")
+
+    def _check_means(self, means, D, name):
+        K = self.n_components
+        mu = np.asarray(means, dtype=np.float64)
+        if mu.shape != (K, D):
+            raise ValueError(f"{name} must have shape ({K}, {D}), got {mu.shape}")
+        if not np.all(np.isfinite(mu)):
+            raise ValueError(f"{name} contains NaN or infinity")
+        return mu.copy()
+
+    def _check_covariances(self, cov, D):
+        K = self.n_components
+        cov = np.asarray(cov, dtype=np.float64)
+        shape = {"full": (K, D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
+        if cov.shape != shape:
+            raise ValueError(
+                f"covariances_init must have shape {shape} for covariance_type="
+                f"'{self.covariance_type}', got {cov.shape}"
+            )
+        if not np.all(np.isfinite(cov)):
+            raise ValueError("covariances_init contains NaN or infinity")
+        if self.covariance_type == "full":
+            if not np.allclose(cov, np.swapaxes(cov, 1, 2)):
+                raise ValueError("covariances_init must be symmetric")
+            if np.any(np.linalg.eigvalsh(cov)[:, 0] <= 0):
+                raise ValueError("covariances_init must be positive definite")
+        elif np.any(cov <= 0):
+            raise ValueError("covariances_init must be positive")
+        return cov.copy()
+
+    # ------------------------------------------------------------------ parameters
+    def _pos(self, X):
+        d = self.position_dims
+        return X if d is None else np.ascontiguousarray(X[:, :d])
+
+    def _constrain(self, cov, D):
+        """Add reg_covar, zero the cross-block covariance and clip eigenvalues (in place)."""
+        d = self.position_dims
+        bounds = self.covariance_bounds
+        ct = self.covariance_type
+        if ct == "full":
+            cov += self.reg_covar * np.eye(D)
+            if d is not None and d < D:
+                cov[:, :d, d:] = 0.0
+                cov[:, d:, :d] = 0.0
+            if bounds is not None:
+                lo, hi = bounds
+                db = D if d is None else d
+                blk = cov[:, :db, :db]
+                w, V = np.linalg.eigh(blk)
+                w = np.clip(w, lo, hi)
+                cov[:, :db, :db] = np.einsum("kij,kj,klj->kil", V, w, V)
+        else:
+            cov += self.reg_covar
+            if bounds is not None:
+                lo, hi = bounds
+                if ct == "diag":
+                    db = D if d is None else d
+                    cov[:, :db] = np.clip(cov[:, :db], lo, hi)
+                else:
+                    np.clip(cov, lo, hi, out=cov)
+        return cov
+
+    def _precisions(self, cov, D):
+        """Kernel-form precisions and log-determinant terms; raise on collapse."""
+        ct = self.covariance_type
+        if ct == "full":
+            K = cov.shape[0]
+            P = np.empty_like(cov)
+            log_det = np.empty(K)
+            eye = np.eye(D)
+            for k in range(K):
+                try:
+                    L = np.linalg.cholesky(cov[k])
+                except np.linalg.LinAlgError:
+                    raise ValueError(
+                        f"component {k} collapsed: its covariance is not positive definite "
+                        "(singleton or collapsed samples); increase reg_covar, set "
+                        "covariance_bounds or decrease n_components"
+                    ) from None
+                Lt = np.linalg.solve(L, eye)
+                P[k] = Lt.T
+                log_det[k] = -np.sum(np.log(np.diag(L)))
+            return P, log_det
+        var = cov if ct == "diag" else np.repeat(cov[:, None], D, axis=1)
+        bad = np.flatnonzero(~(var > 0).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"component {bad[0]} collapsed: its variance is zero (singleton or collapsed "
+                "samples); increase reg_covar, set covariance_bounds or decrease n_components"
+            )
+        ps = 1.0 / np.sqrt(var)
+        return np.ascontiguousarray(ps), np.log(ps).sum(axis=1)
+
+    def _log_prob(self, X, means, prec, log_det, idx, out):
+        dense = idx is None
+        ii = _DUMMY_IDX if dense else idx
+        if self.covariance_type == "full":
+            _k.log_prob_full(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
+        else:
+            _k.log_prob_diag(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
+        return out
+
+    # ------------------------------------------------------------------ initialisation
+    def _kmeans(self, Xs, ws, rng, kmeanspp):
+        K = self.n_components
+        n = Xs.shape[0]
+        p = ws / ws.sum()
+        if not kmeanspp:
+            nz = np.flatnonzero(p > 0)
+            pick = rng.choice(nz, size=K, replace=False, p=p[nz] / p[nz].sum())
+            return Xs[pick].copy()
+        centers = np.empty((K, Xs.shape[1]))
+        first = rng.choice(n, p=p)
+        centers[0] = Xs[first]
+        best = np.full(n, np.inf)
+        for k in range(1, K):
+            _k.sq_dist_min_update(Xs, centers[k - 1], best)
+            q = p * best
+            tot = q.sum()
+            if tot <= 0:  # fewer distinct points than components: reuse points
+                centers[k] = Xs[rng.choice(n, p=p)]
+            else:
+                centers[k] = Xs[rng.choice(n, p=q / tot)]
+        labels = np.empty(n, dtype=np.int64)
+        for _ in range(10):
+            _k.nearest_center(Xs, centers, labels)
+            mass = np.bincount(labels, weights=ws, minlength=K)
+            ok = mass > 0
+            for d in range(Xs.shape[1]):
+                s = np.bincount(labels, weights=ws * Xs[:, d], minlength=K)
+                centers[ok, d] = s[ok] / mass[ok]
+        return centers
+
+    def _initialize(self, X, a, rng):
+        N, D = X.shape
+        K = self.n_components
+        ct = self.covariance_type
+        if N > _KMEANS_SUBSAMPLE:
+            sub = rng.choice(N, size=_KMEANS_SUBSAMPLE, p=a)
+            Xs, ws = X[sub], np.full(_KMEANS_SUBSAMPLE, 1.0 / _KMEANS_SUBSAMPLE)
+        else:
+            Xs, ws = X, a
+        if self.means_init is not None:
+            means = self._check_means(self.means_init, D, "means_init")
+        elif not isinstance(self.init, str):
+            means = self._check_means(self.init, D, "init")
+        else:
+            means = self._kmeans(Xs, ws, rng, self.init == "k-means++")
+        Xs = np.ascontiguousarray(Xs)
+        labels = np.empty(Xs.shape[0], dtype=np.int64)
+        _k.nearest_center(Xs, means, labels)
+        mass = np.bincount(labels, weights=ws, minlength=K)
+        if self.covariances_init is not None:
+            cov = self._check_covariances(self.covariances_init, D)
+        else:
+            full = np.empty((K, D, D))
+            glob = np.cov(Xs.T, aweights=ws, bias=True).reshape(D, D)
+            valid = np.zeros(K, dtype=bool)
+            for k in range(K):
+                sel = labels == k
+                if np.count_nonzero(sel) > D and mass[k] > 0:
+                    diff = Xs[sel] - means[k]
+                    w = ws[sel] / mass[k]
+                    full[k] = (diff * w[:, None]).T @ diff
+                    valid[k] = True
+            fill = full[valid].mean(axis=0) if valid.any() else glob
+            full[~valid] = fill
+            if ct == "full":
+                cov = full
+            elif ct == "diag":
+                cov = np.ascontiguousarray(np.diagonal(full, axis1=1, axis2=2))
+            else:
+                cov = np.diagonal(full, axis1=1, axis2=2).mean(axis=1)
+            cov = self._constrain(cov, D)
+        if self.learn_weights and self.weights is None:
+            alpha = (mass + 10 * np.finfo(float).eps) / (mass + 10 * np.finfo(float).eps).sum()
+        else:
+            alpha = self._alpha0.copy()
+        return means, cov, alpha
+
+    # ------------------------------------------------------------------ M-step
+    def _m_step(self, X, es, idx, means, cov, alpha, n_chunks):
+        D = X.shape[1]
+        kind = 0 if self.covariance_type == "full" else 1
+        dense = idx is None
+        nk, s1, s2 = _k.mstep_stats(
+            X, es.R, _DUMMY_IDX if dense else idx, dense, es.a, means, means.shape[0],
+            n_chunks, kind,
+        )  # fmt: skip
+        ok = nk > 1e-250
+        nko = nk[ok]
+        delta = s1[ok] / nko[:, None]
+        new_means = means.copy()
+        new_means[ok] += delta
+        new_cov = cov.copy()
+        if self.learn_covariances and ok.any():
+            if kind == 0:
+                c = s2[ok] / nko[:, None, None] - delta[:, :, None] * delta[:, None, :]
+                c = 0.5 * (c + np.swapaxes(c, 1, 2))
+            else:
+                c = s2[ok, :, 0] / nko[:, None] - delta**2
+                c = np.maximum(c, 0.0)
+                if self.covariance_type == "spherical":
+                    c = c.mean(axis=1)
+            new_cov[ok] = self._constrain(c, D)
+        if self.learn_weights:
+            w = nk + 10 * np.finfo(float).eps
+            alpha = w / w.sum()
+        return new_means, new_cov, alpha
+
+    # ------------------------------------------------------------------ neighbours
+    def _n_neigh(self):
+        m = self.n_neighbors
+        return None if m is None or m >= self.n_components else int(m)
+
+    @staticmethod
+    def _kdtree_neighbors(Xp, means_p, m):
+        _, idx = cKDTree(means_p).query(Xp, k=m, workers=-1)
+        return np.ascontiguousarray(idx.reshape(Xp.shape[0], m), dtype=np.int64)
+
+    @staticmethod
+    def _component_graph(means_p, n_graph):
+        d2 = ((means_p[:, None, :] - means_p[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d2, np.inf)
+        g = np.argsort(d2, axis=1, kind="stable")[:, :n_graph]
+        return np.ascontiguousarray(g, dtype=np.int64)
+
+    # ------------------------------------------------------------------ fit
+    def _single_run(self, X, a, rng, n_chunks):
+        N, D = X.shape
+        K = self.n_components
+        means, cov, alpha = self._initialize(X, a, rng)
+        m = self._n_neigh()
+        Xp = self._pos(X)
+        M = K if m is None else m
+        A = np.empty((N, M))
+        R = np.empty((N, M))
+        lse = np.empty(N)
+        idx = None
+        idx_buf = None
+        if m is not None:
+            idx = self._kdtree_neighbors(Xp, self._pos(means), m)
+            idx_buf = np.empty_like(idx)
+            n_graph = min(K - 1, 2 * m)
+        sinkhorn = self.method == "sinkhorn"
+        g = np.log(alpha)
+
+        def e_step(means, cov, alpha, g, idx):
+            prec, log_det = self._precisions(cov, D)
+            self._log_prob(X, means, prec, log_det, idx, A)
+            es = _EStep(A, idx, a, alpha, n_chunks=n_chunks, R=R, lse=lse)
+            if sinkhorn:
+                g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))
+                g, _col, wlse, err, _, _, _ = es.solve(g0, _ESTEP_TOL, _ESTEP_MAX_ITER)
+                obj = es.objective(g, wlse)
+            else:
+                g = np.log(alpha)
+                g, _col, wlse, err, _, _ = es.fixed(g)
+                obj = float(wlse)
+            return es, g, obj, err, prec
+
+        es, g, obj, err, prec = e_step(means, cov, alpha, g, idx)
+        history = [obj]
+        converged = False
+        stopped = False
+        n_iter = 0
+        for it in range(1, self.max_iter + 1):
+            means, cov, alpha = self._m_step(X, es, idx, means, cov, alpha, n_chunks)
+            if m is not None:
+                mp = self._pos(means)
+                graph = self._component_graph(mp, n_graph)
+                _k.refine_neighbors(Xp, mp, idx, graph, idx_buf, n_chunks)
+                idx, idx_buf = idx_buf, idx
+            es, g, obj, err, prec = e_step(means, cov, alpha, g, idx)
+            n_iter = it
+            change = obj - history[-1]
+            history.append(obj)
+            if self.verbose:
+                print(f"  iteration {it}: objective {obj:.10g} (change {change:.3g})")
+            if self.callback is not None and self.callback(it, obj):
+                stopped = True
+                break
+            if abs(change) < self.tol:
+                converged = True
+                break
+        labels = self._labels_from(es, idx)
+        return {
+            "means": means,
+            "cov": cov,
+            "alpha": alpha,
+            "g": g,
+            "prec": prec,
+            "objective": history[-1],
+            "history": history,
+            "n_iter": n_iter,
+            "converged": converged,
+            "stopped": stopped,
+            "marginal_error": err,
+            "labels": labels,
+        }
+
+    @staticmethod
+    def _labels_from(es, idx):
+        j = np.argmax(es.R, axis=1)
+        if idx is None:
+            return j
+        return idx[np.arange(idx.shape[0]), j]
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the mixture.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        y : ignored
+        sample_weight : array_like of shape (N,), optional
+            Non-negative point masses (e.g. voxel intensities), normalised internally.
+
+        Returns
+        -------
+        self
+        """
+        X = _validate_X(X)
+        N, D = X.shape
+        self._check_params(D)
+        K = self.n_components
+        a = _as_sample_weight(sample_weight, N)
+        n_mass = int(np.count_nonzero(a))
+        if n_mass < K:
+            raise ValueError(
+                f"n_components={K} is larger than the number of points with positive mass "
+                f"({n_mass})"
+            )
+        self._alpha0 = np.full(K, 1.0 / K) if self.weights is None else _as_weights(self.weights, K)
+        rng = (
+            self.random_state
+            if isinstance(self.random_state, np.random.Generator)
+            else np.random.default_rng(self.random_state)
+        )
+        n_chunks = _k.n_chunks_for(N)
+        best = None
+        for run in range(self.n_init):
+            if self.verbose:
+                print(f"Initialisation {run}")
+            res = self._single_run(X, a, rng, n_chunks)
+            if best is None or res["objective"] > best["objective"]:
+                best = res
+            if res["stopped"]:
+                break
+        self.means_ = best["means"]
+        self.covariances_ = best["cov"]
+        self.weights_ = best["alpha"]
+        self.potential_ = best["g"]
+        self.precisions_cholesky_ = best["prec"]
+        self._log_det = self._precisions(best["cov"], D)[1]
+        self.objective_ = best["objective"]
+        self.lower_bound_ = best["objective"]
+        self.objective_history_ = list(best["history"])
+        self.n_iter_ = best["n_iter"]
+        self.converged_ = best["converged"]
+        self.stopped_ = best["stopped"]
+        self.marginal_error_ = best["marginal_error"]
+        self.n_features_in_ = D
+        self._fit_labels = best["labels"]
+        if not self.converged_ and not self.stopped_ and self.max_iter > 0:
+            warnings.warn(
+                f"Best of {self.n_init} initialisation(s) did not converge within "
+                f"max_iter={self.max_iter} iterations (tol={self.tol}); try a larger "
+                "max_iter or tol, or another initialisation",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit and return the label of every point from the final E-step."""
+        self.fit(X, sample_weight=sample_weight)
+        return self._fit_labels.copy()
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self, X):
+        if not hasattr(self, "means_"):
+            raise ValueError("this SinkhornEM instance is not fitted yet; call fit first")
+        X = _validate_X(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the model was fitted with {self.n_features_in_}"
+            )
+        return X
+
+    def _dense_log_prob(self, X):
+        out = np.empty((X.shape[0], self.n_components))
+        return self._log_prob(X, self.means_, self.precisions_cholesky_, self._log_det, None, out)
+
+    def _chunks(self, N):
+        for s in range(0, N, _PREDICT_CHUNK):
+            yield slice(s, min(N, s + _PREDICT_CHUNK))
+
+    def _estimate_log_prob(self, X):
+        """Log-densities log p_k(x) of every point under every component, shape (N, K)."""
+        X = self._check_fitted(X)
+        return self._dense_log_prob(X)
+
+    def predict_proba(self, X):
+        """Dense responsibilities ``softmax_k(log p_k(x) + potential_k)``, shape (N, K).
+
+        For the training data this is the coupling of the final E-step (its rows divided
+        by the point masses); for new data it uses the fitted potential.
+        """
+        X = self._check_fitted(X)
+        out = np.empty((X.shape[0], self.n_components))
+        for sl in self._chunks(X.shape[0]):
+            A = self._dense_log_prob(X[sl]) + self.potential_
+            A -= A.max(axis=1, keepdims=True)
+            np.exp(A, out=A)
+            A /= A.sum(axis=1, keepdims=True)
+            out[sl] = A
+        return out
+
+    def predict_proba_sparse(self, X, n_neighbors=None):
+        """Responsibilities restricted to each point's nearest component means.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        n_neighbors : int, optional
+            Number m of components per point; default the fitted ``n_neighbors`` (all
+            K if that is None). Nearest by Euclidean distance over the position features.
+
+        Returns
+        -------
+        indices : ndarray of int64, shape (N, m)
+            Component indices, nearest mean first.
+        resp : ndarray of shape (N, m)
+            Responsibilities ``softmax_j(log p_{k_j}(x) + potential_{k_j})``; rows sum to 1.
+        """
+        X = self._check_fitted(X)
+        K = self.n_components
+        m = n_neighbors if n_neighbors is not None else self.n_neighbors
+        if m is None:
+            m = K
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise ValueError(f"n_neighbors must be a positive integer, got {m!r}")
+        m = min(int(m), K)
+        idx = self._kdtree_neighbors(self._pos(X), self._pos(self.means_), m)
+        A = np.empty((X.shape[0], m))
+        self._log_prob(X, self.means_, self.precisions_cholesky_, self._log_det, idx, A)
+        A += self.potential_[idx]
+        A -= A.max(axis=1, keepdims=True)
+        np.exp(A, out=A)
+        A /= A.sum(axis=1, keepdims=True)
+        return idx, A
+
+    def predict(self, X):
+        """Index of the most responsible component for every point."""
+        X = self._check_fitted(X)
+        out = np.empty(X.shape[0], dtype=np.int64)
+        for sl in self._chunks(X.shape[0]):
+            out[sl] = np.argmax(self._dense_log_prob(X[sl]) + self.potential_, axis=1)
+        return out
+
+    def score_samples(self, X):
+        """Mixture log-density ``log sum_k weights_k p_k(x)`` of every point, shape (N,)."""
+        X = self._check_fitted(X)
+        out = np.empty(X.shape[0])
+        lw = np.log(self.weights_)
+        for sl in self._chunks(X.shape[0]):
+            A = self._dense_log_prob(X[sl])
+            _k.row_logsumexp(A, _DUMMY_IDX, True, lw, out[sl], _k.n_chunks_for(A.shape[0]))
+        return out
+
+    def score(self, X, y=None, sample_weight=None):
+        """Sample-weighted mean of :meth:`score_samples`."""
+        s = self.score_samples(X)
+        a = _as_sample_weight(sample_weight, s.shape[0])
+        return float(np.dot(a, s))

@@ -1,0 +1,357 @@
+"""Log-domain Sinkhorn E-step: responsibilities with prescribed column marginals.
+
+Given the log-densities ``A[i, k] = log p_k(x_i)``, point masses ``a`` and
+mixing weights ``alpha``, the E-step finds the column potential ``g`` such that
+``r_ik = softmax_k(A_ik + g_k)`` has sample-weighted column means ``alpha``.
+``g`` maximises the concave semi-dual
+
+    J(g) = sum_k alpha_k g_k - sum_i a_i logsumexp_k(A_ik + g_k),
+
+whose gradient is ``alpha - sum_i a_i r_i`` and whose negative Hessian is
+``sum_i a_i (diag r_i - r_i r_i^T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as _k
+
+__all__ = ["SinkhornInfo", "sinkhorn_responsibilities"]
+
+_DUMMY_IDX = np.zeros((1, 1), dtype=np.int64)
+# Linear column sums below this are recomputed in the log domain.
+_TINY = 1e-280
+# Newton is used when the Hessian accumulation costs at most this many
+# multiply-adds per pass (N * M^2); above it, log-Sinkhorn passes are cheaper.
+_NEWTON_MAX_WORK = 5e8
+
+
+@dataclass
+class SinkhornInfo:
+    """Diagnostics of :func:`sinkhorn_responsibilities`.
+
+    Attributes
+    ----------
+    potential : ndarray of shape (K,)
+        Column potential g (normalised to ``sum_k alpha_k g_k = sum_k alpha_k log alpha_k``).
+    marginal_error : float
+        ``|| sum_i a_i r_i - alpha ||_1`` at return.
+    n_iter : int
+        Number of solver iterations (potential updates).
+    objective : float
+        ``sum_i a_i logsumexp_k(A_ik + g_k) - sum_k alpha_k (g_k - log alpha_k)``; equals the
+        negative entropic-OT loss ``-L`` at the optimum (the weighted log-likelihood when
+        ``g = log alpha``).
+    converged : bool
+        Whether ``marginal_error < tol`` was reached.
+    solver : str
+        ``"newton"`` or ``"sinkhorn"``.
+    n_passes : int
+        Number of passes over the data (each O(N m)).
+    """
+
+    potential: np.ndarray
+    marginal_error: float
+    n_iter: int
+    objective: float
+    converged: bool
+    solver: str
+    n_passes: int
+
+
+def _as_weights(weights, K: int, name: str = "weights") -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (K,):
+        raise ValueError(f"{name} must have shape ({K},), got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    if np.any(w <= 0):
+        raise ValueError(f"{name} must be strictly positive (min is {w.min():g})")
+    if abs(w.sum() - 1.0) > 1e-8:
+        raise ValueError(f"{name} must sum to 1 (sum is {w.sum():.12g})")
+    return w / w.sum()
+
+
+def _as_sample_weight(sample_weight, N: int) -> np.ndarray:
+    """Validate sample weights and return masses normalised to sum 1."""
+    if sample_weight is None:
+        return np.full(N, 1.0 / N)
+    a = np.asarray(sample_weight, dtype=np.float64)
+    if a.shape != (N,):
+        raise ValueError(f"sample_weight must have shape ({N},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("sample_weight contains NaN or infinity")
+    if np.any(a < 0):
+        raise ValueError(f"sample_weight must be non-negative (min is {a.min():g})")
+    total = a.sum()
+    if not total > 0:
+        raise ValueError("sample_weight must have a positive sum")
+    return a / total
+
+
+class _EStep:
+    """Reusable E-step solver on a fixed log-density matrix (dense or sparse)."""
+
+    def __init__(self, A, idx, a, alpha, *, n_chunks=None, R=None, lse=None):
+        self.A = A
+        self.dense = idx is None
+        self.idx = _DUMMY_IDX if idx is None else idx
+        self.a = a
+        K = alpha.shape[0]
+        self.K = K
+        N, M = A.shape
+        if self.dense:
+            active = np.ones(K, dtype=bool)
+        else:
+            # components that no point with mass reaches cannot receive mass: the
+            # transport problem is solved on the reachable components only
+            active = np.bincount(self.idx[a > 0].ravel(), minlength=K) > 0
+        self.active = active
+        self.all_active = bool(active.all())
+        alpha = np.where(active, alpha, 0.0)
+        self.alpha = alpha / alpha.sum()
+        self.log_alpha = np.log(np.where(active, self.alpha, 1.0))
+        self.R = np.empty_like(A) if R is None else R
+        self.lse = np.empty(N) if lse is None else lse
+        self.n_chunks = _k.n_chunks_for(N) if n_chunks is None else n_chunks
+        self.n_passes = 0
+        self.newton_ok = N * M * M <= _NEWTON_MAX_WORK
+
+    def pass_(self, g, want_hess=False):
+        self.n_passes += 1
+        col, wlse, S = _k.estep_pass(
+            self.A, self.idx, self.dense, g, self.a, self.R, self.lse, self.n_chunks, want_hess
+        )
+        return col, wlse, S
+
+    def objective(self, g, wlse):
+        act = self.active
+        return float(wlse - np.dot(self.alpha[act], g[act] - self.log_alpha[act]))
+
+    def log_col(self, g, col):
+        """log column sums; log-domain recomputation where the linear sum underflows."""
+        with np.errstate(divide="ignore"):
+            lc = np.log(col)
+        bad = col < _TINY
+        if np.any(bad):
+            lc2 = _k.log_colsum(
+                self.A, self.idx, self.dense, g, self.a, self.lse, self.K, self.n_chunks
+            )
+            lc[bad] = lc2[bad]
+        return lc
+
+    def normalise(self, g):
+        # g is defined up to a constant; pin sum_k alpha_k g_k = sum_k alpha_k log alpha_k
+        act = self.active
+        return g - np.dot(self.alpha[act], g[act] - self.log_alpha[act])
+
+    def fixed(self, g):
+        """Plain EM E-step: responsibilities for a fixed potential (no column constraint)."""
+        col, wlse, _ = self.pass_(g)
+        err = float(np.abs(col - self.alpha).sum())
+        return g, col, wlse, err, 0, True
+
+    def sinkhorn(self, g, tol, max_iter):
+        col, wlse, _ = self.pass_(g)
+        err = float(np.abs(col - self.alpha).sum())
+        it = 0
+        while err >= tol and it < max_iter:
+            lc = self.log_col(g, col)
+            step = self.log_alpha - lc
+            # a column no point reaches stays infeasible; leave its potential alone
+            step[~np.isfinite(step)] = 0.0
+            g = self.normalise(g + step)
+            col, wlse, _ = self.pass_(g)
+            err = float(np.abs(col - self.alpha).sum())
+            it += 1
+        return g, col, wlse, err, it, err < tol
+
+    def newton(self, g, tol, max_iter):
+        col, wlse, S = self.pass_(g, want_hess=True)
+        J = -self.objective(g, wlse)
+        err = float(np.abs(col - self.alpha).sum())
+        it = 0
+        K = self.K
+        while err >= tol and it < max_iter:
+            it += 1
+            if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
+                # Far from feasible for some column (e.g. a component far from all points):
+                # a log-domain Sinkhorn step moves it there in one go (and never decreases J).
+                lc = self.log_col(g, col)
+                step = self.log_alpha - lc
+                step[~np.isfinite(step)] = 0.0
+                g = self.normalise(g + step)
+                col, wlse, S = self.pass_(g, want_hess=True)
+                J = -self.objective(g, wlse)
+                err = float(np.abs(col - self.alpha).sum())
+                continue
+            grad = self.alpha - col
+            H = np.diag(col) - S
+            act = self.active
+            if not self.all_active:
+                H = H[np.ix_(act, act)]
+            Ka = H.shape[0]
+            # gauge: H 1 = 0 and grad is orthogonal to 1; add a rank-one term on 1
+            H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
+            H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
+            try:
+                da = np.linalg.solve(H, grad[act])
+            except np.linalg.LinAlgError:
+                da = np.linalg.lstsq(H, grad[act], rcond=None)[0]
+            if not np.all(np.isfinite(da)):
+                da = grad[act] / np.maximum(col[act], 1e-300)
+            d = np.zeros(K)
+            d[act] = da
+            slope = float(grad @ d)
+            t = 1.0
+            accepted = False
+            for _ in range(40):
+                gt = self.normalise(g + t * d)
+                col_t, wlse_t, S_t = self.pass_(gt, want_hess=True)
+                Jt = -self.objective(gt, wlse_t)
+                if Jt >= J + 1e-4 * t * slope or t * np.abs(d).max() < 1e-14:
+                    accepted = True
+                    break
+                t *= 0.5
+            if not accepted:
+                break
+            g, col, wlse, S, J = gt, col_t, wlse_t, S_t, Jt
+            err = float(np.abs(col - self.alpha).sum())
+        return g, col, wlse, err, it, err < tol
+
+    def solve(self, g, tol, max_iter, solver="auto"):
+        if solver == "auto":
+            solver = "newton" if self.newton_ok else "sinkhorn"
+        if solver == "newton":
+            out = self.newton(g, tol, max_iter)
+        elif solver == "sinkhorn":
+            out = self.sinkhorn(g, tol, max_iter)
+        else:
+            raise ValueError(f"solver must be 'auto', 'newton' or 'sinkhorn', got {solver!r}")
+        return (*out, solver)
+
+
+def _validate_log_prob(log_prob, neighbors, K):
+    A = np.asarray(log_prob, dtype=np.float64)
+    if A.ndim != 2:
+        raise ValueError(f"log_prob must be a 2-D array, got {A.ndim} dimension(s)")
+    if A.shape[0] == 0:
+        raise ValueError("log_prob has no rows")
+    if np.isnan(A).any() or np.isposinf(A).any():
+        raise ValueError("log_prob contains NaN or +inf")
+    if np.isneginf(A).any():
+        # -inf log-density = zero density: replace by a very small finite number
+        A = np.where(np.isneginf(A), -1e300, A)
+    if neighbors is None:
+        return np.ascontiguousarray(A), None, A.shape[1]
+    idx = np.asarray(neighbors)
+    if idx.shape != A.shape:
+        raise ValueError(
+            f"neighbors must have the same shape as log_prob {A.shape}, got {idx.shape}"
+        )
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError("neighbors must be an integer array of component indices")
+    if K is None:
+        raise ValueError("with neighbors, the number of components is len(weights)")
+    if idx.size and (idx.min() < 0 or idx.max() >= K):
+        raise ValueError(f"neighbors contains component indices outside [0, {K})")
+    srt = np.sort(idx, axis=1)
+    if idx.shape[1] > 1 and np.any(srt[:, 1:] == srt[:, :-1]):
+        raise ValueError("neighbors must not repeat a component within a row")
+    return np.ascontiguousarray(A), np.ascontiguousarray(idx, dtype=np.int64), K
+
+
+def sinkhorn_responsibilities(
+    log_prob,
+    weights=None,
+    sample_weight=None,
+    *,
+    neighbors=None,
+    tol: float = 1e-9,
+    max_iter: int = 1000,
+    init_potential=None,
+    solver: str = "auto",
+    return_info: bool = False,
+):
+    """Responsibilities whose weighted column means equal prescribed mixing weights.
+
+    Solves the entropic optimal-transport E-step of Sinkhorn-EM in the log domain:
+    find the column potential ``g`` such that ``r_ik = softmax_k(log_prob[i, k] + g_k)``
+    satisfies ``sum_i a_i r_ik = weights[k]`` with ``a = sample_weight / sum(sample_weight)``.
+
+    Parameters
+    ----------
+    log_prob : array_like of shape (N, K), or (N, m) with ``neighbors``
+        Log-densities ``log p_k(x_i)``. ``-inf`` entries are treated as zero density.
+    weights : array_like of shape (K,), optional
+        Target column marginals (mixing weights): strictly positive, summing to 1.
+        Default uniform. Required with ``neighbors`` (it fixes K).
+    sample_weight : array_like of shape (N,), optional
+        Non-negative point masses (normalised internally). Default uniform.
+    neighbors : array_like of int, shape (N, m), optional
+        Sparse variant: ``log_prob[i, j]`` is the log-density of component
+        ``neighbors[i, j]``; other components have zero responsibility for point i.
+    tol : float, default 1e-9
+        Stop when ``|| sum_i a_i r_i - weights ||_1 < tol``.
+    max_iter : int, default 1000
+        Maximum number of potential updates.
+    init_potential : array_like of shape (K,), optional
+        Warm start for ``g`` (default ``log(weights)``, i.e. the EM posteriors).
+    solver : {"auto", "newton", "sinkhorn"}, default "auto"
+        ``"newton"``: damped Newton on the K-dimensional concave semi-dual (Armijo line
+        search, one K x K solve per step); ``"sinkhorn"``: log-domain Sinkhorn column
+        updates. ``"auto"`` picks Newton unless the O(N m^2) Hessian pass is large.
+    return_info : bool, default False
+        Also return a :class:`SinkhornInfo`.
+
+    Returns
+    -------
+    resp : ndarray, same shape as ``log_prob``
+        Responsibilities; each row sums to 1.
+    info : SinkhornInfo
+        Only if ``return_info``.
+
+    Raises
+    ------
+    ValueError
+        On NaN/+inf log-densities, mismatched shapes, invalid weights or sample
+        weights, invalid neighbour indices, or fewer points with mass than components.
+    """
+    K0 = None if weights is None else int(np.size(weights))
+    A, idx, K = _validate_log_prob(log_prob, neighbors, K0)
+    N = A.shape[0]
+    alpha = np.full(K, 1.0 / K) if weights is None else _as_weights(weights, K)
+    a = _as_sample_weight(sample_weight, N)
+    if np.count_nonzero(a) < K:
+        raise ValueError(
+            f"only {np.count_nonzero(a)} point(s) have positive mass, fewer than the "
+            f"{K} components: the column marginals cannot be met"
+        )
+    if not (tol > 0):
+        raise ValueError(f"tol must be positive, got {tol}")
+    if int(max_iter) < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    if init_potential is None:
+        g = np.log(alpha)
+    else:
+        g = np.asarray(init_potential, dtype=np.float64).copy()
+        if g.shape != (K,) or not np.all(np.isfinite(g)):
+            raise ValueError(f"init_potential must be a finite array of shape ({K},)")
+    es = _EStep(A, idx, a, alpha)
+    g = es.normalise(g)
+    g, _col, wlse, err, it, conv, used = es.solve(g, tol, int(max_iter), solver)
+    if not return_info:
+        return es.R
+    info = SinkhornInfo(
+        potential=g,
+        marginal_error=err,
+        n_iter=it,
+        objective=es.objective(g, wlse),
+        converged=bool(conv),
+        solver=used,
+        n_passes=es.n_passes,
+    )
+    return es.R, info
