@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -969,11 +970,13 @@ def _run_dask(
     distributed = _import_distributed()
     with distributed.Client(address, set_as_default=False) as client:
         futures = {}
+        run_id = uuid.uuid4().hex[:8]
         for inp in todo:
-            token = hashlib.sha256(json.dumps(tasks[inp.key], sort_keys=True).encode()).hexdigest()
-            fut = client.submit(process_file, tasks[inp.key], key=f"nsem-{token[:16]}", pure=False)
+            # a unique key per run: a scheduler never hands back an older run's result
+            name = f"napari-sinkhorn-em-{inp.key}-{run_id}"
+            fut = client.submit(process_file, tasks[inp.key], key=name, pure=False)
             futures[fut] = inp.key
-        for fut in distributed.as_completed(list(futures)):
+        for fut in distributed.as_completed(list(futures), loop=client.loop):
             key = futures[fut]
             try:
                 rec = fut.result()
