@@ -483,12 +483,14 @@ def _resolve_axes(raw_axes: str, shape: tuple[int, ...], channel_axis: int | Non
     ndim = len(shape)
     if ndim < 2 or ndim > 4:
         return None
+    if raw_axes.count("?") == 1 and "Z" not in raw_axes and len(raw_axes) == ndim:
+        # e.g. a sequence of RGB planes ('IYXS'): the unnamed axis is z
+        raw_axes = raw_axes.replace("?", "Z")
     known = (
         len(raw_axes) == ndim
         and "?" not in raw_axes
-        and raw_axes.endswith("YX")
         and len(set(raw_axes)) == ndim
-        and raw_axes.count("C") <= 1
+        and raw_axes.replace("C", "") in ("YX", "ZYX")
     )
     if known and (channel_axis is None or raw_axes[channel_axis] == "C"):
         axes = raw_axes
