@@ -408,6 +408,8 @@ def test_writer_error_leaves_no_temp_file(tmp_path):
 def test_atomic_write_rejects_read_mode_and_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="write mode"), atomic_write(tmp_path / "x", "r"):
         pass
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        with atomic_write(tmp_path / "no" / "x.tif"):
-            pass
+    with (
+        pytest.raises(FileNotFoundError, match="does not exist"),
+        atomic_write(tmp_path / "no" / "x.tif"),
+    ):
+        pass

@@ -379,7 +379,7 @@ def make_worm(
     brightness_variation: float = 0.5,
     background: str | None = "uneven",
     n_granules: int | None = None,
-    granule_brightness: float = 2.5,
+    granule_brightness: float = 6.0,
     psf_sigma_um: tuple[float, float] = (0.7, 0.2),
     photons: float = 600.0,
     background_photons: float = 25.0,
@@ -810,9 +810,7 @@ def write_sample_images(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    worm = make_worm(
-        n_nuclei=n_nuclei, region="head", n_channels=4, x_range=x_range, seed=seed
-    )
+    worm = make_worm(n_nuclei=n_nuclei, region="head", n_channels=4, x_range=x_range, seed=seed)
     image_zcyx = np.moveaxis(worm.image, 0, 1)
     paths = {
         "image": folder / "worm_head.tif",
