@@ -560,11 +560,10 @@ def make_worm(
         channel_gain[:-1] = rng.uniform(0.7, 1.0, size=n_channels - 1)
 
     # granules (physical, then voxel)
-    if n_granules is None:
-        if region == "head":
-            n_granules = 40 if x_end >= 110.0 else 12  # many only where the gut is
-        else:
-            n_granules = int(length / 2)
+    if n_granules is None and region == "head":
+        n_granules = 40 if x_end >= 110.0 else 12  # many only where the gut is in view
+    elif n_granules is None:
+        n_granules = int(length / 2)
     gran_pos, gran_diam = _place_granules(
         rng, int(n_granules), ndim, region, pos, semi.max(axis=1), x_start, x_end
     )
@@ -677,7 +676,7 @@ def _place_granules(
         else:
             x = rng.uniform(x_start, x_end, size=m)
         rho_max = _body_radius(x, region) - _WALL - diam / 2
-        gut_r = np.where(region == "head", 5.5, 6.0)
+        gut_r = 5.5 if region == "head" else 6.0
         rho = np.where(
             in_gut,
             gut_r * np.sqrt(rng.random(m)),
