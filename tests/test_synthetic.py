@@ -250,6 +250,8 @@ def test_given_shape_and_errors():
         make_worm(n_channels=0)
     with pytest.raises(ValueError, match="x_range"):
         make_worm(region="body", x_range=(0, 10))
+    with pytest.raises(ValueError, match=r"could only place \d+ of 300 nuclei"):
+        make_worm(n_nuclei=300, x_range=(60, 64))
 
 
 def test_truth_table(head):

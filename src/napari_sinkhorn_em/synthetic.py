@@ -256,21 +256,19 @@ def _place_nuclei(
     placed = np.empty((n, 3))
     placed_r = np.empty(n)
     k = 0
-    stalled = 0
-    attempts = 0
-    max_attempts = 20_000 * n + 500_000
+    stalled = 0  # consecutive batches without a placement
+    max_spread = 4.0  # ganglia this wide cover the whole head
     while k < n:
-        if attempts > max_attempts:  # pragma: no cover - the spread grows long before
-            raise RuntimeError(
-                f"could only place {k} of {n} nuclei in the {region} without overlap; "
-                "ask for fewer nuclei or smaller diameters"
-            )
-        if stalled >= 4:
+        if stalled >= 4 and spread < max_spread:
             # the ganglia are full: let them grow a little (keeps the packing dense)
-            spread *= 1.15
+            spread = min(spread * 1.15, max_spread)
             stalled = 0
+        elif stalled >= 150:
+            raise ValueError(
+                f"could only place {k} of {n} nuclei in the {region} without overlap; "
+                "ask for fewer nuclei, smaller diameters or a wider x_range"
+            )
         batch = 512
-        attempts += batch
         r_next = radii[k]
         r_b = np.full(batch, r_next)
         if region == "head":
