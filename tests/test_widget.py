@@ -1,0 +1,296 @@
+"""The Sinkhorn-EM dock widget in a real napari viewer (Qt under Xvfb, no mocks)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from napari_sinkhorn_em.segmentation import load_params  # noqa: E402
+from napari_sinkhorn_em._reader import read_tiff  # noqa: E402
+from napari_sinkhorn_em._sample_data import sample_path  # noqa: E402
+from napari_sinkhorn_em._widget import SinkhornEMWidget, merge_label_edits  # noqa: E402
+from napari_sinkhorn_em.io import read_image  # noqa: E402
+from napari_sinkhorn_em.metrics import match_centres  # noqa: E402
+
+VOXEL = (0.8, 0.35, 0.35)
+CHANNELS = ["mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear"]
+FIT_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sinkhorn-em", "worm_head")
+    widget = SinkhornEMWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Sinkhorn-EM nuclei")
+    yield viewer, widget
+    # never leave a worker thread behind
+    widget.cancel()
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=FIT_TIMEOUT_MS)
+
+
+def _truth_centres() -> np.ndarray:
+    with sample_path("worm_head_centres.csv") as p:
+        return pd.read_csv(p)[["z", "y", "x"]].to_numpy()
+
+
+def _n_labels(labels) -> int:
+    ids = np.unique(np.asarray(labels))
+    return int((ids > 0).sum())
+
+
+def _last_message() -> str:
+    return str(notification_manager.records[-1].message) if notification_manager.records else ""
+
+
+# ---------------------------------------------------------------------------------------
+# the picker and settings (no fit)
+# ---------------------------------------------------------------------------------------
+
+
+def test_picker_follows_viewer_and_prefills_voxel_size(viewer_widget):
+    viewer, widget = viewer_widget
+    # the sample's four channel layers are chosen together, voxel size from their scale
+    assert [layer.name for layer in widget.image_layers.value] == [
+        f"worm_head {c}" for c in CHANNELS
+    ]
+    assert widget.voxel_size.value == "0.8, 0.35, 0.35"
+    assert not widget.channel_axis.enabled
+    inp = widget._input()
+    assert inp.channel_axis == 0 and inp.channel_names == CHANNELS and inp.name == "worm_head"
+    assert inp.array().shape == (4, 39, 89, 135)
+
+    extra = viewer.add_image(np.ones((20, 30)), name="other", scale=(0.5, 0.25))
+    assert extra in widget.image_layers.choices
+    extra.name = "renamed"
+    shown = widget.image_layers.native
+    assert "renamed" in [shown.item(i).text() for i in range(shown.count())]
+    widget.image_layers.value = [extra]
+    assert widget.voxel_size.value == "0.5, 0.25"
+    widget.voxel_size.value = "0.6, 0.3"  # an edit is kept while layers come and go
+    viewer.add_points(np.zeros((1, 2)))
+    assert widget.voxel_size.value == "0.6, 0.3"
+    viewer.layers.remove(extra)
+    assert extra not in widget.image_layers.choices
+
+
+def test_single_multichannel_layer_uses_its_channel_axis(make_napari_viewer):
+    viewer = make_napari_viewer()
+    with sample_path("worm_head.tif") as p:
+        [(data, kwargs, _)] = read_tiff(p, split_channels=False)
+    viewer.add_image(data, **kwargs)
+    widget = SinkhornEMWidget(viewer)
+    assert widget.channel_axis.enabled and widget.channel_axis.value == 1
+    assert widget.voxel_size.value == "0.8, 0.35, 0.35"
+    inp = widget._input()
+    assert inp.channel_axis == 1 and inp.channel_names == CHANNELS
+    assert inp.scale == pytest.approx(VOXEL) and inp.array().shape == data.shape
+
+
+def test_bad_settings_become_notifications(viewer_widget):
+    viewer, widget = viewer_widget
+    n_layers = len(viewer.layers)
+    widget.voxel_size.value = "0.8, abc, 0.35"
+    widget.run_button.native.click()
+    assert not widget.is_running
+    assert "voxel size '0.8, abc, 0.35' is not a list of numbers" in _last_message()
+    widget.voxel_size.value = "0.8, 0.35"
+    widget.run()
+    assert "voxel size needs 3 values" in _last_message()
+    widget.voxel_size.value = "0.8, 0.35, 0.35"
+    widget.image_layers.value = [viewer.layers[0], viewer.add_image(np.ones((5, 5)), name="2d")]
+    widget.run()
+    assert "must all have the same shape" in _last_message()
+    widget.refine()
+    assert "run the segmentation first" in _last_message()
+    assert len(viewer.layers) == n_layers + 1  # only the 2-D image we added
+
+
+# ---------------------------------------------------------------------------------------
+# fitting
+# ---------------------------------------------------------------------------------------
+
+
+def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
+    """Run -> accuracy and layers; delete k points + erase voxels -> Refine; Export."""
+    viewer, widget = viewer_widget
+    ticks = {"running": 0}
+
+    def tick():
+        if widget.is_running:
+            ticks["running"] += 1
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(5)
+    widget.run_button.native.click()
+    assert widget.is_running  # returned at once: the fit runs in a worker thread
+    _wait(qtbot, widget)
+    timer.stop()
+    # the Qt event loop kept processing while the fit ran
+    assert ticks["running"] >= 3
+
+    labels = viewer.layers["worm_head nuclei"]
+    points = viewer.layers["worm_head centres"]
+    assert isinstance(labels, napari.layers.Labels) and isinstance(points, napari.layers.Points)
+    assert labels.data.shape == (39, 89, 135)
+    np.testing.assert_allclose(labels.scale, VOXEL, rtol=1e-6)
+    np.testing.assert_allclose(points.scale, VOXEL, rtol=1e-6)
+    np.testing.assert_allclose(labels.translate, viewer.layers[0].translate)
+    # table columns as point features, one row per point, label ids present in the labels
+    for col in ["label", "z", "y", "x", "z_um", "volume_um3", "mean_pan-nuclear"]:
+        assert col in points.features.columns
+    k_before = len(points.data)
+    assert len(points.features) == k_before == _n_labels(labels.data)
+    assert set(points.features["label"]) == set(np.unique(labels.data)) - {0}
+    match = match_centres(points.data, _truth_centres(), max_distance=1.5, voxel_size=VOXEL)
+    assert match.f1 >= 0.9, match.summary()
+    assert widget.last_progress is not None
+    assert widget.status.value == f"{k_before} nuclei"
+
+    # the user deletes k centres and erases a small block of one nucleus by hand
+    k = 4
+    points.selected_data = set(range(k))
+    points.remove_selected()
+    zc, yc, xc = np.round(points.data[10]).astype(int)
+    block = (slice(zc, zc + 1), slice(yc, yc + 2), slice(xc, xc + 2))
+    edited = np.array(labels.data, copy=True)
+    assert (edited[block] > 0).any()
+    edited[block] = 0
+    labels.data = edited
+
+    widget.refine_button.native.click()
+    _wait(qtbot, widget)
+    assert viewer.layers["worm_head nuclei"] is labels  # updated in place
+    assert len(viewer.layers) == 6
+    assert len(points.data) == k_before - k
+    assert _n_labels(labels.data) == k_before - k
+    assert (labels.data[block] == 0).all()  # the painted edit survived the refit
+    params = labels.metadata["sinkhorn_em_params"]
+    assert params["n_nuclei"] == k_before - k
+    assert np.asarray(params["init"]).shape == (k_before - k, 3)
+
+    # export: labels TIFF + table CSV + parameter JSON the batch tool accepts
+    paths = widget.export(tmp_path)
+    assert [p.name for p in paths] == [
+        "worm_head_labels.tif",
+        "worm_head_nuclei.csv",
+        "worm_head_params.json",
+    ]
+    img = read_image(paths[0])
+    np.testing.assert_array_equal(img.data, labels.data)
+    np.testing.assert_allclose(img.voxel_size, VOXEL, rtol=1e-6)
+    table = pd.read_csv(paths[1])
+    assert len(table) == k_before - k
+    assert set(table["label"]) == set(np.unique(labels.data)) - {0}
+    loaded = load_params(paths[2])
+    assert loaded["n_nuclei"] == k_before - k
+    assert loaded["voxel_size"] == pytest.approx(VOXEL)
+    assert json.loads(paths[2].read_text())["parameters"]["method"] == widget.method.value
+
+
+def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    with sample_path("worm_head.tif") as p:
+        [(data, kwargs, _)] = read_tiff(p, split_channels=False)
+    # a 21 um long crop keeps the fits short
+    viewer.add_image(data[..., :60], **{**kwargs, "name": "crop"})
+    widget = SinkhornEMWidget(viewer)
+    widget.run()
+    _wait(qtbot, widget)
+    labels, points = viewer.layers["crop nuclei"], viewer.layers["crop centres"]
+    k = len(points.data)
+    assert k == _n_labels(labels.data) > 5
+
+    # a painted edit is dropped when Refine is told to overwrite
+    nucleus = labels.data == labels.data[tuple(np.round(points.data[0]).astype(int))]
+    edited = np.array(labels.data, copy=True)
+    edited[nucleus] = 0
+    labels.data = edited
+    widget.overwrite_edits.value = True
+    widget.refine()
+    _wait(qtbot, widget)
+    assert _n_labels(labels.data) == k
+    assert labels.data[nucleus].any()
+
+    widget.n_auto.value = False
+    widget.n_nuclei.value = k - 2
+    widget.run()
+    _wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["crop", "crop nuclei", "crop centres"]
+    assert viewer.layers["crop nuclei"] is labels
+    assert len(points.data) == k - 2 == _n_labels(labels.data)
+    widget.keep_previous.value = True
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == 5
+    assert sum(isinstance(layer, napari.layers.Labels) for layer in viewer.layers) == 2
+
+
+def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    before = [layer.name for layer in viewer.layers]
+    widget.n_auto.value = False
+    widget.n_nuclei.value = 75
+    widget.max_iter.value = 100_000
+    widget.tol.value = "0"  # never converges: only Cancel ends this fit
+    widget.run()
+    qtbot.waitUntil(
+        lambda: widget.last_progress is not None and widget.last_progress[0] == "fit",
+        timeout=FIT_TIMEOUT_MS,
+    )
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == before
+    assert "cancelled" in widget.status.value
+
+
+def test_errors_from_the_pipeline_are_notifications(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    before = [layer.name for layer in viewer.layers]
+    const = viewer.add_image(np.full((8, 20, 20), 7, np.uint16), name="flat", scale=VOXEL)
+    widget.image_layers.value = [const]
+    widget.run()
+    _wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == [*before, "flat"]
+    assert widget.status.value.startswith("error:")
+    assert "image is constant" in _last_message()
+
+
+# ---------------------------------------------------------------------------------------
+# label-edit merging (pure function)
+# ---------------------------------------------------------------------------------------
+
+
+def test_merge_label_edits_keeps_erasures_and_extends_matching_nuclei():
+    new = np.zeros((1, 6, 8), np.uint16)
+    new[0, :3, :4] = 1  # refit numbering differs from the old one
+    new[0, 3:, 4:] = 2
+    current = np.zeros_like(new)
+    current[0, :3, :4] = 5  # old label 5 ~ new 1
+    current[0, 3:, 4:] = 9
+    edits = np.zeros(new.shape, bool)
+    current[0, 0, 0] = 0  # erased
+    edits[0, 0, 0] = True
+    current[0, 3, 0:2] = 5  # nucleus 5 extended by painting
+    edits[0, 3, 0:2] = True
+    current[0, 5, 0] = 40  # a brand-new nucleus painted from scratch
+    edits[0, 5, 0] = True
+    merged = merge_label_edits(new, current, edits)
+    assert merged[0, 0, 0] == 0
+    assert (merged[0, 3, 0:2] == 1).all()
+    assert merged[0, 5, 0] == 3
+    untouched = ~edits
+    np.testing.assert_array_equal(merged[untouched], new[untouched])
+    np.testing.assert_array_equal(merge_label_edits(new, current, np.zeros_like(edits)), new)
