@@ -80,7 +80,7 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
 # E-step passes
 # --------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
-def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess):
+def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess, hess_stride):
     """One pass of the log-domain E-step for a given column potential ``g``.
 
     For each row: ``lse[i] = logsumexp_j(A[i, j] + g[k_ij])`` and
@@ -90,7 +90,9 @@ def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess):
     -------
     colsum : (K,) sum_i a_i R[i, :] scattered to components.
     wlse : float, sum_i a_i lse[i].
-    S : (K, K) sum_i a_i r_i r_i^T if ``want_hess`` else a (1, 1) zero array.
+    S : (K, K) sum_i a_i r_i r_i^T if ``want_hess`` else a (1, 1) zero array. With
+        ``hess_stride > 1`` only every ``hess_stride``-th row enters S (scaled up
+        accordingly): an unbiased O(N m^2 / stride) estimate for large problems.
     """
     N, M = A.shape
     K = g.shape[0]
@@ -127,9 +129,9 @@ def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess):
                 R[i, j] = r
                 v[j] = r
                 c_acc[c, kk[j]] += ai * r
-            if want_hess and ai > 0.0:
+            if want_hess and ai > 0.0 and i % hess_stride == 0:
                 for j in range(M):
-                    w = ai * v[j]
+                    w = hess_stride * ai * v[j]
                     kj = kk[j]
                     for m2 in range(M):
                         H_acc[c, kj, kk[m2]] += w * v[m2]
@@ -357,3 +359,43 @@ def nearest_center(Xp, centers, labels):
                 bestd = dist
                 bestk = k
         labels[i] = bestk
+
+
+# --------------------------------------------------------------------------
+# Small dense solve (serial: a K x K system is too small for threaded BLAS, whose
+# thread start-up dominated the Newton step in measurements)
+# --------------------------------------------------------------------------
+@njit(cache=True)
+def cholesky_solve(H, b):
+    """Solve ``H x = b`` for symmetric positive definite ``H`` by Cholesky.
+
+    Returns ``(x, ok)``; ``ok`` is False if a pivot is not positive.
+    """
+    n = H.shape[0]
+    L = np.zeros((n, n))
+    for j in range(n):
+        s = H[j, j]
+        for p in range(j):
+            s -= L[j, p] * L[j, p]
+        if not s > 0.0:
+            return np.zeros(n), False
+        d = math.sqrt(s)
+        L[j, j] = d
+        for i in range(j + 1, n):
+            t = H[i, j]
+            for p in range(j):
+                t -= L[i, p] * L[j, p]
+            L[i, j] = t / d
+    y = np.empty(n)
+    for i in range(n):
+        t = b[i]
+        for p in range(i):
+            t -= L[i, p] * y[p]
+        y[i] = t / L[i, i]
+    x = np.empty(n)
+    for i in range(n - 1, -1, -1):
+        t = y[i]
+        for p in range(i + 1, n):
+            t -= L[p, i] * x[p]
+        x[i] = t / L[i, i]
+    return x, True

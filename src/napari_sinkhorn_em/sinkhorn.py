@@ -27,6 +27,9 @@ _TINY = 1e-280
 # Newton is used when the Hessian accumulation costs at most this many
 # multiply-adds per pass (N * M^2); above it, log-Sinkhorn passes are cheaper.
 _NEWTON_MAX_WORK = 5e8
+# Above this many multiply-adds, the Hessian is estimated from every s-th row only
+# (inexact Newton: the gradient stays exact and the line search keeps J increasing).
+_HESS_BUDGET = 2e7
 
 
 @dataclass
@@ -118,12 +121,22 @@ class _EStep:
         self.lse = np.empty(N) if lse is None else lse
         self.n_chunks = _k.n_chunks_for(N) if n_chunks is None else n_chunks
         self.n_passes = 0
-        self.newton_ok = N * M * M <= _NEWTON_MAX_WORK
+        self.hess_stride = int(max(1, N * M * M // _HESS_BUDGET))
+        self.newton_ok = N * M * M / self.hess_stride <= _NEWTON_MAX_WORK
 
     def pass_(self, g, want_hess=False):
         self.n_passes += 1
         col, wlse, S = _k.estep_pass(
-            self.A, self.idx, self.dense, g, self.a, self.R, self.lse, self.n_chunks, want_hess
+            self.A,
+            self.idx,
+            self.dense,
+            g,
+            self.a,
+            self.R,
+            self.lse,
+            self.n_chunks,
+            want_hess,
+            self.hess_stride,
         )
         return col, wlse, S
 
@@ -175,6 +188,7 @@ class _EStep:
         err = float(np.abs(col - self.alpha).sum())
         it = 0
         K = self.K
+        radius = 2.0
         while err >= tol and it < max_iter:
             it += 1
             if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
@@ -197,14 +211,19 @@ class _EStep:
             # gauge: H 1 = 0 and grad is orthogonal to 1; add a rank-one term on 1
             H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
             H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
-            try:
-                da = np.linalg.solve(H, grad[act])
-            except np.linalg.LinAlgError:
+            da, ok = _k.cholesky_solve(np.ascontiguousarray(H), np.ascontiguousarray(grad[act]))
+            if not ok:
                 da = np.linalg.lstsq(H, grad[act], rcond=None)[0]
             if not np.all(np.isfinite(da)):
                 da = grad[act] / np.maximum(col[act], 1e-300)
             d = np.zeros(K)
             d[act] = da
+            # trust region in the sup norm: far from the optimum the semi-dual is nearly
+            # linear along weakly coupled directions and the raw Newton step overshoots
+            dmax = float(np.abs(d).max())
+            if dmax > radius:
+                d *= radius / dmax
+                dmax = radius
             slope = float(grad @ d)
             t = 1.0
             accepted = False
@@ -212,12 +231,19 @@ class _EStep:
                 gt = self.normalise(g + t * d)
                 col_t, wlse_t, S_t = self.pass_(gt, want_hess=True)
                 Jt = -self.objective(gt, wlse_t)
-                if Jt >= J + 1e-4 * t * slope or t * np.abs(d).max() < 1e-14:
+                if Jt >= J + 1e-4 * t * slope or t * dmax < 1e-14:
                     accepted = True
                     break
-                t *= 0.5
+                # backtrack with the minimiser of the quadratic through J, J'(0), J(t)
+                denom = 2.0 * (J + t * slope - Jt)
+                t_q = slope * t * t / denom if denom > 0 else 0.5 * t
+                t = min(max(t_q, 0.1 * t), 0.5 * t)
             if not accepted:
                 break
+            if t == 1.0:
+                radius = min(2.0 * radius, 1e6) if dmax >= radius else radius
+            else:
+                radius = max(t * dmax, 1e-3)
             g, col, wlse, S, J = gt, col_t, wlse_t, S_t, Jt
             err = float(np.abs(col - self.alpha).sum())
         return g, col, wlse, err, it, err < tol

@@ -1,0 +1,187 @@
+"""Time per iteration of SinkhornEM (dense and sparse neighbours) vs scikit-learn.
+
+For each N in {1e4, 1e5, 1e6} and K in {50, 200} (D = 7: 3 position + 4 intensity
+features, one Gaussian blob per component) this measures, in the same run:
+
+- ``sklearn``: ``sklearn.mixture.GaussianMixture(covariance_type="diag")`` started from the
+  true parameters (no k-means), time per iteration = (t(max_iter=3) - t(max_iter=1)) / 2;
+- ``ours dense``: ``SinkhornEM(method="sinkhorn", covariance_type="diag")``;
+- ``ours m=16``: the same with ``n_neighbors=16`` (and ``position_dims=3``);
+- optionally ``ours m=16 full``: full covariances (what the segmentation pipeline uses).
+
+Our time per iteration is the median gap between consecutive ``callback`` calls
+(one M-step + neighbour refresh + log-densities + Sinkhorn E-step each). Peak memory is
+the tracemalloc peak (NumPy allocations) during the fit.
+
+Usage::
+
+    python benchmarks/bench_mixture.py            # full grid (several minutes)
+    python benchmarks/bench_mixture.py --quick    # N = 1e4, 1e5 only
+    python benchmarks/bench_mixture.py --n 1000000 --k 200 --no-dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+import warnings
+
+import numba
+import numpy as np
+
+from napari_sinkhorn_em import SinkhornEM
+
+
+def make_data(n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    side = k ** (1 / 3) * 4.0
+    centers = np.concatenate(
+        [rng.uniform(0, side, size=(k, 3)), rng.uniform(0, 3, size=(k, 4))], axis=1
+    )
+    lab = rng.integers(0, k, size=n)
+    X = centers[lab] + rng.normal(size=(n, 7)) * np.array([0.8, 0.8, 0.8, 0.3, 0.3, 0.3, 0.3])
+    var = np.tile([0.64, 0.64, 0.64, 0.09, 0.09, 0.09, 0.09], (k, 1))
+    # perturbed starting means so that the iterations do real work
+    start = centers + rng.normal(size=centers.shape) * 0.3
+    return X, start, var
+
+
+def peak_mem(fn):
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    out = fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return out, peak / 2**20
+
+
+def time_sklearn(X, start, var, k):
+    from sklearn.exceptions import ConvergenceWarning as SkCW
+    from sklearn.mixture import GaussianMixture
+
+    def run(it):
+        gm = GaussianMixture(
+            k,
+            covariance_type="diag",
+            max_iter=it,
+            tol=0,
+            means_init=start,
+            precisions_init=1 / var,
+            weights_init=np.full(k, 1 / k),
+        )
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkCW)
+            gm.fit(X)
+        return time.perf_counter() - t
+
+    t1 = run(1)
+    t3, mem = peak_mem(lambda: run(3))
+    return (t3 - t1) / 2, mem
+
+
+def time_ours(X, start, var, k, m, cov_type, n_iter):
+    stamps = []
+
+    def cb(it, obj):
+        stamps.append(time.perf_counter())
+
+    cov = var if cov_type == "diag" else np.stack([np.diag(v) for v in var])
+    est = SinkhornEM(
+        k,
+        method="sinkhorn",
+        covariance_type=cov_type,
+        means_init=start,
+        covariances_init=cov,
+        n_neighbors=m,
+        position_dims=3,
+        max_iter=n_iter,
+        tol=0,
+        callback=cb,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, mem = peak_mem(lambda: est.fit(X))
+    per_it = float(np.median(np.diff(stamps)))
+    return per_it, mem, est
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="N in {1e4, 1e5} only")
+    p.add_argument("--n", type=int, nargs="*", help="sample sizes (overrides the grid)")
+    p.add_argument("--k", type=int, nargs="*", help="component counts (default 50 200)")
+    p.add_argument("--no-dense", action="store_true", help="skip our dense run")
+    p.add_argument("--no-sklearn", action="store_true", help="skip the sklearn baseline")
+    p.add_argument("--full", action="store_true", help="also time m=16 with full covariances")
+    p.add_argument("--iters", type=int, default=6, help="iterations timed for ours")
+    args = p.parse_args(argv)
+    ns = args.n or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    ks = args.k or [50, 200]
+    print(f"numba threads: {numba.get_num_threads()}, D = 7, float64")
+    # warm up the JIT (cached kernels load from disk)
+    Xw, sw, vw = make_data(2000, 10)
+    time_ours(Xw, sw, vw, 10, 4, "diag", 2)
+    time_ours(Xw, sw, vw, 10, 4, "full", 2)
+    time_ours(Xw, sw, vw, 10, None, "diag", 2)
+
+    rows = []
+    for n in ns:
+        for k in ks:
+            X, start, var = make_data(n, k)
+            sk, sk_mem = (np.nan, np.nan) if args.no_sklearn else time_sklearn(X, start, var, k)
+            dn, dn_mem = (
+                (np.nan, np.nan)
+                if args.no_dense
+                else time_ours(X, start, var, k, None, "diag", args.iters)[:2]
+            )
+            sp, sp_mem, _ = time_ours(X, start, var, k, 16, "diag", args.iters)
+            row = {
+                "n": n,
+                "k": k,
+                "sk": sk,
+                "sk_mem": sk_mem,
+                "dn": dn,
+                "dn_mem": dn_mem,
+                "sp": sp,
+                "sp_mem": sp_mem,
+            }
+            if args.full:
+                row["spf"], row["spf_mem"], _ = time_ours(X, start, var, k, 16, "full", args.iters)
+            rows.append(row)
+            print(
+                f"N={n:>8} K={k:>3}: sklearn {sk * 1e3:9.1f} ms  dense {dn * 1e3:8.1f} ms  "
+                f"m=16 {sp * 1e3:8.1f} ms  ratio(sklearn/m=16) {sk / sp:6.1f}x",
+                flush=True,
+            )
+
+    print()
+    hdr = "| N | K | sklearn diag ms/it | ours dense ms/it | ours m=16 ms/it | sklearn/dense | sklearn/m=16 |"
+    if args.full:
+        hdr += " ours m=16 full ms/it |"
+    hdr += " peak MB sklearn / dense / m=16 |"
+    print(hdr)
+    print("|" + "---|" * (hdr.count("|") - 1))
+    for r in rows:
+        line = (
+            f"| {r['n']:.0e} | {r['k']} | {r['sk'] * 1e3:.1f} | {r['dn'] * 1e3:.1f} | {r['sp'] * 1e3:.1f} "
+            f"| {r['sk'] / r['dn']:.1f}x | {r['sk'] / r['sp']:.1f}x |"
+        )
+        if args.full:
+            line += f" {r['spf'] * 1e3:.1f} |"
+        line += f" {r['sk_mem']:.0f} / {r['dn_mem']:.0f} / {r['sp_mem']:.0f} |"
+        print(line)
+    # linearity in N of the sparse path
+    for k in ks:
+        sub = [r for r in rows if r["k"] == k]
+        if len(sub) >= 2:
+            a, b = sub[0], sub[-1]
+            print(
+                f"K={k}: m=16 time per point per iteration {a['sp'] / a['n'] * 1e9:.0f} ns "
+                f"(N={a['n']:.0e}) -> {b['sp'] / b['n'] * 1e9:.0f} ns (N={b['n']:.0e})"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The public E-step against a slow dense reference and POT."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from napari_sinkhorn_em import sinkhorn_responsibilities
+
+
+def reference_log_sinkhorn(A, alpha, a, n_iter=20000, tol=1e-14):
+    """Plain NumPy/SciPy log-domain Sinkhorn on the full N x K problem."""
+    la, lal = np.log(a), np.log(alpha)
+    g = np.zeros(A.shape[1])
+    for _ in range(n_iter):
+        f = la - logsumexp(A + g, axis=1)
+        g = lal - logsumexp(A + f[:, None], axis=0)
+        logT = A + f[:, None] + g  # columns are exact after the g-update; check rows
+        if np.abs(np.exp(logsumexp(logT, axis=1)) - a).sum() < tol:
+            break
+    logT = A + f[:, None] + g
+    return np.exp(logT - logsumexp(logT, axis=1, keepdims=True))
+
+
+def problem(seed, N=300, K=6, scale=3.0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(N, K)) * scale
+    w = rng.random(K) + 0.2
+    a = rng.random(N) + 0.1
+    return A, w / w.sum(), a
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("solver", ["newton", "sinkhorn"])
+def test_matches_reference_and_pot(seed, solver):
+    ot = pytest.importorskip("ot")
+    A, w, a = problem(seed)
+    R, info = sinkhorn_responsibilities(A, w, a, tol=1e-12, solver=solver, return_info=True)
+    an = a / a.sum()
+    ref = reference_log_sinkhorn(A, w, an)
+    np.testing.assert_allclose(R, ref, atol=1e-8)
+    T = ot.bregman.sinkhorn_log(an, w, -A, reg=1.0, numItermax=100000, stopThr=1e-14)
+    np.testing.assert_allclose(R, T / an[:, None], atol=1e-8)
+    np.testing.assert_allclose(R.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(an @ R, w, atol=1e-11)
+    assert info.converged and info.marginal_error < 1e-12
+    # objective = -L = min_g sum_i a_i lse(A_i + g) - sum_k w_k (g_k - log w_k)
+    g = info.potential
+    obj = an @ logsumexp(A + g, axis=1) - w @ (g - np.log(w))
+    assert info.objective == pytest.approx(obj, abs=1e-12)
+    # -L <= weighted log-likelihood (EM value at g = log w)
+    assert info.objective <= an @ logsumexp(A + np.log(w), axis=1) + 1e-12
+
+
+def test_newton_needs_few_iterations_and_warm_start_helps():
+    A, w, a = problem(5, N=2000, K=20)
+    R, info = sinkhorn_responsibilities(A, w, a, tol=1e-10, solver="newton", return_info=True)
+    R2, info2 = sinkhorn_responsibilities(A, w, a, tol=1e-10, solver="sinkhorn", return_info=True)
+    assert info.n_iter < info2.n_iter
+    np.testing.assert_allclose(R, R2, atol=1e-8)
+    _, warm = sinkhorn_responsibilities(
+        A + 0.01, w, a, tol=1e-10, init_potential=info.potential, return_info=True
+    )
+    assert warm.n_iter <= 2
+
+
+def test_sparse_with_all_components_equals_dense():
+    A, w, a = problem(3, N=200, K=5)
+    rng = np.random.default_rng(0)
+    perm = np.argsort(rng.random(A.shape), axis=1)
+    R = sinkhorn_responsibilities(A, w, a, tol=1e-12)
+    Rs = sinkhorn_responsibilities(np.take_along_axis(A, perm, 1), w, a, neighbors=perm, tol=1e-12)
+    np.testing.assert_allclose(Rs, np.take_along_axis(R, perm, 1), atol=1e-10)
+
+
+def test_sparse_marginals_and_zero_outside():
+    rng = np.random.default_rng(1)
+    N, K, m = 400, 10, 3
+    idx = np.stack([rng.choice(K, m, replace=False) for _ in range(N)])
+    A = rng.normal(size=(N, m))
+    w = np.full(K, 1 / K)
+    R, _info = sinkhorn_responsibilities(A, w, neighbors=idx, tol=1e-11, return_info=True)
+    col = np.bincount(idx.ravel(), weights=R.ravel() / N, minlength=K)
+    np.testing.assert_allclose(col, w, atol=1e-11)
+    np.testing.assert_allclose(R.sum(1), 1, atol=1e-12)
+
+
+def test_far_points_zero_weights_and_k1_are_finite():
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(50, 3))
+    A[0] = [-1e6, -2e6, -3e6]  # a point far from every component
+    A[:, 2] -= 5000.0  # a component far from every point: exp underflows everywhere
+    a = rng.random(50)
+    a[5:10] = 0.0
+    w = np.array([0.5, 0.3, 0.2])
+    R, info = sinkhorn_responsibilities(A, w, a, return_info=True, tol=1e-10)
+    assert np.all(np.isfinite(R)) and info.converged
+    np.testing.assert_allclose((a / a.sum()) @ R, w, atol=1e-10)
+    R1, info1 = sinkhorn_responsibilities(A[:, :1], [1.0], a, return_info=True)
+    np.testing.assert_array_equal(R1, 1.0)
+    assert info1.marginal_error < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"log_prob": np.full((4, 2), np.nan)}, "NaN"),
+        ({"log_prob": np.zeros(4)}, "2-D"),
+        ({"weights": [0.5, 0.6]}, "sum to 1"),
+        ({"weights": [1.5, -0.5]}, "strictly positive"),
+        ({"weights": [1.0]}, r"shape \(2,\)"),
+        ({"sample_weight": [1, -1, 1, 1]}, "non-negative"),
+        ({"sample_weight": [1, 1]}, r"sample_weight must have shape \(4,\)"),
+        ({"sample_weight": [1, 0, 0, 0]}, "fewer than the 2 components"),
+        ({"neighbors": np.zeros((3, 2), int)}, "same shape"),
+        ({"neighbors": np.full((4, 2), 7)}, "outside"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    args = {"log_prob": np.zeros((4, 2)), "weights": [0.5, 0.5]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sinkhorn_responsibilities(**args)
