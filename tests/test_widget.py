@@ -13,12 +13,12 @@ napari = pytest.importorskip("napari")
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
-from napari_sinkhorn_em.segmentation import load_params  # noqa: E402
 from napari_sinkhorn_em._reader import read_tiff  # noqa: E402
 from napari_sinkhorn_em._sample_data import sample_path  # noqa: E402
 from napari_sinkhorn_em._widget import SinkhornEMWidget, merge_label_edits  # noqa: E402
 from napari_sinkhorn_em.io import read_image  # noqa: E402
 from napari_sinkhorn_em.metrics import match_centres  # noqa: E402
+from napari_sinkhorn_em.segmentation import load_params  # noqa: E402
 
 VOXEL = (0.8, 0.35, 0.35)
 CHANNELS = ["mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear"]
@@ -204,8 +204,8 @@ def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_vie
     viewer = make_napari_viewer()
     with sample_path("worm_head.tif") as p:
         [(data, kwargs, _)] = read_tiff(p, split_channels=False)
-    # a 21 um long crop keeps the fits short
-    viewer.add_image(data[..., :60], **{**kwargs, "name": "crop"})
+    # a 14 um long crop keeps the fits short
+    viewer.add_image(data[..., :40], **{**kwargs, "name": "crop"})
     widget = SinkhornEMWidget(viewer)
     widget.run()
     _wait(qtbot, widget)

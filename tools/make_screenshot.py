@@ -51,14 +51,12 @@ def main(argv: list[str] | None = None) -> Path:
         _process_events(0.05)
     labels = viewer.layers["worm_head nuclei"]
     points = viewer.layers["worm_head centres"]
-    labels.opacity = 0.45
-    labels.contour = 1
+    labels.opacity = 0.5
     viewer.layers.selection.active = points
-    # a z-plane through the middle of the nuclei
-    z = int(np.median(points.data[:, 0]))
+    # the z-plane cutting through the most nuclei
+    z = int(np.argmax([len(np.unique(plane)) for plane in np.asarray(labels.data)]))
     viewer.dims.set_current_step(0, z)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    viewer.canvas.overlays.scale_bar.visible = True
     viewer.reset_view()
     _process_events(0.5)
 

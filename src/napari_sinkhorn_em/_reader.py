@@ -16,15 +16,17 @@ tuples.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
 from napari_sinkhorn_em.io import ImageData, read_image
 
-__all__ = ["get_reader", "image_layer_data", "read_tiff"]
+__all__ = ["contrast_limits", "get_reader", "image_layer_data", "read_tiff"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 PathLike = str | os.PathLike
@@ -33,6 +35,44 @@ PathLike = str | os.PathLike
 CHANNEL_COLORMAPS = ("red", "green", "blue", "gray", "magenta", "cyan", "yellow")
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@functools.cache
+def _layer_units_supported() -> bool:
+    """True when the installed napari accepts a ``units`` layer argument (napari >= 0.6)."""
+    try:
+        major, minor = (int(x) for x in version("napari").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 6)
+
+
+def contrast_limits(data: np.ndarray, *, max_samples: int = 2_000_000) -> tuple[float, float]:
+    """Display range from robust percentiles (0.1 and 99.95) of a strided sample of ``data``.
+
+    A few very bright voxels (e.g. autofluorescent granules) otherwise squeeze the
+    nuclei into the dark end of the colormap.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The channel's pixels.
+    max_samples : int
+        At most about this many voxels are looked at.
+
+    Returns
+    -------
+    (float, float)
+        Low and high limits, high > low.
+    """
+    flat = np.asarray(data).reshape(-1)
+    step = max(1, flat.size // max_samples)
+    lo, hi = (float(v) for v in np.percentile(flat[::step], (0.1, 99.95)))
+    if not hi > lo:
+        lo, hi = float(flat.min()), float(flat.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return lo, hi
 
 
 def _is_tiff(path: PathLike) -> bool:
@@ -118,6 +158,9 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
     n_spatial = len(img.spatial_axes)
     calibrated = img.voxel_size is not None
     spatial_scale = tuple(img.voxel_size) if calibrated else (1.0,) * n_spatial
+    extra: dict[str, Any] = {}
+    if calibrated and _layer_units_supported():
+        extra["units"] = ("micrometer",) * n_spatial
     base_meta = {
         "source_path": str(img.path),
         "source_name": stem,
@@ -125,7 +168,13 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
         "spatial_axes": img.spatial_axes,
     }
     if img.channel_axis is None:
-        kwargs = {"name": stem, "scale": spatial_scale, "metadata": dict(base_meta)}
+        kwargs = {
+            "name": stem,
+            "scale": spatial_scale,
+            "metadata": dict(base_meta),
+            "contrast_limits": contrast_limits(img.data),
+            **extra,
+        }
         return [(img.data, kwargs, "image")]
 
     n_ch = img.n_channels
@@ -135,6 +184,10 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
         scale.insert(img.channel_axis, 1.0)
         meta = {**base_meta, "channel_axis": img.channel_axis, "channel_names": list(names)}
         kwargs = {"name": stem, "scale": tuple(scale), "metadata": meta}
+        if "units" in extra:
+            kwargs["units"] = tuple(
+                "pixel" if i == img.channel_axis else "micrometer" for i in range(img.data.ndim)
+            )
         return [(img.data, kwargs, "image")]
 
     layers: list[LayerData] = []
@@ -147,6 +200,8 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
             "metadata": meta,
             "colormap": CHANNEL_COLORMAPS[i % len(CHANNEL_COLORMAPS)] if n_ch > 1 else "gray",
             "blending": "additive",
+            "contrast_limits": contrast_limits(data),
+            **extra,
         }
         layers.append((data, kwargs, "image"))
     return layers

@@ -111,6 +111,7 @@ class _Input:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     name: str
+    units: tuple[str, ...] | None = None
 
     def array(self) -> np.ndarray:
         """The image as one array (called in the worker thread: may load lazy data)."""
@@ -469,7 +470,10 @@ class SinkhornEMWidget(QWidget):
             raise ValueError(f"voxel size values must be positive, got {vs}")
         scale = tuple(float(ref.scale[i]) for i in spatial)
         translate = tuple(float(ref.translate[i]) for i in spatial)
-        return _Input(list(layers), ca, names, vs, scale, translate, str(name))
+        units = getattr(ref, "units", None)  # napari >= 0.6
+        if units is not None:
+            units = tuple(str(units[i]) for i in spatial)
+        return _Input(list(layers), ca, names, vs, scale, translate, str(name), units)
 
     def _settings(self) -> dict[str, Any]:
         """Algorithm keyword arguments of segment_nuclei from the controls."""
@@ -681,36 +685,39 @@ class SinkhornEMWidget(QWidget):
             and old.points_layer in self.viewer.layers
         )
         meta = {"sinkhorn_em_params": result.params}
+        geometry: dict[str, Any] = {"scale": inp.scale, "translate": inp.translate}
+        if inp.units is not None:
+            geometry["units"] = inp.units
         if replace:
             labels_layer, points_layer = old.labels_layer, old.points_layer
             labels_layer.data = labels
-            labels_layer.scale, labels_layer.translate = inp.scale, inp.translate
+            for key, value in geometry.items():
+                setattr(labels_layer, key, value)
             labels_layer.metadata.update(meta)
             # the features follow the rows of the new data
             points_layer.data = centres
             points_layer.features = table
-            points_layer.scale, points_layer.translate = inp.scale, inp.translate
+            for key, value in geometry.items():
+                setattr(points_layer, key, value)
             points_layer.size = self._points_size(inp)
             points_layer.metadata.update(meta)
         else:
             labels_layer = self.viewer.add_labels(
                 labels,
                 name=f"{inp.name} nuclei",
-                scale=inp.scale,
-                translate=inp.translate,
                 metadata=meta,
+                **geometry,
             )
             points_layer = self.viewer.add_points(
                 centres,
                 name=f"{inp.name} centres",
-                scale=inp.scale,
-                translate=inp.translate,
                 features=table,
                 size=self._points_size(inp),
                 face_color="transparent",
                 border_color="yellow",
                 border_width=0.15,
                 metadata=meta,
+                **geometry,
             )
         self._state = _State(
             inp=inp,
