@@ -1,0 +1,275 @@
+"""SinkhornEM: agreement with scikit-learn, ported GaussianMixture tests, numerics, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_sinkhorn_em import ConvergenceWarning, SinkhornEM
+
+
+def blobs(seed=0, K=3, D=2, n=200, sep=8.0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(K, D)) * sep
+    X = np.concatenate([c + rng.normal(size=(n, D)) * scale for c in centers])
+    y = np.repeat(np.arange(K), n)
+    return X, y, centers
+
+
+def match(found, truth):
+    """Permutation of found onto truth by nearest mean."""
+    return np.array([np.argmin(((found - t) ** 2).sum(1)) for t in truth])
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "spherical"])
+def test_em_matches_sklearn_step_for_step(ct):
+    GaussianMixture = pytest.importorskip("sklearn.mixture").GaussianMixture
+    from sklearn.exceptions import ConvergenceWarning as SkCW
+
+    X, _, centers = blobs(1, K=4, D=3, sep=3.0)
+    rng = np.random.default_rng(0)
+    K, D = 4, 3
+    mi = centers + rng.normal(size=centers.shape)
+    w = np.array([0.1, 0.2, 0.3, 0.4])
+    cov = {"full": np.tile(2 * np.eye(D), (K, 1, 1)), "diag": np.full((K, D), 2.0)}.get(
+        ct, np.full(K, 2.0)
+    )
+    prec = np.linalg.inv(cov) if ct == "full" else 1 / cov
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkCW)
+        sk = GaussianMixture(
+            K, covariance_type=ct, weights_init=w, means_init=mi, precisions_init=prec,
+            max_iter=10, tol=0,
+        ).fit(X)  # fmt: skip
+    with pytest.warns(ConvergenceWarning):
+        ours = SinkhornEM(
+            K, method="em", learn_weights=True, weights=w, covariance_type=ct,
+            means_init=mi, covariances_init=cov, max_iter=10, tol=0,
+        ).fit(X)  # fmt: skip
+    np.testing.assert_allclose(ours.means_, sk.means_, atol=1e-6)
+    np.testing.assert_allclose(ours.covariances_, sk.covariances_, atol=1e-6)
+    np.testing.assert_allclose(ours.weights_, sk.weights_, atol=1e-6)
+    # sklearn's lower bound is taken at the parameters before its last M-step
+    assert ours.objective_history_[-2] == pytest.approx(sk.lower_bound_, abs=1e-8)
+    np.testing.assert_allclose(ours.score_samples(X), sk.score_samples(X), atol=1e-8)
+    assert ours.score(X) == pytest.approx(sk.score(X), abs=1e-8)
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "em"])
+@pytest.mark.parametrize("ct", ["full", "diag", "spherical"])
+def test_recovers_separated_blobs(method, ct):
+    X, y, centers = blobs(2, K=3, D=2)
+    est = SinkhornEM(3, method=method, covariance_type=ct, random_state=0).fit(X)
+    perm = match(est.means_, centers)
+    np.testing.assert_allclose(est.means_[perm], centers, atol=0.25)
+    cov = {"full": est.covariances_, "diag": est.covariances_, "spherical": est.covariances_}
+    c = cov[ct][perm]
+    expect = {"full": np.eye(2), "diag": np.ones(2), "spherical": 1.0}[ct]
+    np.testing.assert_allclose(c, np.broadcast_to(expect, c.shape), atol=0.3)
+    assert est.converged_
+    labels = est.predict(X)
+    inv = np.argsort(perm)
+    assert np.mean(inv[labels] == y) > 0.99
+    np.testing.assert_array_equal(est.predict_proba(X).argmax(1), labels)
+    if method == "sinkhorn":
+        # the fitted responsibilities average to the prescribed weights
+        np.testing.assert_allclose(est.predict_proba(X).mean(0), 1 / 3, atol=1e-6)
+
+
+def test_predict_proba_sparse_and_fit_predict():
+    X, _, _ = blobs(3, K=5, D=3, n=150)
+    est = SinkhornEM(5, n_neighbors=2, random_state=1)
+    labels = est.fit_predict(X)
+    np.testing.assert_array_equal(labels, est.predict(X))
+    idx, resp = est.predict_proba_sparse(X)
+    assert idx.shape == resp.shape == (X.shape[0], 2)
+    np.testing.assert_allclose(resp.sum(1), 1)
+    # separated blobs: the truncated responsibilities equal the dense ones
+    dense = est.predict_proba(X)
+    np.testing.assert_allclose(np.take_along_axis(dense, idx, 1), resp, atol=1e-6)
+    idx_all, resp_all = est.predict_proba_sparse(X, n_neighbors=5)
+    np.testing.assert_allclose(np.take_along_axis(dense, idx_all, 1), resp_all, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "em"])
+@pytest.mark.parametrize("m", [None, 3])
+def test_sparse_with_all_components_is_exact(method, m):
+    X, _, centers = blobs(4, K=3, D=2, sep=3.0)
+    kw = {"method": method, "means_init": centers + 0.5, "max_iter": 5, "tol": 0}
+    with pytest.warns(ConvergenceWarning):
+        dense = SinkhornEM(3, **kw).fit(X)
+    with pytest.warns(ConvergenceWarning):
+        sparse = SinkhornEM(3, n_neighbors=m, **kw).fit(X)
+    np.testing.assert_allclose(sparse.means_, dense.means_, atol=1e-9)
+    np.testing.assert_allclose(sparse.objective_history_, dense.objective_history_, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"method": "sinkhorn"},
+        {"method": "em"},
+        {"method": "em", "learn_weights": True},
+        {"method": "sinkhorn", "covariance_type": "diag", "weights": [0.2, 0.3, 0.1, 0.4]},
+        {"method": "sinkhorn", "position_dims": 2, "covariance_bounds": (0.5, 2.0)},
+        {"method": "sinkhorn", "n_neighbors": 4},
+    ],
+)
+def test_objective_is_monotone(kw):
+    X, _, _ = blobs(5, K=4, D=3, sep=2.0)
+    hist = SinkhornEM(4, max_iter=30, tol=1e-10, random_state=3, init="random", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        hist = hist.fit(X).objective_history_
+    assert len(hist) > 3
+    assert np.all(np.diff(hist) >= -1e-9)
+
+
+def test_sinkhorn_objective_below_loglik_and_equal_at_balance():
+    X, _, _ = blobs(6, K=3, D=2)
+    s = SinkhornEM(3, random_state=0).fit(X)
+    em = SinkhornEM(
+        3, method="em", max_iter=0, means_init=s.means_, covariances_init=s.covariances_
+    )
+    ll = em.fit(X).objective_
+    # -L <= l, nearly equal on balanced separated blobs
+    assert s.objective_ <= ll + 1e-10
+    assert s.objective_ == pytest.approx(ll, abs=1e-3)
+
+
+def test_n_init_never_worse():
+    X, _, _ = blobs(7, K=5, D=2, sep=4.0)
+    kw = {"random_state": 11, "init": "random", "tol": 1e-4, "max_iter": 300}
+    one = SinkhornEM(5, n_init=1, **kw).fit(X)
+    many = SinkhornEM(5, n_init=4, **kw).fit(X)
+    assert many.objective_ >= one.objective_ - 1e-12
+
+
+def test_deterministic():
+    X, _, _ = blobs(8, K=3)
+    a = SinkhornEM(3, random_state=5).fit(X)
+    b = SinkhornEM(3, random_state=5).fit(X)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    assert a.objective_history_ == b.objective_history_
+
+
+def test_convergence_warning_and_max_iter_zero():
+    X, _, centers = blobs(9, K=3)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        est = SinkhornEM(3, max_iter=1, tol=0, random_state=0).fit(X)
+    assert not est.converged_ and est.n_iter_ == 1
+    means_init = centers + 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = SinkhornEM(3, max_iter=0, means_init=means_init).fit(X)
+    np.testing.assert_array_equal(est.means_, means_init)
+    assert est.n_iter_ == 0 and len(est.objective_history_) == 1
+
+
+def test_callback_progress_and_stop():
+    X, _, _ = blobs(10, K=3)
+    seen = []
+    est = SinkhornEM(3, tol=0, max_iter=50, random_state=0, callback=lambda i, o: seen.append(i))
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X)
+    assert seen == list(range(1, 51))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = SinkhornEM(3, tol=0, max_iter=50, random_state=0, callback=lambda i, o: i >= 3)
+        est.fit(X)
+    assert est.stopped_ and not est.converged_ and est.n_iter_ == 3
+
+
+def test_collapsed_component_raises():
+    # sklearn's regularisation test: two collapsed point clouds, no regularisation
+    X = np.vstack([np.ones((10, 2)), np.zeros((10, 2))])
+    with pytest.raises(ValueError, match=r"component \d+ collapsed"):
+        SinkhornEM(2, reg_covar=0, means_init=[[0, 0], [1, 1]]).fit(X)
+    est = SinkhornEM(2, reg_covar=1e-6, means_init=[[0, 0], [1, 1]]).fit(X)
+    np.testing.assert_allclose(np.sort(est.means_[:, 0]), [0, 1], atol=1e-9)
+
+
+def test_sample_weight_equals_repetition():
+    X, _, centers = blobs(11, K=2, n=50)
+    w = np.random.default_rng(0).integers(0, 4, size=X.shape[0])
+    kw = {"means_init": centers, "max_iter": 8, "tol": 0}
+    with pytest.warns(ConvergenceWarning):
+        a = SinkhornEM(2, **kw).fit(X, sample_weight=w)
+    with pytest.warns(ConvergenceWarning):
+        b = SinkhornEM(2, **kw).fit(np.repeat(X, w, axis=0))
+    np.testing.assert_allclose(a.means_, b.means_, atol=1e-9)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, atol=1e-9)
+
+
+def test_block_structure_and_bounds():
+    rng = np.random.default_rng(12)
+    cov = np.array([[4.0, 0, 0, 1.5], [0, 0.01, 0, 0], [0, 0, 1, 0], [1.5, 0, 0, 1]])
+    X = rng.multivariate_normal(np.zeros(4), cov, size=3000)
+    est = SinkhornEM(1, position_dims=2, covariance_bounds=(0.1, 2.0)).fit(X)
+    c = est.covariances_[0]
+    np.testing.assert_array_equal(c[:2, 2:], 0)
+    w = np.linalg.eigvalsh(c[:2, :2])
+    np.testing.assert_allclose(w, [0.1, 2.0], atol=1e-12)
+    # the intensity block is neither clipped nor decoupled from itself
+    assert c[3, 3] == pytest.approx(1.0, abs=0.1)
+    est = SinkhornEM(1, covariance_type="diag", covariance_bounds=(0.1, 2.0)).fit(X)
+    np.testing.assert_allclose(est.covariances_[0, :2], [2.0, 0.1])
+
+
+def test_far_points_and_zero_weights_stay_finite():
+    X, _, centers = blobs(13, K=3)
+    X = np.vstack([X, [[1e5, -1e5]]])
+    sw = np.ones(X.shape[0])
+    sw[:10] = 0
+    for method in ("sinkhorn", "em"):
+        est = SinkhornEM(3, method=method, means_init=centers, random_state=0)
+        est.fit(X, sample_weight=sw)
+        assert np.all(np.isfinite(est.means_)) and np.all(np.isfinite(est.objective_history_))
+        assert np.all(np.isfinite(est.score_samples(X)))
+        assert np.all(np.isfinite(est.predict_proba(X)))
+
+
+def test_single_component():
+    X, _, _ = blobs(14, K=1)
+    est = SinkhornEM(1).fit(X)
+    np.testing.assert_allclose(est.means_[0], X.mean(0), atol=1e-12)
+    np.testing.assert_allclose(est.predict_proba(X), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("X", "kw", "fit_kw", "match"),
+    [
+        (np.array([[0.0, np.nan]] * 5), {}, {}, "NaN or infinity"),
+        (np.array([[0.0, np.inf]] * 5), {}, {}, "NaN or infinity"),
+        (np.zeros(5), {}, {}, "2-D"),
+        (np.zeros((5, 2)), {"weights": [0.5, 0.6]}, {}, "sum to 1"),
+        (np.zeros((5, 2)), {"weights": [1.5, -0.5]}, {}, "strictly positive"),
+        (np.zeros((5, 2)), {"weights": [1.0]}, {}, r"shape \(2,\)"),
+        (np.zeros((5, 2)), {}, {"sample_weight": [1, 1, -1, 1, 1]}, "non-negative"),
+        (np.zeros((5, 2)), {}, {"sample_weight": [1, 1]}, r"sample_weight must have shape"),
+        (np.zeros((5, 2)), {}, {"sample_weight": [1, 0, 0, 0, 0]}, "positive mass"),
+        (np.zeros((1, 2)), {}, {}, "positive mass"),
+        (np.zeros((5, 2)), {"means_init": np.zeros((3, 2))}, {}, r"means_init must have shape"),
+        (np.zeros((5, 2)), {"covariances_init": np.ones((2, 3))}, {}, "covariances_init"),
+        (np.zeros((5, 2)), {"method": "kmeans"}, {}, "method must be"),
+        (np.zeros((5, 2)), {"learn_weights": True}, {}, "requires method='em'"),
+        (np.zeros((5, 2)), {"covariance_type": "tied"}, {}, "covariance_type"),
+        (np.zeros((5, 2)), {"covariance_bounds": (2, 1)}, {}, "covariance_bounds"),
+        (np.zeros((5, 2)), {"position_dims": 3}, {}, "position_dims"),
+        (np.zeros((5, 2)), {"n_neighbors": 0}, {}, "n_neighbors"),
+        (np.zeros((5, 2)), {"init": "kmeans"}, {}, "init must be"),
+        (np.zeros((5, 2)), {"n_init": 0}, {}, "n_init"),
+    ],
+)
+def test_bad_input(X, kw, fit_kw, match):
+    with pytest.raises(ValueError, match=match):
+        SinkhornEM(2, **kw).fit(X, **fit_kw)
+
+
+def test_predict_checks():
+    X, _, _ = blobs(15, K=2)
+    with pytest.raises(ValueError, match="not fitted"):
+        SinkhornEM(2).predict(X)
+    est = SinkhornEM(2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        est.predict(np.zeros((3, 5)))
