@@ -198,6 +198,9 @@ def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
     assert loaded["n_nuclei"] == k_before - k
     assert loaded["voxel_size"] == pytest.approx(VOXEL)
     assert json.loads(paths[2].read_text())["parameters"]["method"] == widget.method.value
+    # the hand-erased voxels are in the TIFF; the user is told the table is the fit's
+    assert (img.data[block] == 0).all()
+    assert "table and parameters describe the last fit" in _last_message()
 
 
 def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_viewer, qtbot):

@@ -44,13 +44,12 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from napari_sinkhorn_em._writer import points_table
 from napari_sinkhorn_em.io import write_labels, write_table
 from napari_sinkhorn_em.segmentation import (
     SegmentationCancelled,
@@ -130,6 +129,7 @@ class _State:
     labels_layer: Labels
     points_layer: Points
     displayed: np.ndarray  # the labels array the widget last put in the layer
+    centres: np.ndarray  # the centres the widget last put in the points layer
     edits: np.ndarray | None = field(default=None)  # voxels painted by the user (kept)
 
 
@@ -537,6 +537,8 @@ class SinkhornEMWidget(QWidget):
             if missing:
                 raise ValueError(f"the image layer(s) of the last run were removed: {missing}")
             points = state.points_layer
+            if points not in self.viewer.layers:
+                raise ValueError(f"the centres layer {points.name!r} was removed")
             centres = self._points_in_image_voxels(points, inp)
             if len(centres) == 0:
                 raise ValueError(
@@ -613,6 +615,11 @@ class SinkhornEMWidget(QWidget):
         if self.is_running and not self._cancel.is_set():
             self._cancel.set()
             self.status.value = "cancelling…"
+
+    def closeEvent(self, event: Any) -> None:
+        """Stop a running fit when the dock widget is closed."""
+        self.cancel()
+        super().closeEvent(event)
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
         self.run_button.enabled = not busy
@@ -726,6 +733,7 @@ class SinkhornEMWidget(QWidget):
             labels_layer=labels_layer,
             points_layer=points_layer,
             displayed=np.array(labels, copy=True),
+            centres=centres.copy(),
         )
 
     def _apply_refine(self, result: SegmentationResult) -> None:
@@ -759,6 +767,7 @@ class SinkhornEMWidget(QWidget):
         state.params = result.params
         state.table = table
         state.displayed = np.array(merged, copy=True)
+        state.centres = centres.copy()
         state.edits = edits if edits is not None and edits.any() else None
 
     def _require_state(self) -> _State:
@@ -812,13 +821,24 @@ class SinkhornEMWidget(QWidget):
         labels = np.asarray(state.labels_layer.data)
         voxel_size = tuple(float(s) for s in state.labels_layer.scale)
         out_labels = write_labels(folder / f"{stem}_labels.tif", labels, voxel_size)
-        table = state.table
-        points = state.points_layer
-        if points in self.viewer.layers and len(points.data) == len(table):
-            table = points_table(points.data, {"features": points.features, "scale": points.scale})
-        out_table = write_table(folder / f"{stem}_nuclei.csv", table)
+        # the table and parameters describe the last fit, so the batch tool run with the
+        # parameter file gives the same table (and the same labels, minus manual edits)
+        out_table = write_table(folder / f"{stem}_nuclei.csv", state.table)
         out_params = folder / f"{stem}_params.json"
         save_params(out_params, state.params)
+        edited = []
+        if labels.shape != state.displayed.shape or not np.array_equal(labels, state.displayed):
+            edited.append("labels were painted")
+        points = np.asarray(state.points_layer.data)
+        if points.shape != state.centres.shape or not np.allclose(points, state.centres):
+            edited.append("centre points were edited")
+        if edited or state.edits is not None:
+            show_warning(
+                "Sinkhorn-EM export: the labels TIFF holds your edits, but the table and "
+                "parameters describe the last fit"
+                + (f" ({' and '.join(edited)} since)" if edited else "")
+                + "; press Refine to fit the edited centres."
+            )
         return [Path(out_labels), Path(out_table), out_params]
 
 
