@@ -97,6 +97,13 @@ def test_single_multichannel_layer_uses_its_channel_axis(make_napari_viewer):
     assert inp.channel_axis == 1 and inp.channel_names == CHANNELS
     assert inp.scale == pytest.approx(VOXEL) and inp.array().shape == data.shape
 
+    rgb = viewer.add_image(np.zeros((10, 12, 3), np.uint8), rgb=True, name="rgb", scale=(0.5, 0.4))
+    widget.image_layers.value = [rgb]
+    assert widget.channel_axis.value == 2 and not widget.channel_axis.enabled
+    assert widget.voxel_size.value == "0.5, 0.4"
+    inp = widget._input()
+    assert inp.channel_axis == 2 and inp.scale == pytest.approx((0.5, 0.4))
+
 
 def test_bad_settings_become_notifications(viewer_widget):
     viewer, widget = viewer_widget

@@ -389,17 +389,20 @@ class SinkhornEMWidget(QWidget):
         layers = list(self.image_layers.value)
         if len(layers) == 1:
             layer = layers[0]
-            choices: list[tuple[str, int | None]] = [("none", None)]
-            choices += [(f"axis {i} (size {n})", i) for i, n in enumerate(layer.data.shape)]
-            guess = layer.metadata.get("channel_axis")
-            if layer.rgb:
-                guess = layer.ndim  # napari keeps the RGB axis out of ndim
-                choices.append((f"axis {guess} (RGB)", guess))
-            elif guess is None and layer.ndim == 4:
-                guess = int(np.argmin(layer.data.shape[:2]))  # ZCYX or CZYX
-            self.channel_axis.choices = choices
-            self.channel_axis.value = guess if guess in [c[1] for c in choices] else None
-            self.channel_axis.enabled = True
+            shape = layer.data.shape
+            if layer.rgb:  # napari keeps the colour axis (the last) out of layer.ndim
+                self.channel_axis.choices = [(f"axis {layer.ndim} (RGB)", layer.ndim)]
+                self.channel_axis.value = layer.ndim
+                self.channel_axis.enabled = False
+            else:
+                choices: list[tuple[str, int | None]] = [("none", None)]
+                choices += [(f"axis {i} (size {n})", i) for i, n in enumerate(shape)]
+                guess = layer.metadata.get("channel_axis")
+                if guess is None and layer.ndim == 4:
+                    guess = int(np.argmin(shape[:2]))  # ZCYX or CZYX
+                self.channel_axis.choices = choices
+                self.channel_axis.value = guess if guess in range(len(shape)) else None
+                self.channel_axis.enabled = True
         else:
             self.channel_axis.choices = [("none (layers are the channels)", None)]
             self.channel_axis.value = None
