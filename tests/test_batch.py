@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from napari_sinkhorn_em import __version__
 from napari_sinkhorn_em.batch import (
     RUN_JSON,
     BatchError,
@@ -20,7 +23,7 @@ from napari_sinkhorn_em.batch import (
     output_paths,
     run_batch,
 )
-from napari_sinkhorn_em.io import write_image
+from napari_sinkhorn_em.io import read_image, write_image
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -224,3 +227,346 @@ def test_input_fingerprint_changes_with_content_and_mtime(tmp_path):
     assert fp == {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
     os.utime(p, ns=(fp["mtime_ns"] + 10**9, fp["mtime_ns"] + 10**9))
     assert input_fingerprint(p) != fp
+
+
+# ---------------------------------------------------------------------------------------
+# whole runs on a folder of small synthetic worms plus bad files
+# ---------------------------------------------------------------------------------------
+
+SMALL_3D = {"n_nuclei": 12, "region": "body", "voxel_size": (1.0, 0.7, 0.7), "n_channels": 2}
+SMALL_2D = {"n_nuclei": 12, "region": "body", "voxel_size": (0.7, 0.7), "n_channels": 2, "ndim": 2}
+GOOD = ("worm2d", "worm3d_a", "worm3d_b")
+BAD = {
+    "constant": "constant",
+    "corrupt": "corrupt",
+    "empty": "empty",
+    "notatiff": "not a TIFF",
+    "truncated": "truncated",
+    "wrong_axes": "wrong number of axes",
+}
+
+
+def _write_worm(path: Path, worm) -> None:
+    axes = "C" + "ZYX"[3 - worm.ndim :]
+    write_image(
+        path, worm.image, voxel_size=worm.voxel_size, axes=axes, channel_names=worm.channel_names
+    )
+
+
+@pytest.fixture(scope="module")
+def worm_dir(tmp_path_factory):
+    """A folder of two small 3-D worms, one 2-D worm and six bad files (+ a text file)."""
+    import tifffile
+
+    from napari_sinkhorn_em.synthetic import make_worm
+
+    d = tmp_path_factory.mktemp("worms")
+    truth = {}
+    for name, kwargs, seed in (
+        ("worm3d_a", SMALL_3D, 1),
+        ("worm3d_b", SMALL_3D, 2),
+        ("worm2d", SMALL_2D, 3),
+    ):
+        worm = make_worm(seed=seed, **kwargs)
+        _write_worm(d / f"{name}.tif", worm)
+        truth[name] = worm
+    good = (d / "worm3d_a.tif").read_bytes()
+    (d / "truncated.tif").write_bytes(good[: len(good) // 2])
+    rng = np.random.default_rng(0)
+    (d / "corrupt.tif").write_bytes(good[:8] + rng.integers(0, 256, 4000, np.uint8).tobytes())
+    (d / "notatiff.tif").write_text("this is a text file with a .tif name\n")
+    (d / "empty.tif").write_bytes(b"")
+    write_image(
+        d / "constant.tif",
+        np.full((8, 24, 24), 300, np.uint16),
+        voxel_size=(1.0, 0.7, 0.7),
+        axes="ZYX",
+    )
+    tifffile.imwrite(
+        d / "wrong_axes.tif", np.ones((2, 2, 3, 16, 16), np.uint8), photometric="minisblack"
+    )
+    (d / "notes.txt").write_text("ignored: not a .tif")
+    return d, truth
+
+
+@pytest.fixture(scope="module")
+def first_run(worm_dir, tmp_path_factory):
+    """One in-process run (jobs=1) over the whole folder, through the CLI entry point."""
+    from napari_sinkhorn_em.cli import main
+
+    d, _ = worm_dir
+    hashes = {p.name: _sha(p) for p in d.iterdir()}
+    out = tmp_path_factory.mktemp("out1")
+    code = main(["segment", str(d), "--output", str(out), "--seed", "7", "--quiet"])
+    return code, out, hashes
+
+
+def _run_json(out: Path) -> dict:
+    return json.loads((out / RUN_JSON).read_text())
+
+
+def test_good_files_segmented_bad_files_reported(first_run, worm_dir):
+    code, out, hashes = first_run
+    d, truth = worm_dir
+    assert code == 1  # some inputs failed
+    run = _run_json(out)
+    assert run["napari_sinkhorn_em_version"] == __version__
+    assert run["schema"] == 1
+    assert run["last_run"]["status"] == "finished"
+    assert run["last_run"]["n_inputs"] == len(GOOD) + len(BAD)
+    assert run["last_run"]["n_ok"] == len(GOOD)
+    assert run["last_run"]["n_failed"] == len(BAD)
+    assert run["last_run"]["command"][:2] == ["napari-sinkhorn-em", "segment"]
+    assert run["parameters"]["seed"] == 7
+    assert sorted(run["files"]) == sorted([*GOOD, *BAD])
+    for key, reason in BAD.items():
+        rec = run["files"][key]
+        assert rec["status"] == "failed", key
+        assert reason in rec["error"]["message"], (key, rec["error"])
+        assert rec["input"] == str(d / f"{key}.tif")
+        assert not (out / f"{key}_labels.tif").exists()
+        assert not (out / f"{key}_nuclei.csv").exists()
+    for key in GOOD:
+        rec = run["files"][key]
+        assert rec["status"] == "ok" and rec["error"] is None, rec
+        assert rec["voxel_size_source"] == "metadata"
+        assert rec["voxel_size"] == pytest.approx(list(truth[key].voxel_size))
+        assert rec["seed"] == derive_seed(7, key)
+        assert rec["parameters_used"]["random_state"] == rec["seed"]
+        assert set(rec["timings"]) == {"read", "segment", "write", "total"}
+        assert rec["fingerprint"] == input_fingerprint(d / f"{key}.tif")
+    # no temporary files left, inputs untouched
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        [f"{k}_labels.tif" for k in GOOD] + [f"{k}_nuclei.csv" for k in GOOD] + [RUN_JSON]
+    )
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert {p.name: _sha(p) for p in d.iterdir()} == hashes
+
+
+@pytest.mark.parametrize("key", GOOD)
+def test_outputs_match_input_and_truth(first_run, worm_dir, key):
+    from napari_sinkhorn_em.metrics import match_centres
+
+    _, out, _ = first_run
+    d, truth = worm_dir
+    worm = truth[key]
+    image = read_image(d / f"{key}.tif")
+    labels = read_image(out / f"{key}_labels.tif")
+    assert labels.data.shape == image.spatial_shape == worm.labels.shape
+    assert labels.voxel_size == pytest.approx(worm.voxel_size)
+    assert labels.channel_axis is None
+
+    table = pd.read_csv(out / f"{key}_nuclei.csv")
+    axes = "zyx"[3 - worm.ndim :]
+    expected = ["label", *axes, *(f"{a}_um" for a in axes), "volume_um3"]
+    expected += [f"mean_{n}" for n in worm.channel_names]
+    assert list(table.columns) == expected
+
+    # the table describes exactly the labels in the image
+    ids, counts = np.unique(labels.data, return_counts=True)
+    counts = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    counts.pop(0, None)
+    assert sorted(table["label"]) == sorted(counts)
+    assert table["label"].is_unique
+    vs = np.asarray(worm.voxel_size)
+    for j, a in enumerate(axes):
+        np.testing.assert_allclose(table[f"{a}_um"], table[a] * vs[j], rtol=1e-9)
+    voxel_volume = float(np.prod(vs))
+    np.testing.assert_allclose(
+        table["volume_um3"], [counts[int(i)] * voxel_volume for i in table["label"]], rtol=1e-6
+    )
+    # each centre lies inside the image
+    for j, a in enumerate(axes):
+        assert table[a].between(-0.5, labels.data.shape[j] - 0.5).all()
+
+    # and the nuclei are found: centre F1 against the truth within 1.5 um
+    pred_um = table[[f"{a}_um" for a in axes]].to_numpy()
+    match = match_centres(pred_um, worm.centres_um, max_distance=1.5)
+    assert match.f1 >= 0.8, match.summary()
+
+
+def _outputs(out: Path, keys) -> dict[str, bytes]:
+    res = {}
+    for k in keys:
+        for suffix in ("_labels.tif", "_nuclei.csv"):
+            res[k + suffix] = (out / f"{k}{suffix}").read_bytes()
+    return res
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith(".")}
+
+
+def test_resume_skips_complete_outputs_and_redoes_the_rest(worm_dir, tmp_path):
+    d, _ = worm_dir
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in ("worm2d", "worm3d_a"):
+        shutil.copy2(d / f"{k}.tif", src / f"{k}.tif")
+    shutil.copy2(d / "notatiff.tif", src / "notatiff.tif")
+    out = tmp_path / "out"
+    params = build_parameters(seed=3)
+    first = run_batch([src], out, parameters=params, progress_bar=False)
+    assert (first.ok, first.failed, first.skipped) == (["worm2d", "worm3d_a"], ["notatiff"], [])
+    assert first.exit_code == 1
+    assert "not a TIFF" in first.errors["notatiff"]
+    before = _mtimes(out)
+    reference = _outputs(out, ["worm2d", "worm3d_a"])
+
+    # same command again: nothing redone but the failed file; a stale temporary is removed
+    stale = out / ".worm2d_labels.tif.k3j_x9.tmp"
+    stale.write_bytes(b"half a file")
+    again = run_batch([src], out, parameters=params, progress_bar=False)
+    assert (again.ok, again.failed, again.skipped) == ([], ["notatiff"], ["worm2d", "worm3d_a"])
+    assert not stale.exists()
+    after = _mtimes(out)
+    assert {k: v for k, v in after.items() if k != RUN_JSON} == {
+        k: v for k, v in before.items() if k != RUN_JSON
+    }
+    run = _run_json(out)
+    assert run["last_run"]["n_skipped"] == 2 and run["files"]["worm2d"]["status"] == "ok"
+
+    # a changed input (new modification time) is redone, the other one skipped
+    st = (src / "worm2d.tif").stat()
+    os.utime(src / "worm2d.tif", ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    third = run_batch([src / "worm2d.tif", src / "worm3d_a.tif"], out, parameters=params)
+    assert (third.ok, third.skipped) == (["worm2d"], ["worm3d_a"])
+    assert _outputs(out, ["worm2d"]) == {k: v for k, v in reference.items() if "worm2d" in k}
+
+    # a deleted output is redone
+    (out / "worm3d_a_nuclei.csv").unlink()
+    fourth = run_batch([src], out, parameters=params, progress_bar=False)
+    assert (fourth.ok, fourth.skipped) == (["worm3d_a"], ["worm2d"])
+    assert _outputs(out, ["worm3d_a"]) == {k: v for k, v in reference.items() if "worm3d_a" in k}
+
+    # --overwrite redoes everything
+    fifth = run_batch([src / "worm2d.tif"], out, parameters=params, overwrite=True)
+    assert (fifth.ok, fifth.skipped) == (["worm2d"], [])
+
+    # other parameters: redone, with other results for another seed
+    sixth = run_batch([src / "worm2d.tif"], out, parameters=build_parameters(seed=4))
+    assert (sixth.ok, sixth.skipped) == (["worm2d"], [])
+    assert _run_json(out)["files"]["worm2d"]["parameters"]["seed"] == 4
+    # input files were never modified
+    assert _sha(src / "worm3d_a.tif") == _sha(d / "worm3d_a.tif")
+
+
+def test_jobs_2_and_dask_equal_jobs_1(first_run, worm_dir, tmp_path):
+    """Same seed, same bytes: --jobs 1 (in-process), --jobs 2 (spawned) and Dask."""
+    distributed = pytest.importorskip("distributed")
+
+    _, out1, _ = first_run
+    d, _ = worm_dir
+    inputs = [d / f"{k}.tif" for k in GOOD]
+    params = build_parameters(seed=7)
+    reference = _outputs(out1, GOOD)
+
+    pool = run_batch(inputs, tmp_path / "jobs2", parameters=params, jobs=2, progress_bar=False)
+    assert sorted(pool.ok) == sorted(GOOD) and pool.exit_code == 0
+    assert _outputs(tmp_path / "jobs2", GOOD) == reference
+    assert _run_json(tmp_path / "jobs2")["last_run"]["executor"] == "processes:2"
+
+    with distributed.LocalCluster(
+        n_workers=1,
+        processes=False,
+        threads_per_worker=1,
+        dashboard_address=None,
+        scheduler_port=0,
+    ) as cluster:
+        report = run_batch(
+            inputs,
+            tmp_path / "dask",
+            parameters=params,
+            dask_scheduler=cluster.scheduler_address,
+            progress_bar=False,
+        )
+    assert sorted(report.ok) == sorted(GOOD) and report.exit_code == 0
+    assert _outputs(tmp_path / "dask", GOOD) == reference
+    assert _run_json(tmp_path / "dask")["last_run"]["executor"].startswith("dask:")
+
+
+def test_dask_path_reports_bad_files(worm_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    d, _ = worm_dir
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        report = run_batch(
+            [d / "empty.tif", d / "wrong_axes.tif"],
+            tmp_path,
+            dask_scheduler=cluster.scheduler_address,
+            progress_bar=False,
+        )
+    assert report.failed == ["empty", "wrong_axes"] and report.exit_code == 1
+    assert "empty" in report.errors["empty"]
+    assert "wrong number of axes" in report.errors["wrong_axes"]
+
+
+def test_voxel_size_from_flag_metadata_or_error(worm_dir, tmp_path):
+    import tifffile
+
+    d, truth = worm_dir
+    worm = truth["worm3d_a"]
+    # the same stack as a plain TIFF without calibration (ZCYX stored, no metadata)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.moveaxis(worm.image, 0, 1))
+    out = tmp_path / "out"
+    report = run_batch([plain], out, progress_bar=False)
+    assert report.failed == ["plain"]
+    msg = report.errors["plain"]
+    assert "voxel size unknown" in msg and "--voxel-size" in msg and "plain.tif" in msg
+
+    flagged = build_parameters(voxel_size=(1.0, 0.7, 0.7), channel_axis=1, seed=7)
+    report = run_batch([plain], out, parameters=flagged, progress_bar=False)
+    assert report.ok == ["plain"]
+    rec = _run_json(out)["files"]["plain"]
+    assert rec["voxel_size_source"] == "--voxel-size" and rec["channel_axis"] == 1
+    assert read_image(out / "plain_labels.tif").voxel_size == pytest.approx((1.0, 0.7, 0.7))
+
+    # a flag overrides the metadata; one of the wrong length is a clear error
+    other = build_parameters(voxel_size=(2.0, 0.7, 0.7), seed=7)
+    report = run_batch([d / "worm3d_a.tif"], tmp_path / "o2", parameters=other)
+    assert report.ok == ["worm3d_a"]
+    labels = read_image(tmp_path / "o2" / "worm3d_a_labels.tif")
+    assert labels.voxel_size == pytest.approx((2.0, 0.7, 0.7))
+    report = run_batch([d / "worm2d.tif"], tmp_path / "o3", parameters=other)
+    assert "voxel size from --voxel-size has 3 values" in report.errors["worm2d"]
+    assert "2 spatial axes" in report.errors["worm2d"]
+
+
+def test_config_file_and_flags(worm_dir, tmp_path, capsys):
+    from napari_sinkhorn_em import save_params
+    from napari_sinkhorn_em.cli import main
+
+    d, _ = worm_dir
+    config = tmp_path / "params.json"
+    save_params(
+        config,
+        {"n_nuclei": 11, "method": "em", "voxel_size": [9.0, 9.0], "random_state": 5},
+    )
+    out = tmp_path / "out"
+    argv = ["segment", str(d / "worm2d.tif"), "-o", str(out), "--config", str(config)]
+    assert main([*argv, "--n-nuclei", "12", "-q"]) == 0
+    run = _run_json(out)
+    assert run["parameters"]["segment"] == {"n_nuclei": 12, "method": "em"}
+    assert run["parameters"]["seed"] == 5
+    rec = run["files"]["worm2d"]
+    # the metadata wins over the config's voxel size
+    assert rec["voxel_size_source"] == "metadata" and rec["voxel_size"] == [0.7, 0.7]
+    assert rec["parameters_used"]["method"] == "em"
+    assert rec["n_nuclei"] == 12 == len(pd.read_csv(out / "worm2d_nuclei.csv"))
+    # a broken config is a set-up error (exit code 2) naming the file
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    capsys.readouterr()
+    assert main(["segment", str(d / "worm2d.tif"), "-o", str(out), "--config", str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
+
+def test_progress_bars_show_files_and_iterations(worm_dir, tmp_path, capsys):
+    d, _ = worm_dir
+    report = run_batch([d / "worm2d.tif", d / "empty.tif"], tmp_path, progress_bar=True)
+    assert report.failed == ["empty"]
+    err = capsys.readouterr().err
+    assert "files: 100%" in err and "2/2" in err
+    assert "fit" in err  # the current file's stage shown by the inner bar

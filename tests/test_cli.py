@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +146,84 @@ def test_synth_writes_worms_with_truth(tmp_path):
     assert len(img2.spatial_shape) == 2
     assert read_image(flat / "truth" / "worm_000_labels.tif").data.ndim == 2
     assert "z" not in pd.read_csv(flat / "truth" / "worm_000_centres.csv").columns
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _n_ok(run_json: Path) -> int:
+    try:
+        run = json.loads(run_json.read_text())
+    except (OSError, ValueError):  # not there yet (never partial: written atomically)
+        return 0
+    return sum(f.get("status") == "ok" for f in run["files"].values())
+
+
+def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
+    n = 8
+    worms = tmp_path / "worms"
+    synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "2"]
+    assert main([*synth, "--2d", "-q"]) == 0
+    whole = (worms / "worm_000.tif").read_bytes()
+    (worms / "broken.tif").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    cmd = [_script(), "segment", str(worms), "-o", str(out), "--n-nuclei", "20", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: _n_ok(out / "run.json") >= 1, timeout=120), "no file finished"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only if an assertion failed
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["last_run"]["status"] == "running"  # killed mid-run, not finished
+    done = sorted(k for k, f in run["files"].items() if f["status"] == "ok")
+    assert 1 <= len(done) < n
+    # every visible file is complete: readable labels and tables; finished inputs have both
+    for f in out.iterdir():
+        if f.name.startswith("."):
+            continue
+        if f.name.endswith("_labels.tif"):
+            assert read_image(f).data.ndim == 2
+        elif f.name.endswith("_nuclei.csv"):
+            assert len(pd.read_csv(f)) >= 1
+        else:
+            assert f.name == "run.json"
+    for k in done:
+        assert (out / f"{k}_labels.tif").is_file() and (out / f"{k}_nuclei.csv").is_file()
+    mtimes = {k: (out / f"{k}_labels.tif").stat().st_mtime_ns for k in done}
+
+    # rerun the same command: the finished inputs are skipped, the others done
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr  # broken.tif fails, the others succeed
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr
+    assert "broken.tif" in r.stderr and "truncated or corrupt TIFF" in r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["last_run"]["status"] == "finished"
+    assert run["last_run"]["n_skipped"] == len(done)
+    assert run["last_run"]["n_ok"] == n - len(done)
+    assert run["last_run"]["n_failed"] == 1
+    assert {k: (out / f"{k}_labels.tif").stat().st_mtime_ns for k in done} == mtimes
+    keys = [f"worm_{i:03d}" for i in range(n)]
+    assert sorted(k for k, f in run["files"].items() if f["status"] == "ok") == keys
+    for k in keys:
+        table = pd.read_csv(out / f"{k}_nuclei.csv")
+        labels = read_image(out / f"{k}_labels.tif").data
+        assert sorted(table["label"]) == sorted(set(np.unique(labels)) - {0})
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]
+
+    # a third run has nothing left to do but the broken file
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert json.loads((out / "run.json").read_text())["last_run"]["n_skipped"] == n

@@ -361,16 +361,14 @@ def build_parameters(
 # ----------------------------------------------------------------------------------------
 
 
-def _looks_anisotropic(data: np.ndarray, channel_axis: int | None) -> bool:
-    """Heuristic: a 3-D stack whose z extent is well below its y/x extent."""
-    shape = [s for i, s in enumerate(data.shape) if i != channel_axis]
-    return len(shape) == 3 and shape[0] < 0.5 * min(shape[1], shape[2])
-
-
 def _resolve_voxel_size(
     image: Any, parameters: Mapping[str, Any], name: str
 ) -> tuple[tuple[float, ...], str]:
-    """Pick the voxel size of one file: flag > metadata > config > isotropic default."""
+    """Pick the voxel size of one file: flag > metadata > config > default.
+
+    The default is 1 um per pixel for 2-D images; a 3-D stack without any voxel size is
+    an error (ValueError naming the file).
+    """
     data = image.data
     ndim = data.ndim - (image.channel_axis is not None)
     candidates = (
@@ -388,11 +386,15 @@ def _resolve_voxel_size(
                 f"{list(vs)} but the image has {ndim} spatial axes (shape {data.shape})"
             )
         return vs, source
-    if _looks_anisotropic(data, image.channel_axis):
+    if ndim == 3:
+        # The z step of a fluorescence stack is almost never its pixel size: guessing
+        # isotropic voxels would silently distort the nuclei, so ask instead.
         raise ValueError(
-            f"{name}: voxel size unknown (no ImageJ/OME metadata) and the stack "
-            f"(shape {data.shape}) looks anisotropic; pass --voxel-size Z Y X in micrometres"
+            f"{name}: voxel size unknown (no ImageJ/OME calibration) for a 3-D stack "
+            f"(shape {data.shape}), whose z step usually differs from its pixel size; "
+            "pass --voxel-size Z Y X in micrometres"
         )
+    logger.warning("%s: no pixel size in the metadata; assuming 1 um per pixel", name)
     return (1.0,) * ndim, "default"
 
 
@@ -920,8 +922,10 @@ def _run_pool(
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    # spawn (not fork): safe with Numba's threads and on every platform
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx)
+    try:
         pending = {pool.submit(process_file, tasks[i.key]): i.key for i in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -934,6 +938,11 @@ def _run_pool(
                 finish(key, rec)
                 if bar is not None:
                     bar.update(1)
+    except BaseException:
+        # Ctrl-C or an error here: drop the queued files, do not wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _crashed(key: str, exc: BaseException) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "Voxel size: --voxel-size, else the file's ImageJ/OME metadata, else the config's "
             "voxel_size; 2-D images without any default to 1 um per pixel, 3-D stacks "
-            "without any that look anisotropic (z extent < half of y/x) are an error. "
+            "without any fail with a message asking for --voxel-size. "
             "Flags override the --config file. Guide: docs/batch.md."
         ),
     )
