@@ -103,10 +103,30 @@ def test_labels_writer_round_trip_keeps_voxel_size_and_values(tmp_path):
     img = read_image(out[0])
     np.testing.assert_array_equal(img.data, labels)
     np.testing.assert_allclose(img.voxel_size, VOXEL, rtol=1e-6)
-    # and through our reader: scale back in the layer
-    [(arr, kwargs, _)] = get_reader(out[0])(out[0])
+    # and through our reader: scale back in the layer; an image since not named *_labels
+    [(arr, kwargs, kind)] = get_reader(out[0])(out[0])
+    assert kind == "image"
     np.testing.assert_array_equal(arr, labels)
     np.testing.assert_allclose(kwargs["scale"], VOXEL, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["worm_labels.tif", "worm_labels.ome.tif", "W_LABELS.TIFF"])
+def test_label_files_open_as_labels(tmp_path, name):
+    labels = np.zeros((3, 10, 12), np.uint16)
+    labels[1, 2:5, 3:7] = 4
+    [out] = write_labels_tiff(tmp_path / name, labels, {"scale": VOXEL})
+    [(arr, kwargs, kind)] = read_tiff(out)
+    assert kind == "labels"
+    np.testing.assert_array_equal(arr, labels)
+    np.testing.assert_allclose(kwargs["scale"], VOXEL, rtol=1e-6)
+    assert "contrast_limits" not in kwargs and "colormap" not in kwargs
+
+
+def test_float_file_named_labels_stays_an_image(tmp_path):
+    path = tmp_path / "prob_labels.tif"
+    write_image(path, np.ones((6, 7), np.float32), voxel_size=(1.0, 1.0), axes="YX")
+    [(_, _, kind)] = read_tiff(path)
+    assert kind == "image"
 
 
 def test_labels_writer_large_label_values(tmp_path):
@@ -155,7 +175,7 @@ def test_points_table_without_features_numbers_points():
 
 def test_through_napari_open_and_save(make_napari_viewer, zcyx_file, tmp_path):
     """The manifest wiring: napari opens with our reader and saves with our writers."""
-    pytest.importorskip("napari")
+    napari = pytest.importorskip("napari")
     path, data = zcyx_file
     viewer = make_napari_viewer()
     opened = viewer.open(path, plugin="napari-sinkhorn-em")
@@ -166,8 +186,9 @@ def test_through_napari_open_and_save(make_napari_viewer, zcyx_file, tmp_path):
     labels = np.zeros(data[:, 0].shape, np.uint16)
     labels[1:3, 2:6, 3:9] = 7
     layer = viewer.add_labels(labels, name="seg", scale=VOXEL)
-    layer.save(str(tmp_path / "seg.tif"), plugin="napari-sinkhorn-em")
-    [back] = viewer.open(tmp_path / "seg.tif", plugin="napari-sinkhorn-em")
+    layer.save(str(tmp_path / "seg_labels.tif"), plugin="napari-sinkhorn-em")
+    [back] = viewer.open(tmp_path / "seg_labels.tif", plugin="napari-sinkhorn-em")
+    assert isinstance(back, napari.layers.Labels)  # *_labels.tif opens as labels again
     np.testing.assert_array_equal(back.data, labels)
     np.testing.assert_allclose(back.scale, VOXEL, rtol=1e-6)
 

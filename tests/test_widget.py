@@ -29,8 +29,8 @@ FIT_TIMEOUT_MS = 120_000
 def viewer_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sinkhorn-em", "worm_head")
-    widget = SinkhornEMWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Sinkhorn-EM nuclei")
+    # as a user opens it: napari builds the widget from the manifest (with its viewer proxy)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sinkhorn-em", "Sinkhorn-EM nuclei")
     yield viewer, widget
     # never leave a worker thread behind
     widget.cancel()
@@ -83,6 +83,21 @@ def test_picker_follows_viewer_and_prefills_voxel_size(viewer_widget):
     assert widget.voxel_size.value == "0.6, 0.3"
     viewer.layers.remove(extra)
     assert extra not in widget.image_layers.choices
+
+
+def test_widget_from_the_plugin_menu_picks_the_sample_channels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sinkhorn-em", "Sinkhorn-EM nuclei")
+    assert isinstance(widget, SinkhornEMWidget)
+    assert widget.image_layers.value == [] and widget.voxel_size.value == ""
+    viewer.open_sample("napari-sinkhorn-em", "worm_head")
+    assert [layer.name for layer in widget.image_layers.value] == [
+        f"worm_head {c}" for c in CHANNELS
+    ]
+    # once the user has chosen, new layers do not change the choice
+    widget.image_layers.value = [viewer.layers[1]]
+    viewer.add_image(np.zeros((39, 89, 135), np.uint16), scale=VOXEL, name="more")
+    assert widget.image_layers.value == [viewer.layers[1]]
 
 
 def test_single_multichannel_layer_uses_its_channel_axis(make_napari_viewer):
@@ -246,6 +261,25 @@ def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_vie
     _wait(qtbot, widget)
     assert len(viewer.layers) == 5
     assert sum(isinstance(layer, napari.layers.Labels) for layer in viewer.layers) == 2
+
+
+def test_two_dimensional_multichannel_plane(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    with sample_path("worm_head.tif") as p:
+        [(data, _, _)] = read_tiff(p, split_channels=False)
+    meta = {"channel_axis": 0, "channel_names": CHANNELS}
+    viewer.add_image(data[30], name="plane", scale=(1.0, 0.35, 0.35), metadata=meta)
+    widget = SinkhornEMWidget(viewer)
+    assert widget.channel_axis.value == 0
+    assert widget.voxel_size.value == "0.35, 0.35"
+    widget.run()
+    _wait(qtbot, widget)
+    labels, points = viewer.layers["plane nuclei"], viewer.layers["plane centres"]
+    assert labels.data.shape == (89, 135)
+    np.testing.assert_allclose(labels.scale, (0.35, 0.35))
+    assert points.data.shape[1] == 2
+    assert "z" not in points.features.columns and "mean_CyOFP1" in points.features.columns
+    assert len(points.data) == _n_labels(labels.data) >= 5
 
 
 def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):

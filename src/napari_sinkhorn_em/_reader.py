@@ -26,7 +26,7 @@ import numpy as np
 
 from napari_sinkhorn_em.io import ImageData, read_image
 
-__all__ = ["contrast_limits", "get_reader", "image_layer_data", "read_tiff"]
+__all__ = ["contrast_limits", "get_reader", "image_layer_data", "is_label_file", "read_tiff"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 PathLike = str | os.PathLike
@@ -125,7 +125,8 @@ def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]
 
     Returns
     -------
-    list of (data, kwargs, "image") tuples
+    list of (data, kwargs, layer_type) tuples
+        Image layers, or one Labels layer for a ``*_labels.tif`` integer file.
 
     Raises
     ------
@@ -133,6 +134,33 @@ def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]
         With the file name and the reason (not a TIFF, corrupt, wrong axes, ...).
     """
     return image_layer_data(read_image(path), split_channels=split_channels)
+
+
+def is_label_file(img: ImageData) -> bool:
+    """True for a label image: a single-channel integer file named ``*_labels.tif``.
+
+    That is how this plugin's writer, the widget's Export and the batch tool name their
+    label images, so they open as a napari Labels layer again.
+
+    Parameters
+    ----------
+    img : ImageData
+        As returned by :func:`napari_sinkhorn_em.io.read_image`.
+
+    Returns
+    -------
+    bool
+    """
+    stem = img.path.name.lower()
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return (
+        img.channel_axis is None
+        and np.issubdtype(img.data.dtype, np.integer)
+        and stem.endswith("_labels")
+    )
 
 
 def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[LayerData]:
@@ -147,10 +175,12 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
 
     Returns
     -------
-    list of (data, kwargs, "image") tuples
-        ``kwargs`` holds ``name``, ``scale`` (voxel size in micrometres, or 1 per axis
-        when the file is uncalibrated), ``metadata`` (source path, voxel size, axes,
-        channel name(s)) and, for channel layers, ``colormap`` and ``blending``.
+    list of (data, kwargs, layer_type) tuples
+        ``layer_type`` is ``"image"``, or ``"labels"`` for a label file (see
+        :func:`is_label_file`). ``kwargs`` holds ``name``, ``scale`` (voxel size in
+        micrometres, or 1 per axis when the file is uncalibrated), ``metadata`` (source
+        path, voxel size, axes, channel name(s)) and, for channel layers, ``colormap``
+        and ``blending``.
     """
     stem = img.path.stem
     if stem.lower().endswith(".ome"):
@@ -167,6 +197,9 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
         "voxel_size_um": tuple(img.voxel_size) if calibrated else None,
         "spatial_axes": img.spatial_axes,
     }
+    if img.channel_axis is None and is_label_file(img):
+        kwargs = {"name": stem, "scale": spatial_scale, "metadata": dict(base_meta), **extra}
+        return [(img.data, kwargs, "labels")]
     if img.channel_axis is None:
         kwargs = {
             "name": stem,

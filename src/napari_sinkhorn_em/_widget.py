@@ -158,6 +158,7 @@ class SinkhornEMWidget(QWidget):
         self._relay.progressed.connect(self._on_progress)
         self._state: _State | None = None
         self._run_id = 0
+        self._auto_select = True  # pick the layers until the user chooses
         #: last (stage, iteration, objective) reported by the running fit
         self.last_progress: tuple[str, int, float | None] | None = None
 
@@ -328,7 +329,7 @@ class SinkhornEMWidget(QWidget):
         layout.addWidget(actions.native)
         layout.addStretch(1)
 
-        self.image_layers.changed.connect(self._on_selection_changed)
+        self.image_layers.changed.connect(self._on_user_selection)
         self.channel_axis.changed.connect(self._prefill_voxel_size)
         self.run_button.changed.connect(self.run)
         self.refine_button.changed.connect(self.refine)
@@ -357,12 +358,19 @@ class SinkhornEMWidget(QWidget):
                 layer.events.name.connect(self._on_layer_renamed)
         before = list(self.image_layers.value)
         previous = [layer for layer in before if layer in self.viewer.layers]
+        if not previous:
+            self._auto_select = True
         with self.image_layers.changed.blocked():
             self.image_layers.reset_choices()
-            self.image_layers.value = previous or self._default_selection()
+            self.image_layers.value = self._default_selection() if self._auto_select else previous
         if list(self.image_layers.value) != before:
             # only a changed selection re-prefills (keeps a voxel size the user typed)
             self._on_selection_changed()
+
+    def _on_user_selection(self, _value: Any = None) -> None:
+        """The user picked layers: stop choosing them automatically."""
+        self._auto_select = False
+        self._on_selection_changed()
 
     def _on_layer_renamed(self, event: Any = None) -> None:
         self._on_layers_changed()
