@@ -263,23 +263,29 @@ def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_vie
     assert sum(isinstance(layer, napari.layers.Labels) for layer in viewer.layers) == 2
 
 
-def test_two_dimensional_multichannel_plane(make_napari_viewer, qtbot):
+def test_two_dimensional_uncalibrated_plane(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     with sample_path("worm_head.tif") as p:
         [(data, _, _)] = read_tiff(p, split_channels=False)
     meta = {"channel_axis": 0, "channel_names": CHANNELS}
-    viewer.add_image(data[30], name="plane", scale=(1.0, 0.35, 0.35), metadata=meta)
+    viewer.add_image(data[30], name="plane", metadata=meta)  # no calibration: scale 1
     widget = SinkhornEMWidget(viewer)
     assert widget.channel_axis.value == 0
-    assert widget.voxel_size.value == "0.35, 0.35"
+    assert widget.voxel_size.value == "1, 1"
+    widget.voxel_size.value = "0.35, 0.35"  # the user types the pixel size
     widget.run()
     _wait(qtbot, widget)
     labels, points = viewer.layers["plane nuclei"], viewer.layers["plane centres"]
     assert labels.data.shape == (89, 135)
-    np.testing.assert_allclose(labels.scale, (0.35, 0.35))
+    np.testing.assert_allclose(labels.scale, (1.0, 1.0))  # overlays the image
     assert points.data.shape[1] == 2
     assert "z" not in points.features.columns and "mean_CyOFP1" in points.features.columns
+    np.testing.assert_allclose(points.features["x_um"], points.features["x"] * 0.35)
     assert len(points.data) == _n_labels(labels.data) >= 5
+    # the exported TIFF carries the physical pixel size the fit used
+    tif = widget.export(tmp_path)[0]
+    assert tif.name == "plane_labels.tif"
+    np.testing.assert_allclose(read_image(tif).voxel_size, (0.35, 0.35), rtol=1e-6)
 
 
 def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):

@@ -830,8 +830,8 @@ class SinkhornEMWidget(QWidget):
             raise ValueError(f"the labels layer {state.labels_layer.name!r} was removed")
         stem = _file_stem(name or state.inp.name)
         labels = np.asarray(state.labels_layer.data)
-        voxel_size = tuple(float(s) for s in state.labels_layer.scale)
-        out_labels = write_labels(folder / f"{stem}_labels.tif", labels, voxel_size)
+        # the physical voxel size the fit used (the layer scale may be uncalibrated)
+        out_labels = write_labels(folder / f"{stem}_labels.tif", labels, state.inp.voxel_size)
         # the table and parameters describe the last fit, so the batch tool run with the
         # parameter file gives the same table (and the same labels, minus manual edits)
         out_table = write_table(folder / f"{stem}_nuclei.csv", state.table)
