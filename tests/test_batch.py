@@ -375,6 +375,13 @@ def test_outputs_match_input_and_truth(first_run, worm_dir, key):
     np.testing.assert_allclose(
         table["volume_um3"], [counts[int(i)] * voxel_volume for i in table["label"]], rtol=1e-6
     )
+    # mean_<channel> is the mean raw intensity of the channel over the label's voxels
+    lab = labels.data.ravel().astype(np.int64)
+    n = np.bincount(lab)
+    for c, name in enumerate(worm.channel_names):
+        channel = np.take(image.data, c, axis=image.channel_axis).astype(np.float64).ravel()
+        means = np.bincount(lab, weights=channel) / np.maximum(n, 1)
+        np.testing.assert_allclose(table[f"mean_{name}"], means[table["label"]], rtol=1e-9)
     # each centre lies inside the image
     for j, a in enumerate(axes):
         assert table[a].between(-0.5, labels.data.shape[j] - 0.5).all()
@@ -535,8 +542,8 @@ def test_voxel_size_from_flag_metadata_or_error(worm_dir, tmp_path):
 
 
 def test_config_file_and_flags(worm_dir, tmp_path, capsys):
-    from napari_sinkhorn_em import save_params
     from napari_sinkhorn_em.cli import main
+    from napari_sinkhorn_em.segmentation import save_params
 
     d, _ = worm_dir
     config = tmp_path / "params.json"
