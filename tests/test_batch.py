@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -577,3 +578,16 @@ def test_progress_bars_show_files_and_iterations(worm_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "files: 100%" in err and "2/2" in err
     assert "fit" in err  # the current file's stage shown by the inner bar
+
+
+def test_dask_missing_is_a_clear_error(worm_dir, tmp_path, monkeypatch, capsys):
+    from napari_sinkhorn_em.cli import main
+
+    d, _ = worm_dir
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'napari-sinkhorn-em\[dask\]'"):
+        run_batch([d / "worm2d.tif"], tmp_path / "o", dask_scheduler="tcp://127.0.0.1:8786")
+    assert not (tmp_path / "o").exists()
+    argv = ["segment", str(d / "worm2d.tif"), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--dask-scheduler", "tcp://127.0.0.1:8786"]) == 2
+    assert "--dask-scheduler needs dask.distributed" in capsys.readouterr().err

@@ -209,6 +209,10 @@ def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
     assert r.returncode == 1, r.stderr  # broken.tif fails, the others succeed
     assert "Warning" not in r.stderr and "Traceback" not in r.stderr
     assert "broken.tif" in r.stderr and "truncated or corrupt TIFF" in r.stderr
+    # --quiet: log lines, no progress bars
+    assert "files:" not in r.stderr and "\r" not in r.stderr
+    assert f"INFO    skipping {len(done)} input(s)" in r.stderr
+    assert "ERROR   FAILED  broken.tif" in r.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["last_run"]["status"] == "finished"
     assert run["last_run"]["n_skipped"] == len(done)
