@@ -946,14 +946,20 @@ def _run_pool(
 
 
 def _crashed(key: str, exc: BaseException) -> dict[str, Any]:
+    """Record of a file whose worker died or whose task could not run."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    message = f"worker failed: {exc}"
+    if isinstance(exc, BrokenProcessPool):
+        message = (
+            "a worker process died (killed, out of memory, or - when run_batch is called "
+            "from a script - the script lacks an `if __name__ == '__main__':` guard); "
+            "rerun to retry this file"
+        )
     return {
         "key": key,
         "status": "failed",
-        "error": {
-            "type": type(exc).__name__,
-            "message": f"worker failed: {exc}",
-            "stage": "worker",
-        },
+        "error": {"type": type(exc).__name__, "message": message, "stage": "worker"},
         "timings": {},
     }
 
