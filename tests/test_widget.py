@@ -305,6 +305,16 @@ def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbo
     assert [layer.name for layer in viewer.layers] == before
     assert "cancelled" in widget.status.value
 
+    # the cancel button of napari's progress bar (activity panel) does the same
+    widget.run()
+    qtbot.waitUntil(
+        lambda: widget.last_progress is not None and widget.last_progress[0] == "fit",
+        timeout=FIT_TIMEOUT_MS,
+    )
+    widget._pbar.cancel()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == before
+
 
 def test_errors_from_the_pipeline_are_notifications(viewer_widget, qtbot):
     viewer, widget = viewer_widget

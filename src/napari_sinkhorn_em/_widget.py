@@ -584,10 +584,13 @@ class SinkhornEMWidget(QWidget):
         self._pbar.set_description("Sinkhorn-EM: starting")
         relay = self._relay
         cancel = self._cancel
+        pbar = self._pbar
 
         def report(stage: str, iteration: int, objective: float | None) -> bool:
             # worker thread: hand the numbers to the GUI thread, answer the cancel question
             relay.progressed.emit(run_id, str(stage), int(iteration), objective)
+            if pbar.is_canceled:  # the cancel button of napari's progress bar
+                cancel.set()
             return cancel.is_set()
 
         def job() -> SegmentationResult | _Failure | None:
