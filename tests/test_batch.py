@@ -455,6 +455,12 @@ def test_resume_skips_complete_outputs_and_redoes_the_rest(worm_dir, tmp_path):
     sixth = run_batch([src / "worm2d.tif"], out, parameters=build_parameters(seed=4))
     assert (sixth.ok, sixth.skipped) == (["worm2d"], [])
     assert _run_json(out)["files"]["worm2d"]["parameters"]["seed"] == 4
+    # a redo that fails leaves no outdated outputs behind
+    too_many = build_parameters(seed=4, n_nuclei=100000)
+    seventh = run_batch([src / "worm2d.tif"], out, parameters=too_many, progress_bar=False)
+    assert seventh.failed == ["worm2d"]
+    assert not (out / "worm2d_labels.tif").exists() and not (out / "worm2d_nuclei.csv").exists()
+    assert _run_json(out)["files"]["worm2d"]["status"] == "failed"
     # input files were never modified
     assert _sha(src / "worm3d_a.tif") == _sha(d / "worm3d_a.tif")
 

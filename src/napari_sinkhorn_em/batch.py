@@ -398,12 +398,6 @@ def _resolve_voxel_size(
     return (1.0,) * ndim, "default"
 
 
-def _atomic_cleanup(paths: Iterable[Path]) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
 def process_file(
     task: Mapping[str, Any],
     progress: Callable[[str, int, float | None], bool | None] | None = None,
@@ -836,6 +830,11 @@ def run_batch(
             if rec["status"] != "ok":
                 err = rec.get("error") or {}
                 report.errors[key] = f"{err.get('type')}: {err.get('message')}"
+                # outputs of an earlier run of this input no longer match run.json
+                for p in (Path(tasks[key]["labels"]), Path(tasks[key]["table"])):
+                    if p.is_file():
+                        p.unlink()
+                        logger.info("removed outdated %s", p)
             log.data["last_run"]["n_ok"] = len(report.ok)
             log.data["last_run"]["n_failed"] = len(report.failed)
             log.save()
