@@ -135,6 +135,7 @@ def test_build_parameters_flags_override_config():
         "channel_axis": 1,
         "channel_names": ["a", "b"],
         "random_state": 11,
+        "init": [[1.0, 2.0, 3.0]],  # centres of one image: not for a batch
     }
     p = build_parameters(config)
     assert p["segment"] == {"n_nuclei": 40, "method": "em", "nucleus_diameter": 2.5, "max_iter": 30}
@@ -161,6 +162,7 @@ def test_build_parameters_flags_override_config():
     # JSON-serialisable as is
     assert json.loads(json.dumps(q)) == q
     assert build_parameters()["segment"] == {"n_nuclei": "auto"}
+    assert build_parameters({"init": "k-means++"})["segment"]["init"] == "k-means++"
     assert build_parameters()["seed"] == 0
 
 

@@ -304,8 +304,8 @@ def build_parameters(
         :func:`napari_sinkhorn_em.load_params` from the JSON the widget exports. Its
         ``voxel_size`` is only a fallback for files without voxel size metadata; its
         ``channel_axis``, ``channel_names`` and ``progress`` are ignored (they belong to
-        the image the file was made for); its ``random_state`` is the base seed unless
-        ``seed`` is given.
+        the image the file was made for), and so are ``init`` centres given as an array;
+        its ``random_state`` is the base seed unless ``seed`` is given.
     n_nuclei, voxel_size, channel_axis, method, nucleus_diameter, seed
         Command-line flags; ``None`` = not given. They override ``config``.
         ``voxel_size`` and ``channel_axis`` override the files' metadata.
@@ -320,6 +320,10 @@ def build_parameters(
         resume.
     """
     seg = {k: v for k, v in dict(config or {}).items() if k not in _PER_FILE_KEYS}
+    if "init" in seg and not isinstance(seg["init"], str):
+        # centres for one particular image (e.g. after "Refine" in the widget)
+        logger.warning("ignoring the config's init centres: they belong to one image")
+        del seg["init"]
     fallback_vs = _check_voxel_size((config or {}).get("voxel_size"), "voxel_size in the config")
     base_seed = seed if seed is not None else (config or {}).get("random_state")
     if base_seed is None:
