@@ -599,3 +599,21 @@ def test_dask_missing_is_a_clear_error(worm_dir, tmp_path, monkeypatch, capsys):
     argv = ["segment", str(d / "worm2d.tif"), "-o", str(tmp_path / "o")]
     assert main([*argv, "--dask-scheduler", "tcp://127.0.0.1:8786"]) == 2
     assert "--dask-scheduler needs dask.distributed" in capsys.readouterr().err
+
+
+def test_recursive_outputs_mirror_the_input_tree(worm_dir, tmp_path):
+    d, _ = worm_dir
+    src = tmp_path / "in"
+    (src / "day1").mkdir(parents=True)
+    shutil.copy2(d / "worm2d.tif", src / "day1" / "worm2d.tif")
+    shutil.copy2(d / "worm2d.tif", src / "top.tif")
+    out = src / "results"  # inside the searched folder: never taken as input
+    report = run_batch([src], out, recursive=True, parameters=build_parameters(seed=7))
+    assert sorted(report.ok) == ["day1/worm2d", "top"]
+    assert (out / "day1" / "worm2d_labels.tif").is_file()
+    assert (out / "day1" / "worm2d_nuclei.csv").is_file()
+    assert sorted(_run_json(out)["files"]) == ["day1/worm2d", "top"]
+    # the same input under another name gets another seed, so it is not a copy
+    assert _run_json(out)["files"]["top"]["seed"] != _run_json(out)["files"]["day1/worm2d"]["seed"]
+    again = run_batch([src], out, recursive=True, parameters=build_parameters(seed=7))
+    assert sorted(again.skipped) == ["day1/worm2d", "top"] and again.ok == []
