@@ -665,10 +665,11 @@ class _FileProgress:
         self.stage: str | None = None
 
     def __call__(self, stage: str, iteration: int, objective: float | None = None) -> None:
-        if stage != self.stage:
+        if stage != self.stage or int(iteration) < self.bar.n:  # new stage or a new fit
             self.stage = stage
             self.bar.reset()
             self.bar.set_description_str(f"  {stage}", refresh=False)
+            self.bar.set_postfix_str("", refresh=False)
         step = int(iteration) - self.bar.n
         if objective is not None:
             self.bar.set_postfix_str(f"objective {objective:.6g}", refresh=False)
