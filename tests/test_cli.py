@@ -231,3 +231,26 @@ def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     assert json.loads((out / "run.json").read_text())["last_run"]["n_skipped"] == n
+
+
+def test_sigterm_stops_cleanly_and_records_the_interruption(tmp_path):
+    n = 6
+    worms = tmp_path / "worms"
+    synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "1"]
+    assert main([*synth, "--2d", "-q"]) == 0
+    out = tmp_path / "out"
+    cmd = [_script(), "segment", str(worms), "-o", str(out), "--n-nuclei", "20", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: _n_ok(out / "run.json") >= 1, timeout=120), "no file finished"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only if an assertion failed
+            proc.kill()
+            proc.wait()
+    run = json.loads((out / "run.json").read_text())
+    assert run["last_run"]["status"] == "interrupted"
+    assert run["last_run"]["finished"] is not None
+    assert 1 <= run["last_run"]["n_ok"] < n
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]

@@ -16,9 +16,10 @@ are imported inside the subcommands so that ``--help`` and ``--version`` stay fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import __version__
 
@@ -250,6 +251,30 @@ def _setup_logging(quiet: bool) -> logging.Handler:
     return handler
 
 
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Within the block, turn SIGTERM (e.g. a cluster's time limit) into SystemExit(143).
+
+    The run then unwinds normally: temporaries are removed, ``run.json`` records the run
+    as interrupted, and worker processes are stopped.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .batch import build_parameters, run_batch
 
@@ -267,17 +292,18 @@ def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
         nucleus_diameter=args.nucleus_diameter,
         seed=args.seed,
     )
-    report = run_batch(
-        args.inputs,
-        args.output,
-        parameters=parameters,
-        recursive=args.recursive,
-        jobs=args.jobs,
-        dask_scheduler=args.dask_scheduler,
-        overwrite=args.overwrite,
-        progress_bar=not args.quiet,
-        command=["napari-sinkhorn-em", *argv],
-    )
+    with _exit_on_sigterm():
+        report = run_batch(
+            args.inputs,
+            args.output,
+            parameters=parameters,
+            recursive=args.recursive,
+            jobs=args.jobs,
+            dask_scheduler=args.dask_scheduler,
+            overwrite=args.overwrite,
+            progress_bar=not args.quiet,
+            command=["napari-sinkhorn-em", *argv],
+        )
     for key in report.failed:
         print(f"failed: {key}: {report.errors[key]}", file=sys.stderr)
     return report.exit_code
@@ -304,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code.
 
     Exit codes: 0 success, 1 some input failed, 2 usage or set-up error (bad
-    arguments, no inputs, unreadable config, missing optional dependency).
+    arguments, no inputs, unreadable config, missing optional dependency), 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
