@@ -166,7 +166,7 @@ def _n_ok(run_json: Path) -> int:
 
 
 def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
-    n = 8
+    n = 6
     worms = tmp_path / "worms"
     synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "2"]
     assert main([*synth, "--2d", "-q"]) == 0
