@@ -42,6 +42,7 @@ from . import __version__
 
 __all__ = [
     "RUN_JSON",
+    "BatchError",
     "BatchInput",
     "BatchReport",
     "build_parameters",
@@ -51,6 +52,7 @@ __all__ = [
     "output_paths",
     "process_file",
     "run_batch",
+    "write_synthetic_worms",
 ]
 
 logger = logging.getLogger("napari_sinkhorn_em.batch")
@@ -546,9 +548,11 @@ class RunLog:
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:
+        """Per-input records, keyed by output key."""
         return self.data["files"]
 
     def save(self) -> None:
+        """Write ``run.json`` atomically (temporary file + rename)."""
         self.data["updated"] = _now()
         self.data["napari_sinkhorn_em_version"] = __version__
         _write_json_atomic(self.path, self.data)
