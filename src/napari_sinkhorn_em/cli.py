@@ -339,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    package_logger = logging.getLogger("napari_sinkhorn_em")
+    old_level = package_logger.level
     handler = _setup_logging(getattr(args, "quiet", False))
     try:
         return int(args.func(args, argv))
@@ -349,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
-        logging.getLogger("napari_sinkhorn_em").removeHandler(handler)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(old_level)
 
 
 if __name__ == "__main__":  # pragma: no cover
