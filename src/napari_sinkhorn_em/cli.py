@@ -108,7 +108,10 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="SIZE",
-        help="voxel size in micrometres: Z Y X (3-D) or Y X (2-D); overrides the metadata",
+        help=(
+            "voxel size in micrometres: Z Y X (3-D) or Y X (2-D); overrides the metadata "
+            "(takes all numbers that follow: put it after the inputs)"
+        ),
     )
     p.add_argument(
         "--channel-axis",
