@@ -1,0 +1,504 @@
+"""Image preprocessing for nucleus segmentation.
+
+The steps, each usable on its own:
+
+1. :func:`validate_image` -- checks the array and the voxel size, moves the channel axis
+   last and returns a float32 ``(*spatial, C)`` array.
+2. :func:`subtract_background` -- removes a smooth, uneven background estimated as a low
+   percentile over blocks of a given physical size (a "rolling percentile" on a coarse
+   grid, smoothed and interpolated back to full resolution).
+3. :func:`normalize_channels` -- robust per-channel scaling so that the ``low`` percentile
+   maps to 0 and the ``high`` percentile to 1.
+4. :func:`granule_mask` -- finds autofluorescent gut granules: compact spots much smaller
+   than a nucleus that survive a white top-hat of nucleus-sub-size and (for multichannel
+   data) are alike in every channel.
+5. :func:`auto_threshold` -- automatic foreground threshold of the mean normalised
+   intensity (Otsu, triangle or a multiple of a robust noise estimate).
+
+:func:`preprocess` chains them and returns a :class:`Preprocessed` record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "Preprocessed",
+    "auto_threshold",
+    "granule_mask",
+    "normalize_channels",
+    "physical_voxel_size",
+    "preprocess",
+    "subtract_background",
+    "validate_image",
+]
+
+
+def physical_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
+    """Check and return a voxel size as a tuple of ``ndim`` positive floats.
+
+    Parameters
+    ----------
+    voxel_size : sequence of float or None
+        Voxel lengths in micrometres in the order of the spatial axes; None means 1.0 each.
+    ndim : int
+        Number of spatial axes.
+
+    Returns
+    -------
+    tuple of float
+    """
+    if voxel_size is None:
+        return (1.0,) * ndim
+    try:
+        vs = np.asarray(voxel_size, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"voxel_size must be a sequence of numbers, got {voxel_size!r}") from exc
+    if vs.size != ndim:
+        raise ValueError(
+            f"voxel_size must have {ndim} entries (one per spatial axis), got {vs.size}: "
+            f"{tuple(vs.tolist())}"
+        )
+    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"voxel_size entries must be finite and > 0, got {tuple(vs.tolist())}")
+    return tuple(float(v) for v in vs)
+
+
+def validate_image(image, channel_axis=None, voxel_size=None):
+    """Validate an image and bring it to float32 ``(*spatial, C)`` layout.
+
+    Parameters
+    ----------
+    image : array-like
+        2-D or 3-D spatial data with an optional channel axis; integer, boolean or float.
+    channel_axis : int or None
+        Axis holding the channels (negative values allowed); None = single channel.
+    voxel_size : sequence of float or None
+        Spatial voxel lengths in micrometres (see :func:`physical_voxel_size`).
+
+    Returns
+    -------
+    data : numpy.ndarray
+        float32 array of shape ``(*spatial, C)`` (C = 1 for single-channel input).
+    voxel_size : tuple of float
+        The checked voxel size.
+    channel_axis : int or None
+        The channel axis normalised to a non-negative index (None if absent).
+
+    Raises
+    ------
+    ValueError
+        For an empty, constant or non-finite image, a wrong number of axes, a bad channel
+        axis or a bad voxel size.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise ValueError(f"image must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError("image must be real-valued, got a complex array")
+    if channel_axis is not None:
+        try:
+            channel_axis = int(channel_axis)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"channel_axis must be an int or None, got {channel_axis!r}") from exc
+        if not -arr.ndim <= channel_axis < arr.ndim:
+            raise ValueError(
+                f"channel_axis {channel_axis} is out of range for an image with {arr.ndim} axes"
+            )
+        channel_axis %= arr.ndim
+        n_spatial = arr.ndim - 1
+    else:
+        n_spatial = arr.ndim
+    if n_spatial not in (2, 3):
+        raise ValueError(
+            f"image must have 2 or 3 spatial axes (plus an optional channel axis); got "
+            f"{arr.ndim} axes with shape {arr.shape} and channel_axis={channel_axis}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    vs = physical_voxel_size(voxel_size, n_spatial)
+    data = arr[..., None] if channel_axis is None else np.moveaxis(arr, channel_axis, -1)
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("image contains NaN or infinite values")
+    if any(s < 2 for s in data.shape[:-1]):
+        raise ValueError(f"every spatial axis needs at least 2 voxels, got shape {arr.shape}")
+    if float(data.max()) == float(data.min()):
+        raise ValueError(f"image is constant (every voxel equals {float(data.min())})")
+    return np.ascontiguousarray(data), vs, channel_axis
+
+
+def _block_shape(shape, voxel_size, scale_um: float) -> tuple[int, ...]:
+    return tuple(
+        int(max(1, min(n, round(scale_um / v)))) for n, v in zip(shape, voxel_size, strict=True)
+    )
+
+
+def _interp_matrix(n: int, block: int, n_blocks: int) -> np.ndarray:
+    """Linear inter-/extrapolation weights from block centres to ``n`` voxel positions."""
+    # coarse sample j sits at the centre of block j in full-resolution coordinates
+    pos = (np.arange(n, dtype=np.float64) - (block - 1) / 2.0) / block
+    w = np.zeros((n, n_blocks), dtype=np.float32)
+    if n_blocks == 1:
+        w[:, 0] = 1.0
+        return w
+    pos = np.clip(pos, -0.5, n_blocks - 0.5)  # extrapolate linearly by half a block at most
+    j0 = np.clip(np.floor(pos).astype(np.intp), 0, n_blocks - 2)
+    f = pos - j0
+    w[np.arange(n), j0] += (1.0 - f).astype(np.float32)
+    w[np.arange(n), j0 + 1] += f.astype(np.float32)
+    return w
+
+
+def subtract_background(
+    data: np.ndarray,
+    voxel_size,
+    *,
+    scale_um: float = 15.0,
+    percentile: float = 10.0,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract a smooth background estimated by a blockwise low percentile.
+
+    For each channel the spatial volume is cut into blocks of about ``scale_um``
+    micrometres per side; the ``percentile`` of each block (computed on a subsample with
+    stride 2 along axes whose blocks are large enough) is a background sample. The coarse
+    grid of samples is interpolated (and at the borders extrapolated) linearly to full
+    resolution, so linear ramps are removed up to a constant, then subtracted; negative
+    values are clipped to 0.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        float32 array ``(*spatial, C)``.
+    voxel_size : sequence of float
+        Spatial voxel size in micrometres.
+    scale_um : float
+        Block size in micrometres; must be several nucleus diameters so that every block
+        holds background between nuclei.
+    percentile : float
+        Percentile of each block taken as background.
+    out : numpy.ndarray, optional
+        Output array (may be ``data`` itself for in-place operation).
+
+    Returns
+    -------
+    corrected : numpy.ndarray
+        Background-subtracted data, same shape, float32.
+    background_levels : numpy.ndarray
+        Median background level per channel (for reporting).
+    """
+    if scale_um <= 0:
+        raise ValueError(f"background scale must be > 0 um, got {scale_um}")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"background percentile must be in [0, 100], got {percentile}")
+    spatial = data.shape[:-1]
+    block = _block_shape(spatial, voxel_size, scale_um)
+    stride = tuple(2 if b >= 4 else 1 for b in block)
+    sub = data[tuple(slice(None, None, s) for s in stride)]
+    bsub = tuple(max(1, b // s) for b, s in zip(block, stride, strict=True))
+    nblocks = tuple(-(-n // b) for n, b in zip(sub.shape[:-1], bsub, strict=True))
+    # pad by edge replication to a whole number of blocks, then reduce each block
+    pad = [(0, nb * b - n) for nb, b, n in zip(nblocks, bsub, sub.shape[:-1], strict=True)]
+    subp = np.pad(sub, [*pad, (0, 0)], mode="edge")
+    shp = []
+    for nb, b in zip(nblocks, bsub, strict=True):
+        shp += [nb, b]
+    blocks = subp.reshape(*shp, data.shape[-1])
+    nd = len(spatial)
+    perm = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)] + [2 * nd]
+    blocks = blocks.transpose(perm).reshape(*nblocks, -1, data.shape[-1])
+    coarse = np.percentile(blocks, percentile, axis=-2).astype(np.float32)
+    if out is None:
+        out = np.empty_like(data)
+    levels = np.empty(data.shape[-1])
+    # Separable (multi)linear interpolation of the coarse grid to full resolution: one
+    # small (n, n_blocks) weight matrix per axis, applied with tensordot.
+    weights = [_interp_matrix(n, b, nb) for n, b, nb in zip(spatial, block, nblocks, strict=True)]
+    for c in range(data.shape[-1]):
+        bg = coarse[..., c]
+        for ax, w in enumerate(weights):
+            bg = np.moveaxis(np.tensordot(w, bg, axes=([1], [ax])), 0, ax)
+        levels[c] = float(np.median(coarse[..., c]))
+        np.subtract(data[..., c], bg.astype(np.float32, copy=False), out=out[..., c])
+    np.maximum(out, 0.0, out=out)
+    return out, levels
+
+
+def _subsample(values: np.ndarray, max_samples: int = 2_000_000) -> np.ndarray:
+    flat = values.reshape(-1)
+    step = max(1, flat.size // max_samples)
+    return flat[::step]
+
+
+def normalize_channels(
+    data: np.ndarray,
+    *,
+    low: float = 1.0,
+    high: float = 99.8,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale each channel so that its ``low``/``high`` percentiles map to 0 and 1.
+
+    Values below the low percentile are clipped to 0 (no upper clip, so bright nuclei
+    keep their relative brightness).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        float32 array ``(*spatial, C)``.
+    low, high : float
+        Percentiles (0-100) mapped to 0 and 1.
+    out : numpy.ndarray, optional
+        Output array (may be ``data`` for in-place operation).
+
+    Returns
+    -------
+    normalised : numpy.ndarray
+    lo, hi : numpy.ndarray
+        The per-channel values that were mapped to 0 and 1.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100 percentiles, got low={low}, high={high}")
+    if out is None:
+        out = np.empty_like(data)
+    n_ch = data.shape[-1]
+    lo = np.empty(n_ch)
+    hi = np.empty(n_ch)
+    for c in range(n_ch):
+        ch = data[..., c]
+        s = _subsample(ch)
+        lo[c], hi[c] = np.percentile(s, [low, high])
+        if hi[c] <= lo[c]:
+            hi[c] = float(s.max())
+        if hi[c] <= lo[c]:
+            raise ValueError(
+                f"channel {c} is constant after background subtraction; it carries no signal"
+            )
+        np.subtract(ch, np.float32(lo[c]), out=out[..., c])
+        out[..., c] *= np.float32(1.0 / (hi[c] - lo[c]))
+    np.maximum(out, 0.0, out=out)
+    return out, lo, hi
+
+
+def auto_threshold(signal: np.ndarray, method: str = "otsu") -> float:
+    """Automatic foreground threshold of a (normalised) intensity image.
+
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        Intensity image (any shape).
+    method : {"otsu", "triangle", "noise"}
+        ``"otsu"`` and ``"triangle"`` are scikit-image's histogram methods; ``"noise"`` is
+        the median plus 4 robust standard deviations (MAD) of the image, suited to sparse
+        objects on a dark background.
+
+    Returns
+    -------
+    float
+    """
+    from skimage.filters import threshold_otsu, threshold_triangle
+
+    s = _subsample(signal, 1_000_000)
+    if method == "otsu":
+        return float(threshold_otsu(s))
+    if method == "triangle":
+        return float(threshold_triangle(s))
+    if method == "noise":
+        med = float(np.median(s))
+        mad = float(np.median(np.abs(s - med)))
+        return med + 4.0 * 1.4826 * mad
+    raise ValueError(f"unknown threshold method {method!r}; use 'otsu', 'triangle' or 'noise'")
+
+
+def granule_mask(
+    data: np.ndarray,
+    voxel_size,
+    *,
+    nucleus_diameter: float,
+    granule_diameter: float | None = None,
+    min_contrast: float = 0.5,
+    max_color_spread: float = 0.35,
+) -> np.ndarray:
+    """Find autofluorescent granules: spots much smaller than a nucleus, alike in all channels.
+
+    A white top-hat of the mean normalised intensity with a box of side
+    ``granule_diameter`` (default half a nucleus diameter, so the box fits inside a
+    nucleus) keeps structures smaller than the box; a voxel is a granule candidate when
+    the top-hat keeps at least ``min_contrast`` of its intensity *and* the top-hat value is
+    large in absolute terms (above the image's 99th percentile of the top-hat); only
+    connected groups of candidates that contain a local intensity maximum are kept (this
+    drops the rims of nuclei, which a small top-hat also keeps). With
+    several channels, candidates must also have a flat spectrum: the coefficient of
+    variation of the channels at that voxel is below ``max_color_spread`` (granule
+    autofluorescence is broadband; NeuroPAL colours are not). The mask is dilated by one
+    voxel so that the granule's blurred halo goes too.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Normalised float32 array ``(*spatial, C)``.
+    voxel_size : sequence of float
+        Spatial voxel size (micrometres).
+    nucleus_diameter : float
+        Typical nucleus diameter (micrometres).
+    granule_diameter : float, optional
+        Side of the top-hat box (micrometres): structures that cannot contain it count as
+        granule candidates; default ``nucleus_diameter / 2``.
+    min_contrast : float
+        Fraction of the intensity a granule voxel keeps after the top-hat.
+    max_color_spread : float
+        Largest channel coefficient of variation of a granule voxel (multichannel only).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        Spatial mask of granule voxels.
+    """
+    if granule_diameter is None:
+        granule_diameter = nucleus_diameter / 2.0
+    if granule_diameter <= 0:
+        raise ValueError(f"granule_diameter must be > 0 um, got {granule_diameter}")
+    mean = data.mean(axis=-1)
+    # a box of side granule_diameter fits inside a nucleus but not inside a granule
+    size = tuple(int(max(2, round(granule_diameter / v))) for v in voxel_size)
+    opened = ndi.grey_opening(mean, size=size, mode="nearest")
+    tophat = mean - opened
+    ref = np.percentile(_subsample(tophat, 1_000_000), 99.0)
+    cand = (tophat > min_contrast * mean) & (tophat > max(ref, 1e-6))
+    if not cand.any():
+        return cand
+    # Keep candidate groups that hold a local intensity maximum: a granule is a bright
+    # spot, whereas the rim of a nucleus (which a small top-hat also keeps) is not.
+    seeds = cand & (mean >= ndi.maximum_filter(mean, size=size, mode="nearest"))
+    if data.shape[-1] > 1 and seeds.any():
+        vals = data[seeds]
+        cv = vals.std(axis=-1) / np.maximum(vals.mean(axis=-1), 1e-6)
+        seeds[seeds] = cv < max_color_spread
+    groups, _ = ndi.label(cand)
+    good = np.unique(groups[seeds])
+    cand = np.isin(groups, good[good > 0])
+    if cand.any():
+        cand = ndi.binary_dilation(cand, iterations=1)
+    return cand
+
+
+@dataclass
+class Preprocessed:
+    """Result of :func:`preprocess`.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        Normalised float32 intensities ``(*spatial, C)``; granule voxels set to 0.
+    signal : numpy.ndarray
+        Mean of the normalised channels (spatial shape).
+    foreground : numpy.ndarray of bool
+        Voxels above the threshold and not granules.
+    threshold : float
+        Threshold applied to ``signal``.
+    voxel_size : tuple of float
+    channel_axis : int or None
+        Channel axis of the original image (normalised), None for single-channel data.
+    granules : numpy.ndarray of bool or None
+        Granule mask (None when suppression was off).
+    info : dict
+        Background levels, normalisation percentiles and counts.
+    """
+
+    data: np.ndarray
+    signal: np.ndarray
+    foreground: np.ndarray
+    threshold: float
+    voxel_size: tuple
+    channel_axis: int | None
+    granules: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def preprocess(
+    image,
+    *,
+    voxel_size=None,
+    channel_axis=None,
+    nucleus_diameter: float = 3.0,
+    background_scale: float | None = None,
+    background_percentile: float = 10.0,
+    normalize_percentiles: tuple[float, float] = (1.0, 99.8),
+    foreground_threshold: float | None = None,
+    threshold_method: str = "otsu",
+    suppress_granules: bool = True,
+) -> Preprocessed:
+    """Validate, subtract background, normalise and select foreground.
+
+    Parameters
+    ----------
+    image : array-like
+        2-D/3-D image with an optional channel axis.
+    voxel_size : sequence of float or None
+        Spatial voxel size in micrometres; None = 1.0 each.
+    channel_axis : int or None
+        Channel axis of ``image``.
+    nucleus_diameter : float
+        Typical nucleus diameter (micrometres).
+    background_scale : float or None
+        Block size of the background estimate (micrometres); default 5 nucleus diameters;
+        0 disables background subtraction.
+    background_percentile : float
+        Percentile taken as background in each block.
+    normalize_percentiles : (float, float)
+        Percentiles mapped to 0 and 1 per channel.
+    foreground_threshold : float or None
+        Threshold on the mean normalised intensity; None = automatic (``threshold_method``).
+    threshold_method : str
+        See :func:`auto_threshold`.
+    suppress_granules : bool
+        Remove autofluorescent granules (see :func:`granule_mask`).
+
+    Returns
+    -------
+    Preprocessed
+    """
+    if not np.isfinite(nucleus_diameter) or nucleus_diameter <= 0:
+        raise ValueError(f"nucleus_diameter must be > 0 um, got {nucleus_diameter}")
+    data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
+    info: dict = {}
+    if background_scale is None:
+        background_scale = 5.0 * nucleus_diameter
+    if background_scale > 0:
+        data, levels = subtract_background(
+            data, vs, scale_um=background_scale, percentile=background_percentile, out=data
+        )
+        info["background_levels"] = levels.tolist()
+    if float(data.max()) <= 0.0:
+        raise ValueError("image has no signal above its background")
+    data, lo, hi = normalize_channels(
+        data, low=normalize_percentiles[0], high=normalize_percentiles[1], out=data
+    )
+    info["normalize_low"] = lo.tolist()
+    info["normalize_high"] = hi.tolist()
+    granules = None
+    if suppress_granules:
+        granules = granule_mask(data, vs, nucleus_diameter=nucleus_diameter)
+        data[granules] = 0.0
+        info["n_granule_voxels"] = int(granules.sum())
+    signal = data.mean(axis=-1)
+    if foreground_threshold is None:
+        thr = auto_threshold(signal, threshold_method)
+    else:
+        thr = float(foreground_threshold)
+        if not np.isfinite(thr) or thr < 0:
+            raise ValueError(f"foreground_threshold must be a finite number >= 0, got {thr}")
+    fg = signal > thr
+    info["n_foreground"] = int(fg.sum())
+    if info["n_foreground"] == 0:
+        raise ValueError(
+            f"no foreground voxels above the threshold {thr:.4g} (normalised units); "
+            "lower foreground_threshold"
+        )
+    return Preprocessed(data, signal, fg, thr, vs, ch_axis, granules, info)

@@ -1,0 +1,167 @@
+"""Tests for napari_sinkhorn_em.preprocess."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_sinkhorn_em.preprocess import (
+    auto_threshold,
+    granule_mask,
+    normalize_channels,
+    physical_voxel_size,
+    preprocess,
+    subtract_background,
+    validate_image,
+)
+
+VS = (0.8, 0.35, 0.35)
+
+
+def _balls(shape, voxel_size, centres_um, radius_um, amplitudes):
+    grids = np.meshgrid(
+        *[np.arange(n) * v for n, v in zip(shape, voxel_size, strict=True)],
+        indexing="ij",
+        sparse=True,
+    )
+    img = np.zeros(shape, np.float32)
+    for c, a in zip(centres_um, amplitudes, strict=True):
+        d2 = sum((g - ci) ** 2 for g, ci in zip(grids, c, strict=True))
+        img[d2 < radius_um**2] += a
+    return img
+
+
+def test_validate_image_moves_channel_axis_last_and_converts():
+    img = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)  # ZCYX
+    data, vs, ax = validate_image(img, channel_axis=1, voxel_size=(1, 0.5, 0.5))
+    assert data.shape == (2, 4, 5, 3)
+    assert data.dtype == np.float32
+    assert ax == 1
+    assert vs == (1.0, 0.5, 0.5)
+    np.testing.assert_array_equal(data[1, 2, 3], img[1, :, 2, 3])
+    data2, vs2, ax2 = validate_image(img[:, 0], channel_axis=None)
+    assert data2.shape == (2, 4, 5, 1) and vs2 == (1.0, 1.0, 1.0) and ax2 is None
+    _, _, ax3 = validate_image(img, channel_axis=-3)
+    assert ax3 == 1
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "match"),
+    [
+        (np.zeros((0, 4)), {}, "empty"),
+        (np.ones((4, 4)), {}, "constant"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), {}, "NaN"),
+        (np.ones(5), {}, "2 or 3 spatial axes"),
+        (np.ones((2, 2, 2, 2)), {}, "2 or 3 spatial axes"),
+        (np.ones((2, 2, 2, 2, 2)), {"channel_axis": 0}, "2 or 3 spatial axes"),
+        (np.arange(16.0).reshape(4, 4), {"channel_axis": 3}, "out of range"),
+        (np.arange(16.0).reshape(4, 4), {"voxel_size": (1.0,)}, "2 entries"),
+        (np.arange(16.0).reshape(4, 4), {"voxel_size": (1.0, 0.0)}, "> 0"),
+        (np.arange(16.0).reshape(4, 4), {"voxel_size": (1.0, -2)}, "> 0"),
+        (np.array([["a", "b"], ["c", "d"]]), {}, "numeric"),
+    ],
+)
+def test_validate_image_errors(image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        validate_image(image, **kwargs)
+
+
+def test_physical_voxel_size():
+    assert physical_voxel_size(None, 2) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="3 entries"):
+        physical_voxel_size((1, 1), 3)
+
+
+def test_background_subtraction_removes_uneven_background():
+    shape = (20, 60, 160)
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    background = (50 + 0.5 * xx + 0.3 * yy + 0.2 * zz).astype(np.float32)
+    centres = rng.uniform([2, 2, 2], np.array(shape) * VS - 2, size=(25, 3))
+    blobs = _balls(shape, VS, centres, 1.5, np.full(25, 100.0))
+    img = (background + blobs)[..., None]
+    out, levels = subtract_background(img.copy(), VS, scale_um=15.0, percentile=10.0)
+    residual_bg = out[..., 0][blobs == 0]
+    # the ramp spans 50..150 (spread p95 - p5 about 70); afterwards the background is flat
+    # up to a small fraction of that (a low percentile sits a constant below the mean)
+    spread = np.percentile(residual_bg, 95) - np.percentile(residual_bg, 5)
+    raw = background[blobs == 0]
+    assert spread < 0.15 * (np.percentile(raw, 95) - np.percentile(raw, 5))
+    # nuclei keep their amplitude (100) up to the background error
+    assert abs(np.median(out[..., 0][blobs > 0]) - 100.0) < 15.0
+    assert 50 < levels[0] < 150
+
+
+def test_normalize_channels_maps_percentiles():
+    rng = np.random.default_rng(1)
+    data = np.stack([rng.uniform(0, 10, 10000), rng.uniform(100, 300, 10000)], -1)
+    data = data.reshape(100, 100, 2).astype(np.float32)
+    out, lo, hi = normalize_channels(data.copy(), low=1, high=99)
+    for c in range(2):
+        assert np.percentile(out[..., c], 99) == pytest.approx(1.0, abs=1e-3)
+        assert out[..., c].min() == 0.0
+    assert lo[1] == pytest.approx(102.0, abs=1.0)
+    assert hi[1] == pytest.approx(298.0, abs=1.0)
+    with pytest.raises(ValueError, match="low < high"):
+        normalize_channels(data, low=50, high=10)
+
+
+def test_auto_threshold_separates_two_populations():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0.1, 0.02, 9000), rng.normal(0.8, 0.05, 1000)])
+    for method in ("otsu", "triangle", "noise"):
+        t = auto_threshold(x, method)
+        assert 0.15 < t < 0.7, method
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        auto_threshold(x, "magic")
+
+
+def _granule_scene(n_channels):
+    shape = (16, 60, 60)
+    rng = np.random.default_rng(3)
+    nuclei_c = np.array([[6.0, 5.0, 5.0], [6.0, 5.0, 12.0], [6.0, 12.0, 8.0]])
+    granule_c = np.array([[6.4, 16.1, 16.1], [6.4, 3.15, 16.8]])  # on the voxel grid
+    data = np.zeros((*shape, n_channels), np.float32)
+    colours = rng.uniform(0.1, 1.0, size=(3, n_channels))
+    colours[:, 0] = 1.0  # pan-nuclear channel
+    for c, col in zip(nuclei_c, colours, strict=True):
+        data += _balls(shape, VS, [c], 1.5, [1.0])[..., None] * col
+    gran = _balls(shape, VS, granule_c, 0.45, [3.0, 3.0])
+    data += gran[..., None]
+    sigma = (0.5 / VS[0], 0.2 / VS[1], 0.2 / VS[2], 0)
+    data = ndi.gaussian_filter(data, sigma) + rng.normal(0, 0.01, data.shape).astype(np.float32)
+    return data, nuclei_c, granule_c
+
+
+@pytest.mark.parametrize("n_channels", [1, 4])
+def test_granules_are_masked_but_nuclei_are_not(n_channels):
+    data, nuclei_c, granule_c = _granule_scene(n_channels)
+    mask = granule_mask(np.maximum(data, 0), VS, nucleus_diameter=3.0)
+    vs = np.asarray(VS)
+    for c in granule_c:
+        assert mask[tuple(np.round(c / vs).astype(int))], "granule centre not masked"
+    for c in nuclei_c:
+        i = tuple(np.round(c / vs).astype(int))
+        assert not mask[i], "nucleus centre masked"
+    # nuclei lose at most a sliver of their voxels
+    nuclear = _balls(data.shape[:-1], VS, nuclei_c, 1.5, [1, 1, 1]) > 0
+    assert (mask & nuclear).sum() < 0.05 * nuclear.sum()
+
+
+def test_preprocess_pipeline_zcyx_and_threshold_override():
+    data, nuclei_c, _ = _granule_scene(4)
+    img = (np.moveaxis(data, -1, 1) * 1000 + 200).clip(0, 65535).astype(np.uint16)  # ZCYX
+    pre = preprocess(img, voxel_size=VS, channel_axis=1, nucleus_diameter=3.0)
+    assert pre.data.shape == (*data.shape[:-1], 4)
+    assert pre.channel_axis == 1
+    vs = np.asarray(VS)
+    for c in nuclei_c:
+        assert pre.foreground[tuple(np.round(c / vs).astype(int))]
+    assert pre.granules is not None and pre.granules.any()
+    assert not (pre.foreground & pre.granules).any()
+    high = preprocess(img, voxel_size=VS, channel_axis=1, foreground_threshold=0.9)
+    assert high.threshold == 0.9
+    assert high.foreground.sum() < pre.foreground.sum()
+    with pytest.raises(ValueError, match="no foreground voxels"):
+        preprocess(img, voxel_size=VS, channel_axis=1, foreground_threshold=1e6)
+    with pytest.raises(ValueError, match="nucleus_diameter"):
+        preprocess(img, voxel_size=VS, channel_axis=1, nucleus_diameter=0)
