@@ -14,15 +14,27 @@ from .io import (
     write_table,
 )
 from .mixture import ConvergenceWarning, SinkhornEM
+from .segmentation import (
+    SegmentationCancelled,
+    SegmentationResult,
+    load_params,
+    save_params,
+    segment_nuclei,
+)
 from .sinkhorn import sinkhorn_responsibilities
 
 __all__ = [
     "ConvergenceWarning",
     "ImageData",
     "ImageReadError",
+    "SegmentationCancelled",
+    "SegmentationResult",
     "SinkhornEM",
     "__version__",
+    "load_params",
     "read_image",
+    "save_params",
+    "segment_nuclei",
     "sinkhorn_responsibilities",
     "write_image",
     "write_labels",

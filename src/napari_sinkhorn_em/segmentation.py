@@ -1,0 +1,679 @@
+"""Nucleus segmentation: stack -> features -> Sinkhorn-EM -> labels, centres, table.
+
+:func:`segment_nuclei` is the entry point used by the napari widget and the batch tool.
+The steps (see docs/pipeline.md for the reasoning and the measured effect of each):
+
+1. preprocess (:mod:`.preprocess`): channel axis last, background subtraction, robust
+   per-channel normalisation, autofluorescent-granule suppression, foreground threshold;
+2. detect nuclei as LoG peaks (:mod:`.peaks`) -- the automatic nucleus count and the
+   "peaks" initialisation;
+3. voxel features (:mod:`.features`): position (um) + weighted intensities, voxel mass;
+4. mixing weights estimated from the data: the intensity mass of each starting centre's
+   Voronoi cell (optionally re-estimated around the fitted centres and refitted);
+5. fit :class:`~napari_sinkhorn_em.mixture.SinkhornEM` (sparse E-step, block covariance
+   position/intensity, position-covariance bounds from the nucleus diameter);
+6. labels: each foreground voxel to its most responsible component if it lies within a
+   Mahalanobis radius of it; one connected piece per label; tiny fragments removed;
+7. per-nucleus table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from .features import voxel_features
+from .mixture import ConvergenceWarning, SinkhornEM
+from .peaks import detect_peaks
+from .preprocess import preprocess
+
+__all__ = [
+    "SegmentationCancelled",
+    "SegmentationResult",
+    "load_params",
+    "save_params",
+    "segment_nuclei",
+]
+
+METHODS = ("sinkhorn", "em", "em-learned")
+INITS = ("peaks", "k-means++", "random")
+WEIGHT_MODES = ("voronoi", "uniform")
+
+
+class SegmentationCancelled(Exception):
+    """Raised by :func:`segment_nuclei` when the progress callback asks to stop."""
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :func:`segment_nuclei`.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        Integer label image over the spatial axes of the input (0 = background), uint16
+        when the labels fit, else uint32.
+    table : pandas.DataFrame
+        One row per nucleus: ``label``, ``z`` (3-D only), ``y``, ``x`` (voxel
+        coordinates), ``z_um`` (3-D only), ``y_um``, ``x_um``, ``volume_um3`` and
+        ``mean_<channel>`` (mean raw intensity in the label) per channel.
+    model : SinkhornEM
+        The fitted mixture (features: position in um, then weighted intensities).
+    params : dict
+        Every keyword argument used (JSON-serialisable); ``segment_nuclei(image,
+        **params)`` reproduces the result.
+    centres : numpy.ndarray
+        ``(K, ndim)`` float voxel coordinates of the nuclei, in table order.
+    info : dict
+        Diagnostics: timings per stage, counts, threshold, convergence, weights.
+    """
+
+    labels: np.ndarray
+    table: pd.DataFrame
+    model: Any
+    params: dict
+    centres: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _param_defaults() -> dict:
+    import inspect
+
+    sig = inspect.signature(segment_nuclei)
+    return {
+        k: v.default
+        for k, v in sig.parameters.items()
+        if v.kind is inspect.Parameter.KEYWORD_ONLY and k != "progress"
+    }
+
+
+def save_params(path, params: dict) -> None:
+    """Write segmentation parameters as JSON, atomically.
+
+    The file holds ``{"napari_sinkhorn_em_version": ..., "parameters": {...}}``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file.
+    params : dict
+        Keyword arguments of :func:`segment_nuclei` (e.g. ``result.params``).
+    """
+    from . import __version__
+
+    _check_param_keys(params, str(path))
+    doc = {"napari_sinkhorn_em_version": __version__, "parameters": _jsonable(params)}
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_params(path) -> dict:
+    """Read parameters written by :func:`save_params` (or a bare parameters dict).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :func:`segment_nuclei`.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, for unreadable or invalid JSON, a non-object document or
+        unknown parameter names.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read parameter file {path}: {exc}") from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"parameter file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"parameter file {path} must hold a JSON object")
+    params = doc.get("parameters", doc) if "parameters" in doc else doc
+    if not isinstance(params, dict):
+        raise ValueError(f"parameter file {path}: 'parameters' must be a JSON object")
+    params = {k: v for k, v in params.items() if k != "napari_sinkhorn_em_version"}
+    _check_param_keys(params, str(path))
+    return params
+
+
+def _check_param_keys(params: dict, where: str) -> None:
+    known = _param_defaults()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown segmentation parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _voronoi_mass(positions: np.ndarray, mass: np.ndarray, centres_um: np.ndarray) -> np.ndarray:
+    """Total mass of the voxels whose nearest centre (Euclidean, um) is each centre."""
+    _, nearest = cKDTree(centres_um).query(positions, k=1, workers=-1)
+    return np.bincount(nearest, weights=mass, minlength=centres_um.shape[0])
+
+
+def _weights_from_mass(mass: np.ndarray, floor: float = 0.2) -> np.ndarray:
+    """Normalise cell masses into mixing weights, flooring tiny cells at ``floor`` x median."""
+    m = np.asarray(mass, dtype=np.float64)
+    med = float(np.median(m[m > 0])) if np.any(m > 0) else 1.0
+    m = np.maximum(m, floor * med)
+    return m / m.sum()
+
+
+def _mahalanobis_pos(positions, labels_k, means, covs, n_pos):
+    """Squared Mahalanobis distance of each point to its component (position block)."""
+    prec = np.linalg.inv(covs[:, :n_pos, :n_pos])
+    d = positions - means[labels_k, :n_pos]
+    return np.einsum("ni,nij,nj->n", d, prec[labels_k], d)
+
+
+def _label_dtype(n: int):
+    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+
+
+# --------------------------------------------------------------------------- main
+
+
+def segment_nuclei(
+    image,
+    *,
+    voxel_size=None,
+    channel_axis=None,
+    channel_names=None,
+    n_nuclei=None,
+    nucleus_diameter: float = 3.0,
+    method: str = "sinkhorn",
+    init="peaks",
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    intensity_weight: float = 1.0,
+    n_neighbors: int = 16,
+    foreground_threshold: float | None = None,
+    random_state: int | None = None,
+    weights: str = "voronoi",
+    weight_refits: int = 0,
+    voxel_mass: str = "intensity",
+    covariance_scale: tuple[float, float] = (0.25, 4.0),
+    mahalanobis_radius: float = 3.0,
+    min_size: float = 0.1,
+    background_scale: float | None = None,
+    threshold_method: str = "otsu",
+    suppress_granules: bool = True,
+    progress: Callable[[str, int, float | None], bool | None] | None = None,
+) -> SegmentationResult:
+    """Segment nuclei in a 2-D/3-D (multichannel) fluorescence image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D or 3-D spatial data with an optional channel axis; any integer or float dtype.
+    voxel_size : sequence of float, optional
+        Spatial voxel lengths in micrometres in axis order (e.g. ``(z, y, x)``); None means
+        1.0 um per axis.
+    channel_axis : int, optional
+        Axis of ``image`` holding channels (None = single channel).
+    channel_names : list of str, optional
+        Names for the ``mean_<name>`` table columns; default ``ch0``, ``ch1``, ...
+    n_nuclei : int, "auto" or None
+        Number of nuclei; None / "auto" = the number of LoG peaks found.
+    nucleus_diameter : float
+        Typical nucleus diameter in micrometres: sets the LoG scale, the minimum peak
+        distance, the covariance bounds and the fragment size.
+    method : {"sinkhorn", "em", "em-learned"}
+        Sinkhorn-EM with fixed weights, EM with the same fixed weights, or classic EM with
+        learned weights.
+    init : {"peaks", "k-means++", "random"} or array_like
+        Initial centres: detected LoG peaks (strongest first), weighted k-means++ on the
+        features, random foreground voxels (probability proportional to mass), or a
+        ``(K, ndim)`` array of centres in voxel coordinates.
+    n_init : int
+        Number of initialisations (the best by the method's objective is kept); only
+        meaningful for the random initialisations.
+    max_iter, tol : int, float
+        Iteration limit and objective-change tolerance of the fit.
+    intensity_weight : float
+        Scale of the normalised channel intensities relative to position (micrometres per
+        normalised unit); 0 clusters on position only.
+    n_neighbors : int
+        Components each voxel interacts with in the sparse E-step (memory O(N m)).
+    foreground_threshold : float, optional
+        Threshold on the mean normalised intensity; None = automatic (``threshold_method``).
+    random_state : int, optional
+        Seed; None draws one (recorded in ``params`` so the run can be repeated).
+    weights : {"voronoi", "uniform"}
+        Mixing weights: the intensity mass of each starting centre's Voronoi cell among the
+        foreground voxels, or equal.
+    weight_refits : int
+        Outer iterations: re-estimate the Voronoi weights around the fitted centres and
+        refit (warm start). 0 = a single fit.
+    voxel_mass : {"intensity", "uniform"}
+        Each voxel's mass (sample weight).
+    covariance_scale : (float, float)
+        Bounds of the position-covariance eigenvalues as multiples of the variance of a
+        uniform ball of the nucleus diameter (``(d/2)^2 / 5``).
+    mahalanobis_radius : float
+        Voxels farther than this (position block) from their component stay background.
+    min_size : float
+        Pieces smaller than this fraction of a nominal nucleus volume are removed.
+    background_scale : float, optional
+        Block size (um) of the background estimate; default 5 nucleus diameters; 0 = off.
+    threshold_method : {"otsu", "triangle", "noise"}
+        Automatic foreground threshold method.
+    suppress_granules : bool
+        Remove small, bright, colourless autofluorescent granules before segmenting.
+    progress : callable, optional
+        ``progress(stage, iteration, objective)``; stages "preprocess", "peaks", "init",
+        "fit", "labels", "table". Returning True cancels: :class:`SegmentationCancelled`.
+
+    Returns
+    -------
+    SegmentationResult
+
+    Raises
+    ------
+    ValueError
+        For invalid images or parameters (specific messages).
+    SegmentationCancelled
+        When ``progress`` returned True.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def report(stage: str, it: int = 0, obj: float | None = None) -> None:
+        if progress is not None and progress(stage, it, obj):
+            raise SegmentationCancelled(f"segmentation cancelled during {stage!r}")
+
+    # ---- parameter checks (before any heavy work)
+    _check_choice("method", method, METHODS)
+    _check_choice("weights", weights, WEIGHT_MODES)
+    _check_choice("voxel_mass", voxel_mass, ("intensity", "uniform"))
+    init_array = None
+    if isinstance(init, str):
+        _check_choice("init", init, INITS)
+    else:
+        try:
+            init_array = np.asarray(init, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"init must be a string or an array of centres: {exc}") from exc
+    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
+        raise ValueError(
+            f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
+        )
+    if n_nuclei is not None and n_nuclei != "auto":
+        if isinstance(n_nuclei, bool) or not isinstance(n_nuclei, (int, np.integer)):
+            raise ValueError(
+                f"n_nuclei must be a positive integer, 'auto' or None, got {n_nuclei!r}"
+            )
+        if n_nuclei < 1:
+            raise ValueError(f"n_nuclei must be >= 1, got {n_nuclei}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    if weight_refits < 0:
+        raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
+    lo_s, hi_s = (float(v) for v in covariance_scale)
+    if not 0 < lo_s <= hi_s:
+        raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
+    if mahalanobis_radius <= 0:
+        raise ValueError(f"mahalanobis_radius must be > 0, got {mahalanobis_radius}")
+    if random_state is None:
+        random_state = int(np.random.SeedSequence().entropy % (2**31))
+    elif isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    random_state = int(random_state)
+
+    # ---- preprocessing
+    report("preprocess")
+    pre = preprocess(
+        image,
+        voxel_size=voxel_size,
+        channel_axis=channel_axis,
+        nucleus_diameter=nucleus_diameter,
+        background_scale=background_scale,
+        foreground_threshold=foreground_threshold,
+        threshold_method=threshold_method,
+        suppress_granules=suppress_granules,
+    )
+    vs = np.asarray(pre.voxel_size)
+    ndim = vs.size
+    n_ch = pre.data.shape[-1]
+    if channel_names is None:
+        channel_names = [f"ch{i}" for i in range(n_ch)]
+    else:
+        channel_names = [str(c) for c in channel_names]
+        if len(channel_names) != n_ch:
+            raise ValueError(
+                f"channel_names has {len(channel_names)} names but the image has {n_ch} channels"
+            )
+    timings["preprocess"] = time.perf_counter() - t0
+
+    # ---- features
+    t = time.perf_counter()
+    feats = voxel_features(
+        pre.data,
+        pre.foreground,
+        vs,
+        intensity_weight=intensity_weight,
+        mass=voxel_mass,
+        signal=pre.signal,
+    )
+    n_points = feats.n_points
+    timings["features"] = time.perf_counter() - t
+
+    # ---- peaks / number of nuclei
+    report("peaks")
+    t = time.perf_counter()
+    need_peaks = init_array is None and (init == "peaks" or n_nuclei in (None, "auto"))
+    peaks = None
+    if need_peaks:
+        peaks = detect_peaks(
+            pre.signal, vs, nucleus_diameter=nucleus_diameter, foreground=pre.foreground
+        )
+    if init_array is not None:
+        if init_array.ndim != 2 or init_array.shape[1] != ndim:
+            raise ValueError(
+                f"init array must have shape (K, {ndim}) (centres in voxel coordinates), "
+                f"got {init_array.shape}"
+            )
+        if not np.all(np.isfinite(init_array)):
+            raise ValueError("init array contains NaN or infinite centres")
+        K = init_array.shape[0]
+        if n_nuclei not in (None, "auto") and int(n_nuclei) != K:
+            raise ValueError(f"n_nuclei={n_nuclei} differs from the {K} centres given in init")
+    elif n_nuclei in (None, "auto"):
+        K = len(peaks)
+        if K == 0:
+            raise ValueError("no nuclei detected (no LoG peaks in the foreground)")
+    else:
+        K = int(n_nuclei)
+    if n_points < K:
+        raise ValueError(
+            f"n_nuclei={K} is larger than the number of foreground voxels ({n_points}); "
+            "lower n_nuclei or foreground_threshold"
+        )
+    timings["peaks"] = time.perf_counter() - t
+
+    # ---- initial means
+    report("init")
+    t = time.perf_counter()
+    X, a = feats.X, feats.sample_weight
+    pos = feats.positions
+    rng = np.random.default_rng(random_state)
+    D = X.shape[1]
+    tree = cKDTree(pos)
+    means0 = None
+    if init_array is not None or init == "peaks":
+        if init_array is not None:
+            c_um = init_array * vs
+        else:
+            c_um = peaks.coords[:K] * vs
+            if len(peaks) < K:  # more nuclei than peaks: add mass-weighted random voxels
+                extra = rng.choice(n_points, size=K - len(peaks), replace=False, p=a)
+                c_um = np.vstack([c_um, pos[extra]])
+        kq = min(8, n_points)
+        _, nn = tree.query(c_um, k=kq, workers=-1)
+        nn = nn.reshape(K, kq)
+        means0 = np.empty((K, D))
+        means0[:, :ndim] = c_um
+        if ndim < D:
+            means0[:, ndim:] = X[nn, ndim:].mean(axis=1)
+        est_init: Any = means0
+    else:
+        est_init = init  # the estimator's own k-means++ / random (same seed for all methods)
+    timings["init"] = time.perf_counter() - t
+
+    # ---- covariance bounds from the nucleus diameter
+    var_nominal = (nucleus_diameter / 2.0) ** 2 / 5.0
+    bounds = (lo_s * var_nominal, hi_s * var_nominal)
+    cov0 = None
+    if means0 is not None:
+        cov0 = np.zeros((K, D, D))
+        cov0[:, np.arange(ndim), np.arange(ndim)] = var_nominal
+        if ndim < D:
+            ivar = np.maximum(np.var(X[:, ndim:], axis=0), 1e-6) / 4.0
+            cov0[:, np.arange(ndim, D), np.arange(ndim, D)] = ivar
+
+    # ---- fit (possibly with weight re-estimation in an outer loop)
+    t = time.perf_counter()
+    n_fits = 1 + int(weight_refits)
+    total_iter = [0]
+
+    def callback(it: int, obj: float) -> bool:
+        total_iter[0] += 1
+        return bool(progress is not None and progress("fit", total_iter[0], float(obj)))
+
+    model = None
+    alpha = None
+    for fit_i in range(n_fits):
+        if fit_i > 0:
+            means0 = model.means_.copy()
+            cov0 = model.covariances_.copy()
+            est_init = means0
+        if weights == "uniform" or (means0 is None and fit_i == 0):
+            alpha = None
+        else:
+            alpha = _weights_from_mass(_voronoi_mass(pos, a, means0[:, :ndim]))
+        model = SinkhornEM(
+            K,
+            method="em" if method.startswith("em") else "sinkhorn",
+            weights=alpha,
+            learn_weights=method == "em-learned",
+            covariance_type="full",
+            covariance_bounds=bounds,
+            tol=tol,
+            max_iter=max_iter,
+            n_init=n_init if means0 is None else 1,
+            init=est_init,
+            covariances_init=cov0,
+            n_neighbors=min(int(n_neighbors), K),
+            random_state=random_state,
+            position_dims=ndim,
+            callback=callback if progress is not None else None,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            comp = model.fit_predict(X, sample_weight=a)
+        if getattr(model, "stopped_", False):
+            raise SegmentationCancelled("segmentation cancelled during 'fit'")
+    timings["fit"] = time.perf_counter() - t
+
+    # ---- labels
+    report("labels")
+    t = time.perf_counter()
+    labels, comp_ids = _labels_from_components(
+        feats.indices,
+        pos,
+        comp,
+        model,
+        pre.foreground.shape,
+        ndim,
+        vs,
+        mahalanobis_radius,
+        min_size * (np.pi / 6.0) * nucleus_diameter**3 * (1 if ndim == 3 else 0)
+        + min_size * (np.pi / 4.0) * nucleus_diameter**2 * (1 if ndim == 2 else 0),
+    )
+    timings["labels"] = time.perf_counter() - t
+
+    # ---- table
+    report("table")
+    t = time.perf_counter()
+    raw = np.asarray(image)
+    raw = raw[..., None] if pre.channel_axis is None else np.moveaxis(raw, pre.channel_axis, -1)
+    table, centres = _make_table(
+        labels, comp_ids, model.means_[:, :ndim] / vs, raw, vs, channel_names
+    )
+    timings["table"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    params = {
+        "voxel_size": [float(v) for v in vs],
+        "channel_axis": pre.channel_axis,
+        "channel_names": channel_names,
+        "n_nuclei": "auto" if n_nuclei in (None, "auto") else int(n_nuclei),
+        "nucleus_diameter": float(nucleus_diameter),
+        "method": method,
+        "init": init if isinstance(init, str) else init_array.tolist(),
+        "n_init": int(n_init),
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "intensity_weight": float(intensity_weight),
+        "n_neighbors": int(n_neighbors),
+        "foreground_threshold": None
+        if foreground_threshold is None
+        else float(foreground_threshold),
+        "random_state": random_state,
+        "weights": weights,
+        "weight_refits": int(weight_refits),
+        "voxel_mass": voxel_mass,
+        "covariance_scale": [lo_s, hi_s],
+        "mahalanobis_radius": float(mahalanobis_radius),
+        "min_size": float(min_size),
+        "background_scale": None if background_scale is None else float(background_scale),
+        "threshold_method": threshold_method,
+        "suppress_granules": bool(suppress_granules),
+    }
+    info = {
+        "timings": timings,
+        "n_components": K,
+        "n_nuclei": len(table),
+        "n_peaks": None if peaks is None else len(peaks),
+        "n_foreground_voxels": n_points,
+        "threshold": pre.threshold,
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "objective": float(model.objective_),
+        "weights": None if alpha is None else np.asarray(alpha).tolist(),
+        "preprocess": pre.info,
+    }
+    return SegmentationResult(labels, table, model, params, centres, info)
+
+
+def _labels_from_components(
+    indices, positions, comp, model, shape, ndim, vs, radius, min_volume_um3
+):
+    """Label image from per-voxel component assignments (see :func:`segment_nuclei`).
+
+    Returns the label image (values 1..K', consecutive) and, for each label value ``l``,
+    the component index ``comp_ids[l - 1]``.
+    """
+    K = model.means_.shape[0]
+    d2 = _mahalanobis_pos(positions, comp, model.means_, model.covariances_, ndim)
+    keep = d2 <= radius**2
+    lab = np.zeros(shape, dtype=np.int32)
+    lab[tuple(indices[keep].T)] = comp[keep] + 1
+    # connected pieces of equal value; keep the largest piece of each component
+    from skimage.measure import label as cc_label
+
+    pieces = cc_label(lab, background=0, connectivity=1)
+    n_pieces = int(pieces.max())
+    flat_p = pieces.ravel()
+    flat_l = lab.ravel()
+    nz = flat_p > 0
+    size = np.bincount(flat_p[nz], minlength=n_pieces + 1)
+    owner = np.zeros(n_pieces + 1, dtype=np.int64)
+    owner[flat_p[nz]] = flat_l[nz]
+    # largest piece per component
+    best_piece = np.zeros(K + 1, dtype=np.int64)
+    best_size = np.zeros(K + 1, dtype=np.int64)
+    order = np.argsort(size[1:], kind="stable") + 1  # ascending, so larger overwrite
+    best_piece[owner[order]] = order
+    best_size[owner[order]] = size[order]
+    min_vox = max(1, int(np.ceil(min_volume_um3 / float(np.prod(vs)))))
+    good = (best_size >= min_vox) & (np.arange(K + 1) > 0)
+    comp_ids = np.flatnonzero(good) - 1
+    new_value = np.zeros(n_pieces + 1, dtype=np.int64)
+    new_value[best_piece[good]] = np.arange(1, comp_ids.size + 1)
+    out = new_value[pieces].astype(_label_dtype(comp_ids.size))
+    return out, comp_ids
+
+
+def _make_table(labels, comp_ids, comp_centres_vox, raw, vs, channel_names):
+    """Per-nucleus table; centres are the fitted means, snapped into their label if needed."""
+    ndim = labels.ndim
+    n = comp_ids.size
+    idx = np.arange(1, n + 1)
+    centres = comp_centres_vox[comp_ids].copy() if n else np.zeros((0, ndim))
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    if n:
+        rounded = np.clip(np.round(centres).astype(np.int64), 0, np.array(labels.shape) - 1)
+        inside = labels[tuple(rounded.T)] == idx
+        for j in np.flatnonzero(~inside):
+            vox = np.argwhere(labels == idx[j])
+            dd = (((vox - centres[j]) * vs) ** 2).sum(axis=1)
+            centres[j] = vox[np.argmin(dd)]
+    cols: dict[str, Any] = {"label": idx.astype(np.int64)}
+    axes = ("z", "y", "x")[-ndim:]
+    for i, ax in enumerate(axes):
+        cols[ax] = centres[:, i]
+    for i, ax in enumerate(axes):
+        cols[f"{ax}_um"] = centres[:, i] * vs[i]
+    cols["volume_um3"] = counts * float(np.prod(vs))
+    flat = labels.ravel()
+    for c, name in enumerate(channel_names):
+        sums = ndi.sum_labels(raw[..., c].astype(np.float64).ravel(), flat, index=idx) if n else []
+        cols[f"mean_{name}"] = np.asarray(sums, dtype=np.float64) / np.maximum(counts, 1)
+    return pd.DataFrame(cols), centres
