@@ -615,3 +615,10 @@ def test_recursive_outputs_mirror_the_input_tree(worm_dir, tmp_path):
     assert _run_json(out)["files"]["top"]["seed"] != _run_json(out)["files"]["day1/worm2d"]["seed"]
     again = run_batch([src], out, recursive=True, parameters=build_parameters(seed=7))
     assert sorted(again.skipped) == ["day1/worm2d", "top"] and again.ok == []
+    # another file with the same name (same size and time) into the same folder: redone
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(src / "top.tif", other / "top.tif")
+    moved = run_batch([other / "top.tif"], out, parameters=build_parameters(seed=7))
+    assert moved.ok == ["top"] and moved.skipped == []
+    assert _run_json(out)["files"]["top"]["input"] == str((other / "top.tif").resolve())

@@ -564,6 +564,7 @@ def _is_complete(
     parameters: Mapping[str, Any],
     fingerprint: Mapping[str, int],
     seed: int,
+    input_path: Path,
     labels_path: Path,
     table_path: Path,
 ) -> bool:
@@ -575,6 +576,8 @@ def _is_complete(
     if _normalise(record.get("parameters")) != _normalise(parameters):
         return False
     if record.get("fingerprint") != dict(fingerprint) or record.get("seed") != seed:
+        return False
+    if record.get("input") != str(input_path):
         return False
     outputs = record.get("outputs") or {}
     for which, path in (("labels", labels_path), ("table", table_path)):
@@ -791,6 +794,7 @@ def run_batch(
                 parameters=params,
                 fingerprint=fp,
                 seed=task["seed"],
+                input_path=inp.path,
                 labels_path=Path(task["labels"]),
                 table_path=Path(task["table"]),
             ):
