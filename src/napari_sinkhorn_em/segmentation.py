@@ -210,12 +210,30 @@ def _voronoi_mass(positions: np.ndarray, mass: np.ndarray, centres_um: np.ndarra
     return np.bincount(nearest, weights=mass, minlength=centres_um.shape[0])
 
 
-def _weights_from_mass(mass: np.ndarray, floor: float = 0.2) -> np.ndarray:
+def _weights_from_mass(mass: np.ndarray, floor: float = 0.01) -> np.ndarray:
     """Normalise cell masses into mixing weights, flooring tiny cells at ``floor`` x median."""
     m = np.asarray(mass, dtype=np.float64)
     med = float(np.median(m[m > 0])) if np.any(m > 0) else 1.0
     m = np.maximum(m, floor * med)
     return m / m.sum()
+
+
+def _add_seeds(positions, mass, centres_um, n_extra, rng) -> np.ndarray:
+    """Add ``n_extra`` centres by D^2 sampling (mass x squared distance to the nearest
+    centre), as k-means++ does: new seeds go where mass is far from every centre."""
+    centres = [np.asarray(centres_um, dtype=np.float64)]
+    if centres[0].shape[0]:
+        d2 = cKDTree(centres[0]).query(positions, k=1, workers=-1)[0] ** 2
+    else:
+        d2 = np.ones(positions.shape[0])
+    for _ in range(n_extra):
+        p = mass * d2
+        tot = p.sum()
+        j = rng.choice(positions.shape[0], p=p / tot) if tot > 0 else rng.integers(len(p))
+        c = positions[j]
+        centres.append(c[None])
+        d2 = np.minimum(d2, ((positions - c) ** 2).sum(axis=1))
+    return np.vstack(centres)
 
 
 def _mahalanobis_pos(positions, labels_k, means, covs, n_pos):
@@ -471,9 +489,8 @@ def segment_nuclei(
             c_um = init_array * vs
         else:
             c_um = peaks.coords[:K] * vs
-            if len(peaks) < K:  # more nuclei than peaks: add mass-weighted random voxels
-                extra = rng.choice(n_points, size=K - len(peaks), replace=False, p=a)
-                c_um = np.vstack([c_um, pos[extra]])
+            if len(peaks) < K:  # more nuclei than peaks: k-means++-style extra seeds
+                c_um = _add_seeds(pos, a, c_um, K - len(peaks), rng)
         kq = min(8, n_points)
         _, nn = tree.query(c_um, k=kq, workers=-1)
         nn = nn.reshape(K, kq)

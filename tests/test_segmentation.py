@@ -1,0 +1,183 @@
+"""Tests for napari_sinkhorn_em.segmentation (segment_nuclei and parameter files)."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage.measure import label as cc_label
+
+from napari_sinkhorn_em import (
+    SegmentationCancelled,
+    load_params,
+    save_params,
+    segment_nuclei,
+)
+from napari_sinkhorn_em.metrics import average_precision, match_centres
+from napari_sinkhorn_em.synthetic import make_worm
+
+_CACHE: dict = {}
+
+
+def worm(ndim=3, n_channels=4, region="body", n=40, seed=1):
+    key = (ndim, n_channels, region, n, seed)
+    if key not in _CACHE:
+        _CACHE[key] = make_worm(
+            n_nuclei=n, ndim=ndim, n_channels=n_channels, region=region, seed=seed
+        )
+    return _CACHE[key]
+
+
+def run(w, **kw):
+    kw.setdefault("nucleus_diameter", 2.7)
+    kw.setdefault("random_state", 0)
+    return segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=w.channel_axis, **kw)
+
+
+@pytest.mark.parametrize(
+    ("ndim", "n_channels", "region"),
+    [(3, 4, "body"), (3, 1, "body"), (2, 4, "head"), (2, 1, "head")],
+)
+def test_accuracy_against_synthetic_truth(ndim, n_channels, region):
+    w = worm(ndim, n_channels, region)
+    r = run(w, n_nuclei=len(w.centres))
+    m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
+    assert m.f1 >= 0.92, m.summary()
+    assert m.mean_error < 0.5
+    assert average_precision(r.labels, w.labels)["ap"] >= 0.7
+    auto = run(w)  # nucleus count estimated
+    ma = match_centres(auto.centres, w.centres, voxel_size=w.voxel_size)
+    assert ma.f1 >= 0.9, ma.summary()
+    assert auto.params["n_nuclei"] == "auto"
+
+
+def test_labels_and_table_are_consistent():
+    w = worm(3, 4, "head")
+    r = run(w, n_nuclei=len(w.centres), channel_names=["r", "g", "b", "pan"])
+    lab, tab = r.labels, r.table
+    assert lab.shape == w.image.shape[1:]
+    assert lab.dtype == np.uint16
+    ids = np.unique(lab[lab > 0])
+    assert ids.tolist() == tab["label"].tolist() == list(range(1, len(tab) + 1))
+    assert list(tab.columns) == [
+        "label", "z", "y", "x", "z_um", "y_um", "x_um", "volume_um3",
+        "mean_r", "mean_g", "mean_b", "mean_pan",
+    ]  # fmt: skip
+    counts = np.bincount(lab.ravel())[1:]
+    np.testing.assert_allclose(tab["volume_um3"], counts * np.prod(w.voxel_size))
+    vox = np.round(tab[["z", "y", "x"]].to_numpy()).astype(int)
+    assert np.all(lab[tuple(vox.T)] == tab["label"].to_numpy()), "centre outside its label"
+    np.testing.assert_allclose(tab[["z_um", "y_um", "x_um"]], r.centres * w.voxel_size)
+    # each label is one connected piece
+    pieces = cc_label(lab, background=0, connectivity=1)
+    assert pieces.max() == len(tab)
+    # mean intensities are the raw image means inside each label
+    first = lab == 1
+    assert tab["mean_pan"].iloc[0] == pytest.approx(float(w.image[3][first].mean()))
+    # no nucleus where the truth has none far away: every label overlaps a true nucleus
+    overlap = np.bincount(lab[w.labels > 0], minlength=len(tab) + 1)[1:]
+    assert np.mean(overlap > 0) > 0.95
+
+
+def test_2d_table_has_no_z_and_uint_labels():
+    w = worm(2, 1, "head")
+    r = run(w)
+    assert "z" not in r.table.columns and "z_um" not in r.table.columns
+    assert list(r.table.columns[:5]) == ["label", "y", "x", "y_um", "x_um"]
+    assert "mean_ch0" in r.table.columns
+    assert r.centres.shape == (len(r.table), 2)
+
+
+def test_params_reproduce_and_round_trip(tmp_path):
+    w = worm(2, 4, "head")
+    r = run(w, init="k-means++", random_state=3, max_iter=30)
+    json.dumps(r.params)  # JSON-serialisable
+    assert r.params["voxel_size"] == list(w.voxel_size)
+    assert r.params["channel_axis"] == 0
+    again = segment_nuclei(w.image, **r.params)
+    np.testing.assert_array_equal(again.labels, r.labels)
+    path = tmp_path / "params.json"
+    save_params(path, r.params)
+    doc = json.loads(path.read_text())
+    assert set(doc) == {"napari_sinkhorn_em_version", "parameters"}
+    assert load_params(path) == json.loads(json.dumps(r.params))
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"method": "em", "n_nuclei": 12}))
+    assert load_params(bare) == {"method": "em", "n_nuclei": 12}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"parameters": {"nucleus_size": 3}}))
+    with pytest.raises(
+        ValueError, match=r"bad\.json.*unknown segmentation parameter.*nucleus_size"
+    ):
+        load_params(bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        load_params(broken)
+    # random_state None is resolved to a recorded seed
+    r2 = run(w, random_state=None, init="random", max_iter=5)
+    assert isinstance(r2.params["random_state"], int)
+
+
+def test_init_array_and_methods():
+    w = worm(2, 4, "head")
+    r = run(w, init=w.centres, max_iter=20)
+    assert r.params["init"] == w.centres.tolist()
+    assert r.params["n_nuclei"] == "auto"
+    assert r.model.n_components == len(w.centres)
+    m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size)
+    assert m.f1 >= 0.95
+    for method in ("em", "em-learned"):
+        rm = run(w, method=method, n_nuclei=len(w.centres))
+        mm = match_centres(rm.centres, w.centres, voxel_size=w.voxel_size)
+        assert mm.f1 >= 0.85, (method, mm.summary())
+    with pytest.raises(ValueError, match="shape"):
+        run(w, init=np.zeros((5, 3)))
+
+
+def test_cancel_stops_promptly():
+    w = worm(3, 4, "body")
+    calls = []
+
+    def progress(stage, it, obj):
+        calls.append((stage, it, obj))
+        return stage == "fit" and it >= 2
+
+    with pytest.raises(SegmentationCancelled):
+        run(w, progress=progress)
+    assert calls[-1][0] == "fit" and calls[-1][1] == 2
+    assert [c[0] for c in calls[:3]] == ["preprocess", "peaks", "init"]
+    assert all(np.isfinite(c[2]) for c in calls if c[0] == "fit")
+
+    seen = []
+    with pytest.raises(SegmentationCancelled):
+        run(w, progress=lambda s, i, o: seen.append(s) or s == "preprocess")
+    assert seen == ["preprocess"]
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "match"),
+    [
+        (np.zeros((0, 10, 10)), {}, "empty"),
+        (np.full((5, 20, 20), 7, np.uint16), {}, "constant"),
+        (np.where(np.eye(20) > 0, np.nan, 1.0), {}, "NaN"),
+        (np.ones((2, 2, 2, 2, 2)), {}, "2 or 3 spatial axes"),
+        (np.arange(400.0).reshape(20, 20), {"voxel_size": (1, 1, 1)}, "2 entries"),
+        (np.arange(400.0).reshape(20, 20), {"voxel_size": (1, -1)}, "> 0"),
+        (np.arange(400.0).reshape(20, 20), {"method": "kmeans"}, "method must be one of"),
+        (np.arange(400.0).reshape(20, 20), {"init": "grid"}, "init must be one of"),
+        (np.arange(400.0).reshape(20, 20), {"n_nuclei": 0}, "n_nuclei must be >= 1"),
+        (np.arange(400.0).reshape(20, 20), {"n_nuclei": 2.5}, "n_nuclei must be"),
+        (np.arange(400.0).reshape(20, 20), {"nucleus_diameter": -1}, "nucleus_diameter"),
+        (np.arange(400.0).reshape(20, 20), {"channel_names": ["a", "b"]}, "channel_names"),
+    ],
+)
+def test_bad_input(image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        segment_nuclei(image, **kwargs)
+
+
+def test_too_many_nuclei_for_foreground():
+    img = np.zeros((30, 30), np.float32)
+    img[10:13, 10:13] = 100.0
+    with pytest.raises(ValueError, match="larger than the number of foreground voxels"):
+        segment_nuclei(img, n_nuclei=50, nucleus_diameter=2.0, suppress_granules=False)
