@@ -79,66 +79,136 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
 # --------------------------------------------------------------------------
 # E-step passes
 # --------------------------------------------------------------------------
+# Responsibilities below this are left out of the Hessian accumulation. The dropped part
+# of sum_i a_i r_i r_i^T is at most about 2 m HESS_CUT relative to a column's mass (~1e-10
+# for m = 16), so Newton keeps its quadratic convergence, while a row whose mass sits on
+# a few components costs a few multiply-adds instead of m^2.
+HESS_CUT = 1e-12
+
+
 @njit(parallel=True, cache=True)
-def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess, hess_stride):
+def row_max_exp(A, P, amax, n_chunks):
+    """``amax[i] = max_j A[i, j]`` and ``P[i, j] = exp(A[i, j] - amax[i])`` (in [0, 1])."""
+    N, M = A.shape
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        for i in range(i0, i1):
+            mx = -np.inf
+            for j in range(M):
+                if A[i, j] > mx:
+                    mx = A[i, j]
+            amax[i] = mx
+            for j in range(M):
+                P[i, j] = math.exp(A[i, j] - mx)
+
+
+@njit(parallel=True, cache=True)
+def estep_pass(A, P, amax, use_p, idx, dense, g, a, R, lse, n_chunks, want_hess, hess_stride):
     """One pass of the log-domain E-step for a given column potential ``g``.
 
     For each row: ``lse[i] = logsumexp_j(A[i, j] + g[k_ij])`` and
     ``R[i, j] = exp(A[i, j] + g[k_ij] - lse[i])`` (rows sum to one).
 
+    With ``use_p`` the row sums are formed without any exponential as
+    ``sum_j P[i, j] exp(g_k - max g)`` from ``P``/``amax`` of :func:`row_max_exp` (computed
+    once per log-density matrix; the E-step then changes only ``g``). A row whose sum
+    falls below 1e-250 (its mass sits on components whose potential is far below the
+    largest one) is recomputed in the log domain, so nothing underflows: the result is
+    the same to rounding.
+
     Returns
     -------
     colsum : (K,) sum_i a_i R[i, :] scattered to components.
     wlse : float, sum_i a_i lse[i].
-    S : (K, K) sum_i a_i r_i r_i^T if ``want_hess`` else a (1, 1) zero array. With
-        ``hess_stride > 1`` only every ``hess_stride``-th row enters S (scaled up
-        accordingly): an unbiased O(N m^2 / stride) estimate for large problems.
+    S : (K, K) sum_i a_i r_i r_i^T over the entries ``r > HESS_CUT`` if ``want_hess``, else
+        a (1, 1) zero array. With ``hess_stride > 1`` only every ``hess_stride``-th row
+        enters S (scaled up accordingly): an unbiased estimate for large problems.
+    work : float, number of multiply-adds the Hessian accumulation would cost with
+        ``hess_stride = 1`` (estimated from the rows visited), to choose the stride.
     """
     N, M = A.shape
     K = g.shape[0]
+    gmax = -np.inf
+    for k in range(K):
+        if g[k] > gmax:
+            gmax = g[k]
+    G = np.empty(K)
+    for k in range(K):
+        G[k] = math.exp(g[k] - gmax)
     c_acc = np.zeros((n_chunks, K))
     o_acc = np.zeros(n_chunks)
+    w_acc = np.zeros(n_chunks)
     H_acc = np.zeros((n_chunks, K, K)) if want_hess else np.zeros((n_chunks, 1, 1))
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         v = np.empty(M)
         kk = np.empty(M, dtype=np.int64)
+        sj = np.empty(M, dtype=np.int64)
+        # per-chunk scalars live in registers (neighbouring o_acc[c] share a cache line)
+        o_loc = 0.0
+        w_loc = 0.0
         for i in range(i0, i1):
-            mx = -np.inf
-            for j in range(M):
-                k = j if dense else idx[i, j]
-                kk[j] = k
-                t = A[i, j] + g[k]
-                v[j] = t
-                if t > mx:
-                    mx = t
             s = 0.0
-            for j in range(M):
-                e = math.exp(v[j] - mx)
-                v[j] = e
-                s += e
-            li = mx + math.log(s)
+            li = 0.0
+            if use_p:
+                for j in range(M):
+                    k = j if dense else idx[i, j]
+                    kk[j] = k
+                    e = P[i, j] * G[k]
+                    v[j] = e
+                    s += e
+                if s > 1e-250:
+                    li = amax[i] + gmax + math.log(s)
+            if not (s > 1e-250):
+                mx = -np.inf
+                for j in range(M):
+                    k = j if dense else idx[i, j]
+                    kk[j] = k
+                    t = A[i, j] + g[k]
+                    v[j] = t
+                    if t > mx:
+                        mx = t
+                s = 0.0
+                for j in range(M):
+                    e = math.exp(v[j] - mx)
+                    v[j] = e
+                    s += e
+                li = mx + math.log(s)
             lse[i] = li
             inv = 1.0 / s
             ai = a[i]
             if ai > 0.0:
-                o_acc[c] += ai * li
+                o_loc += ai * li
             for j in range(M):
                 r = v[j] * inv
                 R[i, j] = r
                 v[j] = r
                 c_acc[c, kk[j]] += ai * r
             if want_hess and ai > 0.0 and i % hess_stride == 0:
+                cnt = 0
                 for j in range(M):
-                    w = hess_stride * ai * v[j]
-                    kj = kk[j]
-                    for m2 in range(M):
-                        H_acc[c, kj, kk[m2]] += w * v[m2]
+                    if v[j] > HESS_CUT:
+                        sj[cnt] = j
+                        cnt += 1
+                w_loc += cnt * cnt
+                w0 = hess_stride * ai
+                for p in range(cnt):
+                    jp = sj[p]
+                    w = w0 * v[jp]
+                    kp = kk[jp]
+                    for q in range(cnt):
+                        jq = sj[q]
+                        H_acc[c, kp, kk[jq]] += w * v[jq]
+        o_acc[c] = o_loc
+        w_acc[c] = w_loc
     colsum = np.zeros(K)
     wlse = 0.0
+    work = 0.0
     for c in range(n_chunks):
         wlse += o_acc[c]
+        work += w_acc[c]
         for k in range(K):
             colsum[k] += c_acc[c, k]
     if want_hess:
@@ -149,7 +219,27 @@ def estep_pass(A, idx, dense, g, a, R, lse, n_chunks, want_hess, hess_stride):
                     S[k, l] += H_acc[c, k, l]
     else:
         S = np.zeros((1, 1))
-    return colsum, wlse, S
+    return colsum, wlse, S, work * hess_stride
+
+
+@njit(parallel=True, cache=True)
+def reached_components(idx, a, K, n_chunks):
+    """``out[k]`` is True if some point with positive mass lists component ``k``."""
+    N, M = idx.shape
+    acc = np.zeros((n_chunks, K), dtype=np.bool_)
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        for i in range(i0, i1):
+            if a[i] > 0.0:
+                for j in range(M):
+                    acc[c, idx[i, j]] = True
+    out = np.zeros(K, dtype=np.bool_)
+    for c in range(n_chunks):
+        for k in range(K):
+            if acc[c, k]:
+                out[k] = True
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -399,3 +489,44 @@ def cholesky_solve(H, b):
             t -= L[p, i] * x[p]
         x[i] = t / L[i, i]
     return x, True
+
+
+@njit(cache=True)
+def precision_cholesky(cov, P, log_det):
+    """Upper-triangular precision factors of SPD matrices (serial, no BLAS/LAPACK).
+
+    For every ``cov[k] = L L^T`` writes ``P[k] = L^{-T}`` (so ``P P^T = cov^{-1}``, the
+    scikit-learn convention) and ``log_det[k] = -sum(log diag L)``. Returns the index of
+    the first matrix that is not numerically positive definite, or -1. (Small LAPACK
+    calls between parallel kernels wake OpenBLAS's spinning threads; see sinkhorn._vdot.)
+    """
+    K, D, _ = cov.shape
+    L = np.zeros((D, D))
+    for k in range(K):
+        for j in range(D):
+            s = cov[k, j, j]
+            for p in range(j):
+                s -= L[j, p] * L[j, p]
+            if not s > 0.0:
+                return k
+            d = math.sqrt(s)
+            L[j, j] = d
+            for i in range(j + 1, D):
+                t = cov[k, i, j]
+                for p in range(j):
+                    t -= L[i, p] * L[j, p]
+                L[i, j] = t / d
+        ld = 0.0
+        for j in range(D):
+            ld -= math.log(L[j, j])
+        log_det[k] = ld
+        # P^T = L^{-1} (lower triangular) by forward substitution, column by column
+        for c in range(D):
+            for i in range(D):
+                P[k, c, i] = 0.0
+            for i in range(c, D):
+                t = 1.0 if i == c else 0.0
+                for p in range(c, i):
+                    t -= L[i, p] * P[k, c, p]
+                P[k, c, i] = t / L[i, i]
+    return -1
