@@ -559,16 +559,18 @@ class SinkhornEM:
             if isinstance(self.random_state, np.random.Generator)
             else np.random.default_rng(self.random_state)
         )
-        n_chunks = _k.n_chunks_for(N)
         best = None
-        for run in range(self.n_init):
-            if self.verbose:
-                print(f"Initialisation {run}")
-            res = self._single_run(X, a, rng, n_chunks)
-            if best is None or res["objective"] > best["objective"]:
-                best = res
-            if res["stopped"]:
-                break
+        m = self._n_neigh()
+        with _k.threads_for(N * (K if m is None else m)):
+            n_chunks = _k.n_chunks_for(N)
+            for run in range(self.n_init):
+                if self.verbose:
+                    print(f"Initialisation {run}")
+                res = self._single_run(X, a, rng, n_chunks)
+                if best is None or res["objective"] > best["objective"]:
+                    best = res
+                if res["stopped"]:
+                    break
         self.means_ = best["means"]
         self.covariances_ = best["cov"]
         self.weights_ = best["alpha"]
@@ -631,12 +633,13 @@ class SinkhornEM:
         """
         X = self._check_fitted(X)
         out = np.empty((X.shape[0], self.n_components))
-        for sl in self._chunks(X.shape[0]):
-            A = self._dense_log_prob(X[sl]) + self.potential_
-            A -= A.max(axis=1, keepdims=True)
-            np.exp(A, out=A)
-            A /= A.sum(axis=1, keepdims=True)
-            out[sl] = A
+        with _k.threads_for(out.size):
+            for sl in self._chunks(X.shape[0]):
+                A = self._dense_log_prob(X[sl]) + self.potential_
+                A -= A.max(axis=1, keepdims=True)
+                np.exp(A, out=A)
+                A /= A.sum(axis=1, keepdims=True)
+                out[sl] = A
         return out
 
     def predict_proba_sparse(self, X, n_neighbors=None):
@@ -666,7 +669,8 @@ class SinkhornEM:
         m = min(int(m), K)
         idx = self._kdtree_neighbors(self._pos(X), self._pos(self.means_), m)
         A = np.empty((X.shape[0], m))
-        self._log_prob(X, self.means_, self.precisions_cholesky_, self._log_det, idx, A)
+        with _k.threads_for(A.size):
+            self._log_prob(X, self.means_, self.precisions_cholesky_, self._log_det, idx, A)
         A += self.potential_[idx]
         A -= A.max(axis=1, keepdims=True)
         np.exp(A, out=A)
@@ -677,8 +681,9 @@ class SinkhornEM:
         """Index of the most responsible component for every point."""
         X = self._check_fitted(X)
         out = np.empty(X.shape[0], dtype=np.int64)
-        for sl in self._chunks(X.shape[0]):
-            out[sl] = np.argmax(self._dense_log_prob(X[sl]) + self.potential_, axis=1)
+        with _k.threads_for(X.shape[0] * self.n_components):
+            for sl in self._chunks(X.shape[0]):
+                out[sl] = np.argmax(self._dense_log_prob(X[sl]) + self.potential_, axis=1)
         return out
 
     def score_samples(self, X):
@@ -686,9 +691,10 @@ class SinkhornEM:
         X = self._check_fitted(X)
         out = np.empty(X.shape[0])
         lw = np.log(self.weights_)
-        for sl in self._chunks(X.shape[0]):
-            A = self._dense_log_prob(X[sl])
-            _k.row_logsumexp(A, _DUMMY_IDX, True, lw, out[sl], _k.n_chunks_for(A.shape[0]))
+        with _k.threads_for(X.shape[0] * self.n_components):
+            for sl in self._chunks(X.shape[0]):
+                A = self._dense_log_prob(X[sl])
+                _k.row_logsumexp(A, _DUMMY_IDX, True, lw, out[sl], _k.n_chunks_for(A.shape[0]))
         return out
 
     def score(self, X, y=None, sample_weight=None):

@@ -268,7 +268,13 @@ class _EStep:
                 gt = self.normalise(g + t * d)
                 col_t, wlse_t, S_t = self.pass_(gt, want_hess=True)
                 Jt = -self.objective(gt, wlse_t)
-                if Jt >= J + 1e-4 * t * slope or t * dmax < 1e-14:
+                # near the optimum J changes by less than its rounding error: a step that
+                # meets the marginal tolerance is accepted whatever the rounding of J says
+                if (
+                    Jt >= J + 1e-4 * t * slope
+                    or t * dmax < 1e-14
+                    or float(np.abs(col_t - self.alpha).sum()) < tol
+                ):
                     accepted = True
                     break
                 # backtrack with the minimiser of the quadratic through J, J'(0), J(t)
@@ -404,9 +410,10 @@ def sinkhorn_responsibilities(
         g = np.asarray(init_potential, dtype=np.float64).copy()
         if g.shape != (K,) or not np.all(np.isfinite(g)):
             raise ValueError(f"init_potential must be a finite array of shape ({K},)")
-    es = _EStep(A, idx, a, alpha)
-    g = es.normalise(g)
-    g, _col, wlse, err, it, conv, used = es.solve(g, tol, int(max_iter), solver)
+    with _k.threads_for(A.size):
+        es = _EStep(A, idx, a, alpha)
+        g = es.normalise(g)
+        g, _col, wlse, err, it, conv, used = es.solve(g, tol, int(max_iter), solver)
     if not return_info:
         return es.R
     info = SinkhornInfo(
