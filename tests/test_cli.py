@@ -166,10 +166,10 @@ def _n_ok(run_json: Path) -> int:
 
 
 def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
-    n = 6
+    n = 8  # small 3-D stacks, ~0.2 s each: a kill lands mid-run
     worms = tmp_path / "worms"
-    synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "2"]
-    assert main([*synth, "--2d", "-q"]) == 0
+    synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "1"]
+    assert main([*synth, "--region", "body", "-q"]) == 0
     whole = (worms / "worm_000.tif").read_bytes()
     (worms / "broken.tif").write_bytes(whole[: len(whole) // 2])
     out = tmp_path / "out"
@@ -195,7 +195,7 @@ def test_sigkill_mid_run_leaves_complete_files_and_rerun_resumes(tmp_path):
         if f.name.startswith("."):
             continue
         if f.name.endswith("_labels.tif"):
-            assert read_image(f).data.ndim == 2
+            assert read_image(f).data.ndim == 3
         elif f.name.endswith("_nuclei.csv"):
             assert len(pd.read_csv(f)) >= 1
         else:
@@ -237,7 +237,7 @@ def test_sigterm_stops_cleanly_and_records_the_interruption(tmp_path):
     n = 6
     worms = tmp_path / "worms"
     synth = ["synth", "-o", str(worms), "--n", str(n), "--n-nuclei", "20", "--channels", "1"]
-    assert main([*synth, "--2d", "-q"]) == 0
+    assert main([*synth, "--region", "body", "-q"]) == 0
     out = tmp_path / "out"
     cmd = [_script(), "segment", str(worms), "-o", str(out), "--n-nuclei", "20", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
