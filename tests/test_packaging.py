@@ -66,3 +66,26 @@ def test_console_script(flag):
         assert proc.stdout.strip() == f"napari-sinkhorn-em {napari_sinkhorn_em.__version__}"
     else:
         assert "usage: napari-sinkhorn-em" in proc.stdout
+
+
+def test_public_names_resolve_lazily():
+    """``import napari_sinkhorn_em`` stays light; every name in __all__ resolves on use."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import napari_sinkhorn_em as pkg
+        assert "numba" not in sys.modules, "importing the package loaded numba"
+        for name in pkg.__all__:
+            getattr(pkg, name)
+        try:
+            pkg.no_such_name
+        except AttributeError as exc:
+            assert "no_such_name" in str(exc)
+        else:
+            raise AssertionError("unknown attribute did not raise")
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -1,27 +1,35 @@
 """Nuclei segmentation in C. elegans fluorescence stacks with Sinkhorn-EM.
 
-The core (this package minus ``_widget``) imports neither napari nor Qt.
+The core (this package minus the napari plugin modules ``_widget``) imports neither
+napari nor Qt. The public names below are loaded on first use (PEP 562), so that
+``import napari_sinkhorn_em`` and ``napari-sinkhorn-em --help`` stay fast and do not
+load Numba.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
-from .io import (
-    ImageData,
-    ImageReadError,
-    read_image,
-    write_image,
-    write_labels,
-    write_table,
-)
-from .mixture import ConvergenceWarning, SinkhornEM
-from .segmentation import (
-    SegmentationCancelled,
-    SegmentationResult,
-    load_params,
-    save_params,
-    segment_nuclei,
-)
-from .sinkhorn import sinkhorn_responsibilities
+# public name -> submodule that defines it
+_EXPORTS = {
+    "ImageData": "io",
+    "ImageReadError": "io",
+    "read_image": "io",
+    "write_image": "io",
+    "write_labels": "io",
+    "write_table": "io",
+    "ConvergenceWarning": "mixture",
+    "SinkhornEM": "mixture",
+    "SegmentationCancelled": "segmentation",
+    "SegmentationResult": "segmentation",
+    "load_params": "segmentation",
+    "save_params": "segmentation",
+    "segment_nuclei": "segmentation",
+    "sinkhorn_responsibilities": "sinkhorn",
+}
 
 __all__ = [
     "ConvergenceWarning",
@@ -40,3 +48,36 @@ __all__ = [
     "write_labels",
     "write_table",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .io import (
+        ImageData,
+        ImageReadError,
+        read_image,
+        write_image,
+        write_labels,
+        write_table,
+    )
+    from .mixture import ConvergenceWarning, SinkhornEM
+    from .segmentation import (
+        SegmentationCancelled,
+        SegmentationResult,
+        load_params,
+        save_params,
+        segment_nuclei,
+    )
+    from .sinkhorn import sinkhorn_responsibilities
