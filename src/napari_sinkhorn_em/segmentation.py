@@ -678,10 +678,14 @@ def _make_table(labels, comp_ids, comp_centres_vox, raw, vs, channel_names):
     if n:
         rounded = np.clip(np.round(centres).astype(np.int64), 0, np.array(labels.shape) - 1)
         inside = labels[tuple(rounded.T)] == idx
-        for j in np.flatnonzero(~inside):
-            vox = np.argwhere(labels == idx[j])
-            dd = (((vox - centres[j]) * vs) ** 2).sum(axis=1)
-            centres[j] = vox[np.argmin(dd)]
+        if not inside.all():
+            boxes = ndi.find_objects(labels)
+            for j in np.flatnonzero(~inside):
+                box = boxes[j]
+                offset = np.array([sl.start for sl in box])
+                vox = np.argwhere(labels[box] == idx[j]) + offset
+                dd = (((vox - centres[j]) * vs) ** 2).sum(axis=1)
+                centres[j] = vox[np.argmin(dd)]
     cols: dict[str, Any] = {"label": idx.astype(np.int64)}
     axes = ("z", "y", "x")[-ndim:]
     for i, ax in enumerate(axes):
