@@ -232,11 +232,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 worms, 1 random seed, no ablations")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed section")
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the speed section; replaces that section of an existing output file",
+    )
     ap.add_argument("--output", default=str(ROOT / "docs" / "benchmarks_segmentation.md"))
     args = ap.parse_args(argv)
     worm_seeds = range(2) if args.quick else range(5)
     init_seeds = (0,) if args.quick else (0, 1)
     t0 = time.perf_counter()
+    out = Path(args.output)
+    if args.speed_only:
+        sec = speed()
+        print(sec)
+        old = out.read_text(encoding="utf-8") if out.exists() else ""
+        head = old.split("### Speed and memory")[0] if old else "# Segmentation benchmark\n\n"
+        _atomic_write(out, head + sec)
+        return
     parts = accuracy(worm_seeds, init_seeds, ablations=not args.quick)
     if not args.no_speed:
         parts.append(speed())
@@ -250,7 +263,10 @@ def main(argv=None):
     )
     text = header + "\n".join(parts)
     print(text)
-    out = Path(args.output)
+    _atomic_write(out, text)
+
+
+def _atomic_write(out: Path, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -640,8 +640,12 @@ def _labels_from_components(
     K = model.means_.shape[0]
     d2 = _mahalanobis_pos(positions, comp, model.means_, model.covariances_, ndim)
     keep = d2 <= radius**2
-    lab = np.zeros(shape, dtype=np.int32)
-    lab[tuple(indices[keep].T)] = comp[keep] + 1
+    # work in the bounding box of the foreground (everything outside is background)
+    lo = indices.min(axis=0)
+    hi = indices.max(axis=0) + 1
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    lab = np.zeros(tuple(int(v) for v in hi - lo), dtype=np.int32)
+    lab[tuple((indices[keep] - lo).T)] = comp[keep] + 1
     # connected pieces of equal value; keep the largest piece of each component
     from skimage.measure import label as cc_label
 
@@ -664,7 +668,8 @@ def _labels_from_components(
     comp_ids = np.flatnonzero(good) - 1
     new_value = np.zeros(n_pieces + 1, dtype=np.int64)
     new_value[best_piece[good]] = np.arange(1, comp_ids.size + 1)
-    out = new_value[pieces].astype(_label_dtype(comp_ids.size))
+    out = np.zeros(shape, dtype=_label_dtype(comp_ids.size))
+    out[crop] = new_value[pieces]
     return out, comp_ids
 
 
@@ -674,7 +679,9 @@ def _make_table(labels, comp_ids, comp_centres_vox, raw, vs, channel_names):
     n = comp_ids.size
     idx = np.arange(1, n + 1)
     centres = comp_centres_vox[comp_ids].copy() if n else np.zeros((0, ndim))
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    mask = labels > 0
+    lab_vals = labels[mask].astype(np.intp)
+    counts = np.bincount(lab_vals, minlength=n + 1)[1:]
     if n:
         rounded = np.clip(np.round(centres).astype(np.int64), 0, np.array(labels.shape) - 1)
         inside = labels[tuple(rounded.T)] == idx
@@ -693,8 +700,8 @@ def _make_table(labels, comp_ids, comp_centres_vox, raw, vs, channel_names):
     for i, ax in enumerate(axes):
         cols[f"{ax}_um"] = centres[:, i] * vs[i]
     cols["volume_um3"] = counts * float(np.prod(vs))
-    flat = labels.ravel()
     for c, name in enumerate(channel_names):
-        sums = ndi.sum_labels(raw[..., c].astype(np.float64).ravel(), flat, index=idx) if n else []
-        cols[f"mean_{name}"] = np.asarray(sums, dtype=np.float64) / np.maximum(counts, 1)
+        vals = raw[..., c][mask].astype(np.float64)
+        sums = np.bincount(lab_vals, weights=vals, minlength=n + 1)[1:]
+        cols[f"mean_{name}"] = sums / np.maximum(counts, 1)
     return pd.DataFrame(cols), centres
