@@ -8,7 +8,8 @@ interacts with the m components ``idx[i, :]``; arrays of shape (N, m)). The
 
 Parallel kernels split the rows into ``n_chunks`` contiguous chunks processed by
 ``prange``; reductions go into per-chunk accumulators that are summed at the
-end, so results are deterministic for a given ``n_chunks``.
+end in chunk order; ``n_chunks`` does not depend on the thread count, so results
+are bit-identical with any number of threads.
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ def threads_for(n_entries: int):
         numba.set_num_threads(old)
 
 
+# Row chunks of the parallel reductions. A constant, not a multiple of the thread count:
+# the per-chunk partial sums are added in chunk order, so the results are bit-identical
+# whatever the number of threads (a laptop, a 2-core CI runner, a cluster node, or the
+# single-threaded path for small problems all agree). 32 chunks keep up to 32 threads busy.
+N_CHUNKS = 32
+
+
 def n_chunks_for(n_rows: int) -> int:
-    """Number of row chunks used by the parallel reductions."""
-    return int(max(1, min(n_rows, 4 * numba.get_num_threads())))
+    """Number of row chunks used by the parallel reductions (independent of threads)."""
+    return int(max(1, min(n_rows, N_CHUNKS)))
 
 
 # --------------------------------------------------------------------------
