@@ -181,3 +181,18 @@ def test_too_many_nuclei_for_foreground():
     img[10:13, 10:13] = 100.0
     with pytest.raises(ValueError, match="larger than the number of foreground voxels"):
         segment_nuclei(img, n_nuclei=50, nucleus_diameter=2.0, suppress_granules=False)
+
+
+def test_tiled_fit_matches_untiled_accuracy():
+    w = worm(3, 4, "head", n=60, seed=2)
+    whole = run(w, n_nuclei=len(w.centres))
+    tiled = run(w, n_nuclei=len(w.centres), max_components_per_tile=20)
+    assert whole.info["n_tiles"] == 1 and tiled.info["n_tiles"] == 3
+    assert isinstance(tiled.model, list) and len(tiled.model) == 3
+    f_whole = match_centres(whole.centres, w.centres, voxel_size=w.voxel_size).f1
+    f_tiled = match_centres(tiled.centres, w.centres, voxel_size=w.voxel_size).f1
+    assert f_tiled >= 0.9 and f_tiled >= f_whole - 0.03
+    # one label per nucleus across slab borders: labels are single connected pieces
+    pieces = cc_label(tiled.labels, background=0, connectivity=1)
+    assert pieces.max() == len(tiled.table)
+    assert np.unique(tiled.labels[tiled.labels > 0]).size == len(tiled.table)

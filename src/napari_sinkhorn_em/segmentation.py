@@ -69,8 +69,9 @@ class SegmentationResult:
         One row per nucleus: ``label``, ``z`` (3-D only), ``y``, ``x`` (voxel
         coordinates), ``z_um`` (3-D only), ``y_um``, ``x_um``, ``volume_um3`` and
         ``mean_<channel>`` (mean raw intensity in the label) per channel.
-    model : SinkhornEM
-        The fitted mixture (features: position in um, then weighted intensities).
+    model : SinkhornEM or list of SinkhornEM
+        The fitted mixture (features: position in um, then weighted intensities); a list
+        of per-slab mixtures when the fit was tiled (see ``max_components_per_tile``).
     params : dict
         Every keyword argument used (JSON-serialisable); ``segment_nuclei(image,
         **params)`` reproduces the result.
@@ -276,6 +277,7 @@ def segment_nuclei(
     background_scale: float | None = None,
     threshold_method: str = "otsu",
     suppress_granules: bool = True,
+    max_components_per_tile: int = 200,
     progress: Callable[[str, int, float | None], bool | None] | None = None,
 ) -> SegmentationResult:
     """Segment nuclei in a 2-D/3-D (multichannel) fluorescence image.
@@ -338,6 +340,13 @@ def segment_nuclei(
         Automatic foreground threshold method.
     suppress_granules : bool
         Remove small, bright, colourless autofluorescent granules before segmenting.
+    max_components_per_tile : int
+        With more components than this (and a peak or array initialisation) the
+        foreground is cut into slabs along its longest axis, each with about this many
+        components and a margin of two nucleus diameters, fitted one after the other;
+        each nucleus is owned by the slab whose core holds its centre. Keeps the fit
+        time linear in the number of nuclei (the E-step's Newton solve is cubic in K).
+        ``model`` is then a list of the per-slab models.
     progress : callable, optional
         ``progress(stage, iteration, objective)``; stages "preprocess", "peaks", "init",
         "fit", "labels", "table". Returning True cancels: :class:`SegmentationCancelled`.
@@ -523,39 +532,54 @@ def segment_nuclei(
         total_iter[0] += 1
         return bool(progress is not None and progress("fit", total_iter[0], float(obj)))
 
-    model = None
-    alpha = None
-    for fit_i in range(n_fits):
-        if fit_i > 0:
-            means0 = model.means_.copy()
-            cov0 = model.covariances_.copy()
-            est_init = means0
-        if weights == "uniform" or (means0 is None and fit_i == 0):
-            alpha = None
-        else:
-            alpha = _weights_from_mass(_voronoi_mass(pos, a, means0[:, :ndim]))
-        model = SinkhornEM(
-            K,
-            method="em" if method.startswith("em") else "sinkhorn",
-            weights=alpha,
-            learn_weights=method == "em-learned",
-            covariance_type="full",
-            covariance_bounds=bounds,
-            tol=tol,
-            max_iter=max_iter,
-            n_init=n_init if means0 is None else 1,
-            init=est_init,
-            covariances_init=cov0,
-            n_neighbors=min(int(n_neighbors), K),
-            random_state=random_state,
-            position_dims=ndim,
-            callback=callback if progress is not None else None,
+    def fit_block(Xb, ab, posb, means_b, cov_b, init_b, Kb):
+        model_b = None
+        alpha_b = None
+        for fit_i in range(n_fits):
+            if fit_i > 0:
+                means_b = model_b.means_.copy()
+                cov_b = model_b.covariances_.copy()
+                init_b = means_b
+            if weights == "uniform" or (means_b is None and fit_i == 0):
+                alpha_b = None
+            else:
+                alpha_b = _weights_from_mass(_voronoi_mass(posb, ab, means_b[:, :ndim]))
+            model_b = SinkhornEM(
+                Kb,
+                method="em" if method.startswith("em") else "sinkhorn",
+                weights=alpha_b,
+                learn_weights=method == "em-learned",
+                covariance_type="full",
+                covariance_bounds=bounds,
+                tol=tol,
+                max_iter=max_iter,
+                n_init=n_init if means_b is None else 1,
+                init=init_b,
+                covariances_init=cov_b,
+                n_neighbors=min(int(n_neighbors), Kb),
+                random_state=random_state,
+                position_dims=ndim,
+                callback=callback if progress is not None else None,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                comp_b = model_b.fit_predict(Xb, sample_weight=ab)
+            if getattr(model_b, "stopped_", False):
+                raise SegmentationCancelled("segmentation cancelled during 'fit'")
+        return model_b, comp_b, alpha_b
+
+    n_tiles = 1
+    if means0 is not None and max_components_per_tile < K:
+        n_tiles = int(np.ceil(K / max_components_per_tile))
+    if n_tiles == 1:
+        model, comp, alpha = fit_block(X, a, pos, means0, cov0, est_init, K)
+        all_means, all_covs = model.means_, model.covariances_
+        converged, n_iter, objective = model.converged_, model.n_iter_, model.objective_
+    else:
+        model, comp, all_means, all_covs, alpha, stats = _fit_tiles(
+            fit_block, X, a, pos, means0, cov0, n_tiles, ndim, 2.0 * nucleus_diameter
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            comp = model.fit_predict(X, sample_weight=a)
-        if getattr(model, "stopped_", False):
-            raise SegmentationCancelled("segmentation cancelled during 'fit'")
+        converged, n_iter, objective = stats
     timings["fit"] = time.perf_counter() - t
 
     # ---- labels
@@ -565,7 +589,8 @@ def segment_nuclei(
         feats.indices,
         pos,
         comp,
-        model,
+        all_means,
+        all_covs,
         pre.foreground.shape,
         ndim,
         vs,
@@ -580,9 +605,7 @@ def segment_nuclei(
     t = time.perf_counter()
     raw = np.asarray(image)
     raw = raw[..., None] if pre.channel_axis is None else np.moveaxis(raw, pre.channel_axis, -1)
-    table, centres = _make_table(
-        labels, comp_ids, model.means_[:, :ndim] / vs, raw, vs, channel_names
-    )
+    table, centres = _make_table(labels, comp_ids, all_means[:, :ndim] / vs, raw, vs, channel_names)
     timings["table"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -612,6 +635,7 @@ def segment_nuclei(
         "background_scale": None if background_scale is None else float(background_scale),
         "threshold_method": threshold_method,
         "suppress_granules": bool(suppress_granules),
+        "max_components_per_tile": int(max_components_per_tile),
     }
     info = {
         "timings": timings,
@@ -620,25 +644,81 @@ def segment_nuclei(
         "n_peaks": None if peaks is None else len(peaks),
         "n_foreground_voxels": n_points,
         "threshold": pre.threshold,
-        "converged": bool(model.converged_),
-        "n_iter": int(model.n_iter_),
-        "objective": float(model.objective_),
+        "converged": bool(converged),
+        "n_iter": int(n_iter),
+        "objective": float(objective),
+        "n_tiles": n_tiles,
         "weights": None if alpha is None else np.asarray(alpha).tolist(),
         "preprocess": pre.info,
     }
     return SegmentationResult(labels, table, model, params, centres, info)
 
 
+def _fit_tiles(fit_block, X, a, pos, means0, cov0, n_tiles, ndim, margin):
+    """Fit slabs along the longest axis of the foreground; merge into global components.
+
+    Returns the list of models, the per-voxel global component index, the global means
+    and covariances, the global weights and (converged, total iterations, mean objective).
+    """
+    ext = pos.max(axis=0) - pos.min(axis=0)
+    ax = int(np.argmax(ext))
+    c_ax = means0[:, ax]
+    order = np.sort(c_ax)
+    K = means0.shape[0]
+    split = [round(j * K / n_tiles) for j in range(1, n_tiles)]
+    cuts = [0.5 * (order[j - 1] + order[j]) for j in split]
+    bounds = [-np.inf, *cuts, np.inf]
+    models, results = [], []
+    for t_i in range(n_tiles):
+        lo, hi = bounds[t_i], bounds[t_i + 1]
+        vsel = np.flatnonzero((pos[:, ax] >= lo - margin) & (pos[:, ax] < hi + margin))
+        csel = np.flatnonzero((c_ax >= lo - margin) & (c_ax < hi + margin))
+        ab = a[vsel] / a[vsel].sum()
+        m_b, comp_b, _ = fit_block(
+            X[vsel], ab, pos[vsel], means0[csel], cov0[csel], means0[csel], csel.size
+        )
+        models.append(m_b)
+        results.append((vsel, comp_b, lo, hi))
+    # global components: those whose fitted centre lies in their slab's core
+    g_means, g_covs, owner = [], [], []
+    for t_i, m_b in enumerate(models):
+        lo, hi = results[t_i][2], results[t_i][3]
+        core = (m_b.means_[:, ax] >= lo) & (m_b.means_[:, ax] < hi)
+        owner.append(np.full(core.size, -1, dtype=np.int64))
+        owner[t_i][core] = np.arange(core.sum()) + sum(len(x) for x in g_means)
+        g_means.append(m_b.means_[core])
+        g_covs.append(m_b.covariances_[core])
+    all_means = np.concatenate(g_means)
+    all_covs = np.concatenate(g_covs)
+    tree = cKDTree(all_means[:, :ndim])
+    # a component centred outside its core maps to the nearest owned component
+    for t_i, m_b in enumerate(models):
+        miss = owner[t_i] < 0
+        if miss.any():
+            owner[t_i][miss] = tree.query(m_b.means_[miss, :ndim], k=1)[1]
+    comp = np.full(pos.shape[0], -1, dtype=np.int64)
+    for t_i, (vsel, comp_b, lo, hi) in enumerate(results):
+        in_core = (pos[vsel, ax] >= lo) & (pos[vsel, ax] < hi)
+        comp[vsel[in_core]] = owner[t_i][comp_b[in_core]]
+    mass = np.bincount(comp, weights=a, minlength=all_means.shape[0])
+    stats = (
+        all(m.converged_ for m in models),
+        sum(m.n_iter_ for m in models),
+        float(np.mean([m.objective_ for m in models])),
+    )
+    return models, comp, all_means, all_covs, mass / mass.sum(), stats
+
+
 def _labels_from_components(
-    indices, positions, comp, model, shape, ndim, vs, radius, min_volume_um3
+    indices, positions, comp, means, covs, shape, ndim, vs, radius, min_volume_um3
 ):
     """Label image from per-voxel component assignments (see :func:`segment_nuclei`).
 
     Returns the label image (values 1..K', consecutive) and, for each label value ``l``,
     the component index ``comp_ids[l - 1]``.
     """
-    K = model.means_.shape[0]
-    d2 = _mahalanobis_pos(positions, comp, model.means_, model.covariances_, ndim)
+    K = means.shape[0]
+    d2 = _mahalanobis_pos(positions, comp, means, covs, ndim)
     keep = d2 <= radius**2
     # work in the bounding box of the foreground (everything outside is background)
     lo = indices.min(axis=0)
