@@ -222,10 +222,11 @@ def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, int]:
 
 
 def derive_seed(base_seed: int, name: str) -> int:
-    """Derive a file's random seed from the run's base seed and the file's output name.
+    """Derive a per-item seed from a base seed and a name (used for synthetic worms).
 
-    The seed depends on nothing else (not on the order of the files, the number of
-    workers or the machine), so every executor gives the same results.
+    The seed depends on nothing else (not on the order of the items, the number of
+    workers or the machine). Segmentation itself uses the run's seed unchanged for every
+    file, as the widget does, so that exported widget parameters reproduce in batch.
 
     Parameters
     ----------
@@ -770,7 +771,9 @@ def run_batch(
             "key": inp.key,
             "labels": str(labels_path),
             "table": str(table_path),
-            "seed": derive_seed(params["seed"], inp.key),
+            # the run's seed as it is: a parameter file exported by the widget then
+            # reproduces the widget's result exactly, file by file
+            "seed": int(params["seed"]),
             "parameters": params,
         }
     if dask_scheduler is not None:
