@@ -122,15 +122,22 @@ def validate_image(image, channel_axis=None, voxel_size=None):
     if arr.size == 0:
         raise ValueError(f"image is empty (shape {arr.shape})")
     vs = physical_voxel_size(voxel_size, n_spatial)
-    data = arr[..., None] if channel_axis is None else np.moveaxis(arr, channel_axis, -1)
-    data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        raise ValueError("image contains NaN or infinite values")
+    src = arr[..., None] if channel_axis is None else np.moveaxis(arr, channel_axis, -1)
+    # One contiguous float32 copy, filled channel by channel: no second full-size copy
+    # (the channel-last view of e.g. a ZCYX stack is not contiguous) and the finiteness
+    # check needs only one channel's worth of temporary booleans.
+    data = np.empty(src.shape, dtype=np.float32)
+    check_finite = not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_)
+    for c in range(src.shape[-1]):
+        data[..., c] = src[..., c]
+        # checked after the cast: float64 values beyond the float32 range become inf
+        if check_finite and not np.isfinite(data[..., c]).all():
+            raise ValueError("image contains NaN or infinite values")
     if any(s < 2 for s in data.shape[:-1]):
         raise ValueError(f"every spatial axis needs at least 2 voxels, got shape {arr.shape}")
     if float(data.max()) == float(data.min()):
         raise ValueError(f"image is constant (every voxel equals {float(data.min())})")
-    return np.ascontiguousarray(data), vs, channel_axis
+    return data, vs, channel_axis
 
 
 def _block_shape(shape, voxel_size, scale_um: float) -> tuple[int, ...]:
@@ -205,27 +212,29 @@ def subtract_background(
     nblocks = tuple(-(-n // b) for n, b in zip(sub.shape[:-1], bsub, strict=True))
     # pad by edge replication to a whole number of blocks, then reduce each block
     pad = [(0, nb * b - n) for nb, b, n in zip(nblocks, bsub, sub.shape[:-1], strict=True)]
-    subp = np.pad(sub, [*pad, (0, 0)], mode="edge")
     shp = []
     for nb, b in zip(nblocks, bsub, strict=True):
         shp += [nb, b]
-    blocks = subp.reshape(*shp, data.shape[-1])
     nd = len(spatial)
-    perm = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)] + [2 * nd]
-    blocks = blocks.transpose(perm).reshape(*nblocks, -1, data.shape[-1])
-    coarse = np.percentile(blocks, percentile, axis=-2).astype(np.float32)
+    perm = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)]
     if out is None:
         out = np.empty_like(data)
     levels = np.empty(data.shape[-1])
     # Separable (multi)linear interpolation of the coarse grid to full resolution: one
     # small (n, n_blocks) weight matrix per axis, applied with tensordot.
     weights = [_interp_matrix(n, b, nb) for n, b, nb in zip(spatial, block, nblocks, strict=True)]
+    # one channel at a time, so that the temporaries are one channel's size
     for c in range(data.shape[-1]):
-        bg = coarse[..., c]
+        blocks = np.pad(sub[..., c], pad, mode="edge").reshape(shp)
+        blocks = blocks.transpose(perm).reshape(*nblocks, -1)
+        coarse = np.percentile(blocks, percentile, axis=-1).astype(np.float32)
+        del blocks
+        bg = coarse
         for ax, w in enumerate(weights):
             bg = np.moveaxis(np.tensordot(w, bg, axes=([1], [ax])), 0, ax)
-        levels[c] = float(np.median(coarse[..., c]))
+        levels[c] = float(np.median(coarse))
         np.subtract(data[..., c], bg.astype(np.float32, copy=False), out=out[..., c])
+        del bg  # before the next channel's background is made
     np.maximum(out, 0.0, out=out)
     return out, levels
 
@@ -306,7 +315,12 @@ def auto_threshold(signal: np.ndarray, method: str = "otsu") -> float:
 
     s = _subsample(signal, 1_000_000)
     if method == "otsu":
-        return float(threshold_otsu(s))
+        # = threshold_otsu(s), which would flatten a copy of s for its histogram;
+        # np.histogram works in blocks (same 256 bins over [min, max] as skimage)
+        if s.min() == s.max():
+            return float(s[0])
+        counts, edges = np.histogram(s, bins=256)
+        return float(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
     if method == "triangle":
         return float(threshold_triangle(s))
     if method == "noise":
@@ -360,29 +374,86 @@ def granule_mask(
     numpy.ndarray of bool
         Spatial mask of granule voxels.
     """
+    return _granule_mask(
+        data,
+        data.mean(axis=-1),
+        voxel_size,
+        nucleus_diameter=nucleus_diameter,
+        granule_diameter=granule_diameter,
+        min_contrast=min_contrast,
+        max_color_spread=max_color_spread,
+    )
+
+
+def _grey_opening(image: np.ndarray, size: tuple[int, ...], out: np.ndarray) -> np.ndarray:
+    """``ndi.grey_opening(image, size=size, mode="nearest")`` written into ``out``.
+
+    Done as 1-D minimum then maximum filters along each axis, in place in ``out``
+    (scipy's n-D filters copy when input and output overlap; the 1-D ones do not need
+    to). For even box sizes the dilation's origin is shifted by one, as in
+    ``ndi.grey_dilation``, so the result is identical.
+    """
+    src = image
+    for ax, n in enumerate(size):
+        if n > 1:
+            ndi.minimum_filter1d(src, n, axis=ax, output=out, mode="nearest")
+            src = out
+    if src is image:
+        out[...] = image
+    for ax, n in enumerate(size):
+        if n > 1:
+            origin = -1 if n % 2 == 0 else 0
+            ndi.maximum_filter1d(out, n, axis=ax, output=out, mode="nearest", origin=origin)
+    return out
+
+
+def _granule_mask(
+    data: np.ndarray,
+    mean: np.ndarray,
+    voxel_size,
+    *,
+    nucleus_diameter: float,
+    granule_diameter: float | None = None,
+    min_contrast: float = 0.5,
+    max_color_spread: float = 0.35,
+) -> np.ndarray:
+    """:func:`granule_mask` given the channel mean ``mean = data.mean(axis=-1)``.
+
+    Written to hold at most two spatial float32 arrays besides ``data`` and ``mean``
+    (the opening is done in one buffer that then holds the top-hat and the maximum
+    filter; elementwise tests run plane by plane).
+    """
     if granule_diameter is None:
         granule_diameter = nucleus_diameter / 2.0
     if granule_diameter <= 0:
         raise ValueError(f"granule_diameter must be > 0 um, got {granule_diameter}")
-    mean = data.mean(axis=-1)
     # a box of side granule_diameter fits inside a nucleus but not inside a granule
     size = tuple(int(max(2, round(granule_diameter / v))) for v in voxel_size)
-    opened = ndi.grey_opening(mean, size=size, mode="nearest")
-    tophat = mean - opened
-    ref = np.percentile(_subsample(tophat, 1_000_000), 99.0)
-    cand = (tophat > min_contrast * mean) & (tophat > max(ref, 1e-6))
+    buf = _grey_opening(mean, size, out=np.empty_like(mean))
+    tophat = np.subtract(mean, buf, out=buf)
+    cand = np.empty(mean.shape, dtype=bool)
+    for i in range(mean.shape[0]):  # plane by plane: small temporaries
+        np.greater(tophat[i], min_contrast * mean[i], out=cand[i])
+    # keep the top-hat where the contrast test passed; the percentile below may then
+    # reorder the top-hat buffer in place instead of copying it
+    kept = tophat[cand]
+    ref = np.percentile(_subsample(tophat, 1_000_000), 99.0, overwrite_input=True)
+    del tophat
+    cand[cand] = kept > max(ref, 1e-6)
+    del kept
     if not cand.any():
         return cand
     # Keep candidate groups that hold a local intensity maximum: a granule is a bright
     # spot, whereas the rim of a nucleus (which a small top-hat also keeps) is not.
-    seeds = cand & (mean >= ndi.maximum_filter(mean, size=size, mode="nearest"))
+    local_max = ndi.maximum_filter(mean, size=size, mode="nearest", output=buf)
+    seeds = cand & (mean >= local_max)
+    del local_max, buf
     if data.shape[-1] > 1 and seeds.any():
         vals = data[seeds]
         cv = vals.std(axis=-1) / np.maximum(vals.mean(axis=-1), 1e-6)
         seeds[seeds] = cv < max_color_spread
-    groups, _ = ndi.label(cand)
-    good = np.unique(groups[seeds])
-    cand = np.isin(groups, good[good > 0])
+    # the candidate groups (face-connected, as ndi.label) that hold a seed
+    cand = ndi.binary_propagation(seeds, mask=cand)
     if cand.any():
         cand = ndi.binary_dilation(cand, iterations=1)
     return cand
@@ -483,11 +554,13 @@ def preprocess(
     info["normalize_low"] = lo.tolist()
     info["normalize_high"] = hi.tolist()
     granules = None
-    if suppress_granules:
-        granules = granule_mask(data, vs, nucleus_diameter=nucleus_diameter)
-        data[granules] = 0.0
-        info["n_granule_voxels"] = int(granules.sum())
+    # the channel mean, computed once: granule detection, then (granules zeroed) the signal
     signal = data.mean(axis=-1)
+    if suppress_granules:
+        granules = _granule_mask(data, signal, vs, nucleus_diameter=nucleus_diameter)
+        data[granules] = 0.0
+        signal[granules] = 0.0  # = the mean of the zeroed channels
+        info["n_granule_voxels"] = int(granules.sum())
     if foreground_threshold is None:
         thr = auto_threshold(signal, threshold_method)
     else:

@@ -428,6 +428,7 @@ def segment_nuclei(
     vs = np.asarray(pre.voxel_size)
     ndim = vs.size
     n_ch = pre.data.shape[-1]
+    fg_shape = pre.foreground.shape
     if channel_names is None:
         channel_names = [f"ch{i}" for i in range(n_ch)]
     else:
@@ -449,6 +450,10 @@ def segment_nuclei(
         signal=pre.signal,
     )
     n_points = feats.n_points
+    # The full normalised stack (C float32 copies of the volume) is not needed any more:
+    # free it (and the granule mask) before the peaks and the fit, the larger stages.
+    pre.data = None
+    pre.granules = None
     timings["features"] = time.perf_counter() - t
 
     # ---- peaks / number of nuclei
@@ -482,6 +487,7 @@ def segment_nuclei(
             f"n_nuclei={K} is larger than the number of foreground voxels ({n_points}); "
             "lower n_nuclei or foreground_threshold"
         )
+    pre.signal = pre.foreground = None  # only the peak detection needed them
     timings["peaks"] = time.perf_counter() - t
 
     # ---- initial means
@@ -591,7 +597,7 @@ def segment_nuclei(
         comp,
         all_means,
         all_covs,
-        pre.foreground.shape,
+        fg_shape,
         ndim,
         vs,
         mahalanobis_radius,
