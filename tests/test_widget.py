@@ -387,3 +387,45 @@ def test_exported_parameters_give_the_same_result_in_batch(make_napari_viewer, q
     np.testing.assert_array_equal(read_image(out / "crop_labels.tif").data, gui_labels)
     gui_table = pd.read_csv(tmp_path / "gui" / "crop_nuclei.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out / "crop_nuclei.csv"), gui_table)
+
+
+def test_open_as_one_multichannel_layer(make_napari_viewer, tmp_path):
+    """File > IO Utilities > Open TIFF as one multichannel layer (channel axis kept)."""
+    from napari_sinkhorn_em._widget import open_multichannel
+
+    viewer = make_napari_viewer()
+    with sample_path("worm_head.tif") as p:
+        [layer] = open_multichannel(viewer, p)
+    assert len(viewer.layers) == 1 and layer.data.shape == (39, 4, 89, 135)
+    assert layer.metadata["channel_axis"] == 1
+    np.testing.assert_allclose(layer.scale[[0, 2, 3]], VOXEL, rtol=1e-6)
+    widget = SinkhornEMWidget(viewer)  # the widget takes the kept axis as its channel axis
+    assert widget.channel_axis.value == 1
+    # an unreadable file is a notification naming it, and adds nothing
+    bad = tmp_path / "notes.tif"
+    bad.write_text("not an image")
+    assert open_multichannel(viewer, bad) == []
+    assert len(viewer.layers) == 1
+    assert "notes.tif" in _last_message()
+
+
+def test_multichannel_open_is_in_the_file_menu(make_napari_viewer):
+    """The command is in napari's File > IO Utilities menu and gets the viewer injected."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+    command = "napari-sinkhorn-em.open_multichannel"
+    menu_ids = {
+        item.command.id
+        for item in app.menus.get_menu("napari/file/io_utilities")
+        if hasattr(item, "command")
+    }
+    assert command in menu_ids
+    # napari resolves the command's annotations and injects the current viewer
+    from napari_sinkhorn_em._widget import open_multichannel
+
+    injected = app.injection_store.inject(open_multichannel)
+    with sample_path("worm_head.tif") as p:
+        injected(path=p)
+    assert [layer.data.shape for layer in viewer.layers] == [(39, 4, 89, 135)]

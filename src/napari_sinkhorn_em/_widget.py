@@ -26,8 +26,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari.viewer  # real import: napari resolves the annotations to inject the viewer
 import numpy as np
 import pandas as pd
 from magicgui.widgets import (
@@ -58,10 +59,7 @@ from napari_sinkhorn_em.segmentation import (
     segment_nuclei,
 )
 
-if TYPE_CHECKING:
-    import napari
-
-__all__ = ["SinkhornEMWidget"]
+__all__ = ["SinkhornEMWidget", "open_multichannel"]
 
 _METHODS = (
     ("Sinkhorn-EM", "sinkhorn"),
@@ -906,3 +904,43 @@ def merge_label_edits(new: np.ndarray, current: np.ndarray, edits: np.ndarray) -
     idx = np.searchsorted(keys, painted.astype(np.int64))
     merged[edits] = vals[idx].astype(merged.dtype)
     return merged
+
+
+def open_multichannel(viewer: napari.viewer.Viewer, path: str | Path | None = None) -> list:
+    """*File > IO Utilities > Open TIFF as one multichannel layer*.
+
+    napari's *Open* splits a multichannel stack into one layer per channel; this command
+    keeps the channel axis in a single layer (the widget then uses it as its channel axis).
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer to add the layer to (injected by napari).
+    path : str or pathlib.Path, optional
+        The TIFF to open; None asks with a file dialog.
+
+    Returns
+    -------
+    list of napari.layers.Layer
+        The layers added (none when the dialog was cancelled or the file is unreadable).
+    """
+    from napari_sinkhorn_em._reader import read_tiff
+    from napari_sinkhorn_em.io import ImageReadError
+
+    if path is None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(
+            None, "Open TIFF as one multichannel layer", "", "TIFF stacks (*.tif *.tiff)"
+        )
+        if not path:
+            return []
+    try:
+        layer_data = read_tiff(path, split_channels=False)
+    except ImageReadError as exc:
+        show_error(str(exc))
+        return []
+    layers = []
+    for data, kwargs, layer_type in layer_data:
+        layers.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
+    return layers
