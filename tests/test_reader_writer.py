@@ -46,10 +46,10 @@ def test_reader_keeps_channel_axis_on_request(zcyx_file):
     (arr, kwargs, kind), *rest = read_tiff(path, split_channels=False)
     assert rest == []
     assert kind == "image"
-    np.testing.assert_array_equal(arr, data)
-    assert kwargs["metadata"]["channel_axis"] == 1
+    np.testing.assert_array_equal(arr, np.moveaxis(data, 1, 0))  # channels first
+    assert kwargs["metadata"]["channel_axis"] == 0
     assert kwargs["metadata"]["channel_names"] == NAMES
-    np.testing.assert_allclose(kwargs["scale"], (0.8, 1.0, 0.35, 0.3), rtol=1e-6)
+    np.testing.assert_allclose(kwargs["scale"], (1.0, 0.8, 0.35, 0.3), rtol=1e-6)
 
 
 def test_reader_single_channel_2d(tmp_path):

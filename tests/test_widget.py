@@ -106,10 +106,10 @@ def test_single_multichannel_layer_uses_its_channel_axis(make_napari_viewer):
         [(data, kwargs, _)] = read_tiff(p, split_channels=False)
     viewer.add_image(data, **kwargs)
     widget = SinkhornEMWidget(viewer)
-    assert widget.channel_axis.enabled and widget.channel_axis.value == 1
+    assert widget.channel_axis.enabled and widget.channel_axis.value == 0
     assert widget.voxel_size.value == "0.8, 0.35, 0.35"
     inp = widget._input()
-    assert inp.channel_axis == 1 and inp.channel_names == CHANNELS
+    assert inp.channel_axis == 0 and inp.channel_names == CHANNELS
     assert inp.scale == pytest.approx(VOXEL) and inp.array().shape == data.shape
 
     rgb = viewer.add_image(np.zeros((10, 12, 3), np.uint8), rgb=True, name="rgb", scale=(0.5, 0.4))
@@ -268,7 +268,7 @@ def test_two_dimensional_uncalibrated_plane(make_napari_viewer, qtbot, tmp_path)
     with sample_path("worm_head.tif") as p:
         [(data, _, _)] = read_tiff(p, split_channels=False)
     meta = {"channel_axis": 0, "channel_names": CHANNELS}
-    viewer.add_image(data[30], name="plane", metadata=meta)  # no calibration: scale 1
+    viewer.add_image(data[:, 30], name="plane", metadata=meta)  # no calibration: scale 1
     widget = SinkhornEMWidget(viewer)
     assert widget.channel_axis.value == 0
     assert widget.voxel_size.value == "1, 1"
@@ -379,7 +379,7 @@ def test_exported_parameters_give_the_same_result_in_batch(make_napari_viewer, q
 
     stack = tmp_path / "stacks" / "crop.tif"
     stack.parent.mkdir()
-    write_image(stack, crop, voxel_size=VOXEL, axes="ZCYX", channel_names=CHANNELS)
+    write_image(stack, crop, voxel_size=VOXEL, axes="CZYX", channel_names=CHANNELS)
     out = tmp_path / "batch"
     params = build_parameters(load_params(params_json))
     report = run_batch([stack], out, parameters=params, progress_bar=False)
@@ -396,11 +396,11 @@ def test_open_as_one_multichannel_layer(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     with sample_path("worm_head.tif") as p:
         [layer] = open_multichannel(viewer, p)
-    assert len(viewer.layers) == 1 and layer.data.shape == (39, 4, 89, 135)
-    assert layer.metadata["channel_axis"] == 1
-    np.testing.assert_allclose(layer.scale[[0, 2, 3]], VOXEL, rtol=1e-6)
+    assert len(viewer.layers) == 1 and layer.data.shape == (4, 39, 89, 135)
+    assert layer.metadata["channel_axis"] == 0  # first: spatial axes align with results
+    np.testing.assert_allclose(layer.scale[1:], VOXEL, rtol=1e-6)
     widget = SinkhornEMWidget(viewer)  # the widget takes the kept axis as its channel axis
-    assert widget.channel_axis.value == 1
+    assert widget.channel_axis.value == 0
     # an unreadable file is a notification naming it, and adds nothing
     bad = tmp_path / "notes.tif"
     bad.write_text("not an image")
@@ -428,4 +428,4 @@ def test_multichannel_open_is_in_the_file_menu(make_napari_viewer):
     injected = app.injection_store.inject(open_multichannel)
     with sample_path("worm_head.tif") as p:
         injected(path=p)
-    assert [layer.data.shape for layer in viewer.layers] == [(39, 4, 89, 135)]
+    assert [layer.data.shape for layer in viewer.layers] == [(4, 39, 89, 135)]

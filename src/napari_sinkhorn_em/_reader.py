@@ -120,8 +120,9 @@ def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]
         axis.
     split_channels : bool
         True (default): one image layer per channel, named ``"<stem> <channel>"``.
-        False: a single layer holding the channel axis (recorded in the layer
-        metadata as ``channel_axis``; the widget picks it up).
+        False: a single layer holding the channel axis, moved first so the spatial axes
+        align with 2-D/3-D result layers (recorded in the layer metadata as
+        ``channel_axis``; the widget picks it up).
 
     Returns
     -------
@@ -213,15 +214,15 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
     n_ch = img.n_channels
     names = img.channel_names or [f"ch{i}" for i in range(n_ch)]
     if not split_channels:
-        scale = list(spatial_scale)
-        scale.insert(img.channel_axis, 1.0)
-        meta = {**base_meta, "channel_axis": img.channel_axis, "channel_names": list(names)}
-        kwargs = {"name": stem, "scale": tuple(scale), "metadata": meta}
+        # The channel axis goes first: napari aligns layers by their trailing axes, so the
+        # spatial axes of this layer then line up with the 2-D/3-D result layers (labels,
+        # centres) instead of the channel axis standing in for z.
+        data = np.moveaxis(img.data, img.channel_axis, 0)
+        meta = {**base_meta, "channel_axis": 0, "channel_names": list(names)}
+        kwargs = {"name": stem, "scale": (1.0, *spatial_scale), "metadata": meta}
         if "units" in extra:
-            kwargs["units"] = tuple(
-                "pixel" if i == img.channel_axis else "micrometer" for i in range(img.data.ndim)
-            )
-        return [(img.data, kwargs, "image")]
+            kwargs["units"] = ("pixel", *extra["units"])
+        return [(data, kwargs, "image")]
 
     layers: list[LayerData] = []
     for i, ch_name in enumerate(names):
