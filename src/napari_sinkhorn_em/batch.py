@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._json import jsonable
 
 __all__ = [
     "RUN_JSON",
@@ -254,24 +255,9 @@ def derive_seed(base_seed: int, name: str) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples into plain JSON types (recursively)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _normalise(value: Any) -> Any:
     """JSON round trip, so that recorded and requested parameters compare equal."""
-    return json.loads(json.dumps(_jsonable(value), sort_keys=True))
+    return json.loads(json.dumps(jsonable(value), sort_keys=True))
 
 
 def _check_voxel_size(value: Any, what: str) -> list[float] | None:
@@ -472,7 +458,7 @@ def process_file(
         record.update(
             status="ok",
             n_nuclei=len(result.table),
-            parameters_used=_jsonable(result.params),
+            parameters_used=jsonable(result.params),
             outputs={
                 "labels": {"name": labels_path.name, "size": labels_path.stat().st_size},
                 "table": {"name": table_path.name, "size": table_path.stat().st_size},
@@ -499,7 +485,7 @@ def _now() -> str:
 def _write_json_atomic(path: Path, obj: Any) -> None:
     from .io import atomic_write
 
-    text = json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n"
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)
 

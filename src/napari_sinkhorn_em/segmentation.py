@@ -20,8 +20,6 @@ The steps (see docs/pipeline.md for the reasoning and the measured effect of eac
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -34,7 +32,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from ._json import jsonable
 from .features import voxel_features
+from .io import atomic_write
 from .mixture import ConvergenceWarning, SinkhornEM
 from .peaks import detect_peaks
 from .preprocess import preprocess
@@ -118,20 +118,10 @@ def save_params(path, params: dict) -> None:
     from . import __version__
 
     _check_param_keys(params, str(path))
-    doc = {"napari_sinkhorn_em_version": __version__, "parameters": _jsonable(params)}
+    doc = {"napari_sinkhorn_em_version": __version__, "parameters": jsonable(params)}
     text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
 
 
 def load_params(path) -> dict:
@@ -179,22 +169,6 @@ def _check_param_keys(params: dict, where: str) -> None:
             f"{where}: unknown segmentation parameter(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.floating):
-        return float(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
 
 
 # --------------------------------------------------------------------------- helpers
