@@ -209,8 +209,9 @@ class SinkhornEMWidget(QWidget):
             label="method",
             choices=list(_METHODS),
             value=d.get("method", "sinkhorn"),
-            tooltip="Sinkhorn-EM (equal-size nuclei, entropic optimal transport) or "
-            "classic EM with fixed or learned weights.",
+            tooltip="Sinkhorn-EM (entropic optimal transport; each nucleus's weight "
+            "estimated from the data), EM with the same fixed weights, or classic EM "
+            "with learned weights.",
         )
         seed = d.get("random_state")
         self.seed = SpinBox(
