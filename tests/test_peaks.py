@@ -6,7 +6,7 @@ from scipy import ndimage as ndi
 
 from napari_sinkhorn_em.features import voxel_features
 from napari_sinkhorn_em.metrics import match_centres
-from napari_sinkhorn_em.peaks import _suppress_close, detect_peaks, log_scales
+from napari_sinkhorn_em.peaks import _suppress_close, detect_nuclei, detect_peaks, log_scales
 
 
 def _scene(ndim, n, seed, voxel_size, shape, radius=1.4, min_sep=3.0):
@@ -66,6 +66,65 @@ def test_foreground_restricts_peaks():
     assert abs(len(pk) - np.sum(truth[:, 1] < 80)) <= 1
     empty = detect_peaks(img, vs, nucleus_diameter=2.8, foreground=np.zeros(img.shape, bool))
     assert len(empty) == 0 and empty.coords.shape == (0, 2)
+
+
+def _touching_pair(distance, vs=(0.25, 0.25), shape=(80, 80)):
+    """A bright nucleus of radius 1.5 um and a dim one of radius 1.0 um pressed against it."""
+    grids = np.meshgrid(
+        *[np.arange(s) * v for s, v in zip(shape, vs, strict=True)], indexing="ij", sparse=True
+    )
+    img = np.zeros(shape, np.float32)
+    centres = np.array([[10.0, 9.0], [10.0, 9.0 + distance]])
+    for c, r, amp in zip(centres, (1.5, 1.0), (1.0, 0.6), strict=True):
+        img[(grids[0] - c[0]) ** 2 + (grids[1] - c[1]) ** 2 < r * r] += amp
+    return ndi.gaussian_filter(img, 0.3 / np.asarray(vs)), centres
+
+
+def test_detect_nuclei_resolves_small_nucleus_against_big_one():
+    vs = (0.25, 0.25)
+    img, centres = _touching_pair(2.3, vs)
+    fg = img > 0.1
+    # the nucleus-scale pass swallows the small nucleus ...
+    assert len(detect_peaks(img, vs, nucleus_diameter=2.7, foreground=fg)) == 1
+    # ... the small-scale pass finds it, listed after the primary peak
+    pk = detect_nuclei(img, vs, nucleus_diameter=2.7, foreground=fg)
+    assert len(pk) == 2
+    assert pk.secondary.tolist() == [False, True]
+    m = match_centres(pk.coords, centres / vs, voxel_size=vs, max_distance=0.6)
+    assert m.tp == 2, m.summary()
+    # a single round nucleus is not split by the second pass
+    one, _ = _touching_pair(40.0, vs, shape=(80, 200))
+    one[:, 100:] = 0
+    pk1 = detect_nuclei(one, vs, nucleus_diameter=2.7, foreground=one > 0.1)
+    assert len(pk1) == 1
+
+
+def test_detect_nuclei_matches_peaks_on_separated_nuclei():
+    vs = (0.8, 0.35, 0.35)
+    img, truth, _ = _scene(3, 25, 0, vs, (24, 70, 140))
+    fg = img > 0.2
+    pk = detect_nuclei(img, vs, nucleus_diameter=2.8, foreground=fg)
+    m = match_centres(pk.coords, truth, voxel_size=vs, max_distance=1.0)
+    assert m.f1 >= 0.96, m.summary()
+    assert pk.secondary.sum() <= 1
+
+
+def test_detect_nuclei_fills_requested_count():
+    vs = (0.25, 0.25)
+    img, _ = _touching_pair(1.9, vs)
+    fg = img > 0.1
+    auto = detect_nuclei(img, vs, nucleus_diameter=2.7, foreground=fg)
+    assert len(auto) == 1
+    pk = detect_nuclei(img, vs, nucleus_diameter=2.7, foreground=fg, n_nuclei=3)
+    # filled with small-scale peaks down to fill_separation, never beyond the request
+    assert 2 <= len(pk) <= 3
+    np.testing.assert_array_equal(pk.coords[:1], auto.coords)
+    assert pk.secondary[1:].all()
+    d = np.linalg.norm((pk.coords[:, None] - pk.coords[None]) * vs, axis=-1)
+    assert d[np.triu_indices(len(pk), 1)].min() >= 0.4 * 2.7
+    assert len(detect_nuclei(img, vs, nucleus_diameter=2.7, foreground=fg, n_nuclei=1)) == 1
+    with pytest.raises(ValueError, match="fill_separation"):
+        detect_nuclei(img, vs, nucleus_diameter=2.7, separation=0.3, fill_separation=0.5)
 
 
 def test_suppress_close_keeps_strongest():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Peaks", "detect_peaks", "log_scales"]
+__all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
 
 @dataclass
@@ -39,6 +39,9 @@ class Peaks:
         Scale-normalised LoG response at the peak.
     threshold : float
         Response threshold that was applied.
+    secondary : numpy.ndarray of bool, shape (K,), optional
+        True for peaks found by the small-scale pass of :func:`detect_nuclei` (listed
+        after all primary peaks); all False for :func:`detect_peaks`.
     """
 
     coords: np.ndarray
@@ -46,6 +49,11 @@ class Peaks:
     intensity: np.ndarray
     response: np.ndarray
     threshold: float
+    secondary: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.secondary is None:
+            self.secondary = np.zeros(self.coords.shape[0], dtype=bool)
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -209,6 +217,97 @@ def detect_peaks(
         intensity=inten[order],
         response=resp[order].astype(np.float64),
         threshold=float(threshold),
+    )
+
+
+def detect_nuclei(
+    signal: np.ndarray,
+    voxel_size,
+    *,
+    nucleus_diameter: float = 3.0,
+    foreground: np.ndarray | None = None,
+    n_nuclei: int | None = None,
+    small_scale_factor: float = 0.6,
+    separation: float = 0.55,
+    fill_separation: float = 0.4,
+) -> Peaks:
+    """Nucleus centres from two LoG passes: the nucleus scale, then a smaller scale.
+
+    At the nucleus scale (:func:`detect_peaks` defaults) a small or dim nucleus pressed
+    against a bigger one gives no maximum of its own: the larger response swallows it.
+    Those nuclei are the misses that remain on dense heads (measured on the synthetic
+    heads: about 5-10 of 195, each 2-3 um from the nearest detected centre, diameters
+    2.0-2.3 um against 2.7 um typical). A second pass at ``small_scale_factor`` times the
+    nucleus-scale sigma (a lower relative threshold, 0.05) resolves them; its peaks are
+    accepted, strongest first, when they lie at least ``separation x nucleus_diameter``
+    from every accepted peak, so that a nucleus already found is not split.
+
+    When ``n_nuclei`` is given and larger than that, further small-scale peaks down to
+    ``fill_separation x nucleus_diameter`` are added until there are ``n_nuclei``
+    (strongest first). When it is smaller, the caller takes the first ``n_nuclei``
+    (primary peaks come first, by decreasing response).
+
+    Parameters
+    ----------
+    signal, voxel_size, nucleus_diameter, foreground
+        As for :func:`detect_peaks`.
+    n_nuclei : int, optional
+        Requested number of nuclei (only used to decide how far to fill).
+    small_scale_factor : float
+        Scale of the second pass relative to the isolated-ball optimum (the first pass
+        uses 0.8).
+    separation, fill_separation : float
+        Minimum distance of an accepted small-scale peak to every accepted peak, in
+        units of ``nucleus_diameter``, without and with a requested count.
+
+    Returns
+    -------
+    Peaks
+        Primary peaks first, then the accepted small-scale peaks (``secondary`` True).
+    """
+    if not 0 < fill_separation <= separation:
+        raise ValueError(
+            f"need 0 < fill_separation <= separation, got {fill_separation} and {separation}"
+        )
+    vs = np.asarray(voxel_size, dtype=np.float64)
+    primary = detect_peaks(signal, vs, nucleus_diameter=nucleus_diameter, foreground=foreground)
+    small = detect_peaks(
+        signal,
+        vs,
+        nucleus_diameter=nucleus_diameter,
+        foreground=foreground,
+        scale_factor=small_scale_factor,
+        min_distance=0.3 * nucleus_diameter,
+        threshold_rel=0.05,
+    )
+    accepted = [primary.coords * vs]
+    chosen: list[int] = []
+    taken = np.zeros(len(small), dtype=bool)
+    tiers = [separation]
+    if n_nuclei is not None and n_nuclei > len(primary):
+        tiers.append(fill_separation)
+    for tier, sep in enumerate(tiers):
+        for j in range(len(small)):
+            if taken[j] or (tier > 0 and len(primary) + len(chosen) >= n_nuclei):
+                continue
+            c = small.coords[j] * vs
+            pts = np.vstack(accepted)
+            if (
+                pts.shape[0]
+                and np.min(np.sum((pts - c) ** 2, axis=1)) < (sep * nucleus_diameter) ** 2
+            ):
+                continue
+            taken[j] = True
+            chosen.append(j)
+            accepted.append(c[None])
+    sel = np.asarray(chosen, dtype=np.intp)
+    return Peaks(
+        coords=np.concatenate([primary.coords, small.coords[sel]]),
+        sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
+        intensity=np.concatenate([primary.intensity, small.intensity[sel]]),
+        response=np.concatenate([primary.response, small.response[sel]]),
+        threshold=primary.threshold,
+        secondary=np.concatenate([np.zeros(len(primary), bool), np.ones(sel.size, bool)]),
     )
 
 

@@ -5,8 +5,9 @@ The steps (see docs/pipeline.md for the reasoning and the measured effect of eac
 
 1. preprocess (:mod:`.preprocess`): channel axis last, background subtraction, robust
    per-channel normalisation, autofluorescent-granule suppression, foreground threshold;
-2. detect nuclei as LoG peaks (:mod:`.peaks`) -- the automatic nucleus count and the
-   "peaks" initialisation;
+2. detect nuclei as LoG peaks at the nucleus scale plus a smaller scale for nuclei
+   pressed against bigger ones (:func:`.peaks.detect_nuclei`) -- the automatic nucleus
+   count and the "peaks" initialisation;
 3. voxel features (:mod:`.features`): position (um) + weighted intensities, voxel mass;
 4. mixing weights estimated from the data: the intensity mass of each starting centre's
    Voronoi cell (optionally re-estimated around the fitted centres and refitted);
@@ -36,7 +37,7 @@ from ._json import jsonable
 from .features import voxel_features
 from .io import atomic_write
 from .mixture import ConvergenceWarning, SinkhornEM
-from .peaks import detect_peaks
+from .peaks import detect_nuclei
 from .preprocess import preprocess
 
 __all__ = [
@@ -268,7 +269,9 @@ def segment_nuclei(
     channel_names : list of str, optional
         Names for the ``mean_<name>`` table columns; default ``ch0``, ``ch1``, ...
     n_nuclei : int, "auto" or None
-        Number of nuclei; None / "auto" = the number of LoG peaks found.
+        Number of nuclei; None / "auto" = the number of LoG peaks found (two scales, see
+        :func:`~napari_sinkhorn_em.peaks.detect_nuclei`). A given count takes the strongest
+        peaks, or all of them plus k-means++-style seeds when there are fewer.
     nucleus_diameter : float
         Typical nucleus diameter in micrometres: sets the LoG scale, the minimum peak
         distance, the covariance bounds and the fragment size.
@@ -276,7 +279,8 @@ def segment_nuclei(
         Sinkhorn-EM with fixed weights, EM with the same fixed weights, or classic EM with
         learned weights.
     init : {"peaks", "k-means++", "random"} or array_like
-        Initial centres: detected LoG peaks (strongest first), weighted k-means++ on the
+        Initial centres: detected LoG peaks (nucleus scale by decreasing response, then
+        the small-scale ones), weighted k-means++ on the
         features, random foreground voxels (probability proportional to mass), or a
         ``(K, ndim)`` array of centres in voxel coordinates.
     n_init : int
@@ -436,8 +440,12 @@ def segment_nuclei(
     need_peaks = init_array is None and (init == "peaks" or n_nuclei in (None, "auto"))
     peaks = None
     if need_peaks:
-        peaks = detect_peaks(
-            pre.signal, vs, nucleus_diameter=nucleus_diameter, foreground=pre.foreground
+        peaks = detect_nuclei(
+            pre.signal,
+            vs,
+            nucleus_diameter=nucleus_diameter,
+            foreground=pre.foreground,
+            n_nuclei=None if n_nuclei in (None, "auto") else int(n_nuclei),
         )
     if init_array is not None:
         if init_array.ndim != 2 or init_array.shape[1] != ndim:
