@@ -134,6 +134,29 @@ def test_init_array_and_methods():
         run(w, init=np.zeros((5, 3)))
 
 
+def test_random_start_weights_and_auto_refits():
+    w = worm(2, 4, "head")
+    K = len(w.centres)
+    r = run(w, n_nuclei=K, init="random", max_iter=15)
+    # fit 0 already uses the Voronoi weights of the drawn start, then the outer loop runs
+    alpha = np.asarray(r.info["weights"])
+    assert alpha.shape == (K,) and alpha.sum() == pytest.approx(1.0)
+    assert alpha.max() > 1.5 * alpha.min()
+    assert r.params["weight_refits"] == "auto" and r.info["weight_refits"] == 19
+    assert r.info["n_iter"] <= 15
+    # the same seed gives the same start for EM, which gets no outer loop
+    e = run(w, n_nuclei=K, init="random", method="em", max_iter=15)
+    assert e.info["weight_refits"] == 0
+    assert run(w, n_nuclei=K).info["weight_refits"] == 0  # peak start
+    assert run(w, n_nuclei=K, init="k-means++", weight_refits=2).info["weight_refits"] == 2
+    # n_init > 1 keeps the run with the best objective among the seeded starts
+    r3 = run(w, n_nuclei=K, init="random", method="em", n_init=3, max_iter=15)
+    assert r3.model.objective_ >= e.model.objective_ - 1e-12
+    for bad, match in ((-1, ">= 0"), ("often", "weight_refits must be one of"), (1.5, "an int")):
+        with pytest.raises(ValueError, match=match):
+            run(w, weight_refits=bad)
+
+
 def test_cancel_stops_promptly():
     w = worm(3, 4, "body")
     calls = []

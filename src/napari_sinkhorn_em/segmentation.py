@@ -50,6 +50,10 @@ __all__ = [
 
 METHODS = ("sinkhorn", "em", "em-learned")
 INITS = ("peaks", "k-means++", "random")
+# weight_refits="auto" for Sinkhorn-EM from random / k-means++ starts: 19 re-estimations of
+# the Voronoi weights, each after at most REFIT_ITER iterations (docs/study_random_starts.md)
+AUTO_REFITS = 19
+REFIT_ITER = 10
 WEIGHT_MODES = ("voronoi", "uniform")
 
 
@@ -244,7 +248,7 @@ def segment_nuclei(
     foreground_threshold: float | None = None,
     random_state: int | None = None,
     weights: str = "voronoi",
-    weight_refits: int = 0,
+    weight_refits: int | str = "auto",
     voxel_mass: str = "intensity",
     covariance_scale: tuple[float, float] = (0.25, 4.0),
     mahalanobis_radius: float = 3.0,
@@ -300,9 +304,13 @@ def segment_nuclei(
     weights : {"voronoi", "uniform"}
         Mixing weights: the intensity mass of each starting centre's Voronoi cell among the
         foreground voxels, or equal.
-    weight_refits : int
+    weight_refits : int or "auto"
         Outer iterations: re-estimate the Voronoi weights around the fitted centres and
-        refit (warm start). 0 = a single fit.
+        refit (warm start) for at most ``min(max_iter, 10)`` iterations each, then a last
+        fit of up to ``max_iter``. 0 = a single fit. "auto" = 19 for Sinkhorn-EM from a
+        random or k-means++ start, where one-shot weights from a poor start are poor
+        (measured in docs/study_random_starts.md), and 0 otherwise (detected peaks or an
+        array start, and both EM methods, where the refits measured worse).
     voxel_mass : {"intensity", "uniform"}
         Each voxel's mass (sample weight).
     covariance_scale : (float, float)
@@ -378,8 +386,16 @@ def segment_nuclei(
         raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    if weight_refits < 0:
+    if isinstance(weight_refits, str):
+        _check_choice("weight_refits", weight_refits, ("auto",))
+        random_start = init_array is None and init != "peaks"
+        n_refits = AUTO_REFITS if (random_start and method == "sinkhorn") else 0
+    elif isinstance(weight_refits, bool) or not isinstance(weight_refits, (int, np.integer)):
+        raise ValueError(f"weight_refits must be an int >= 0 or 'auto', got {weight_refits!r}")
+    elif weight_refits < 0:
         raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
+    else:
+        n_refits = int(weight_refits)
     lo_s, hi_s = (float(v) for v in covariance_scale)
     if not 0 < lo_s <= hi_s:
         raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
@@ -495,9 +511,6 @@ def segment_nuclei(
         means0[:, :ndim] = c_um
         if ndim < D:
             means0[:, ndim:] = X[nn, ndim:].mean(axis=1)
-        est_init: Any = means0
-    else:
-        est_init = init  # the estimator's own k-means++ / random (same seed for all methods)
     timings["init"] = time.perf_counter() - t
 
     # ---- covariance bounds from the nucleus diameter
@@ -513,22 +526,21 @@ def segment_nuclei(
 
     # ---- fit (possibly with weight re-estimation in an outer loop)
     t = time.perf_counter()
-    n_fits = 1 + int(weight_refits)
+    n_fits = 1 + n_refits
     total_iter = [0]
 
     def callback(it: int, obj: float) -> bool:
         total_iter[0] += 1
         return bool(progress is not None and progress("fit", total_iter[0], float(obj)))
 
-    def fit_block(Xb, ab, posb, means_b, cov_b, init_b, Kb):
+    def fit_block(Xb, ab, posb, means_b, cov_b, Kb):
         model_b = None
         alpha_b = None
         for fit_i in range(n_fits):
             if fit_i > 0:
                 means_b = model_b.means_.copy()
                 cov_b = model_b.covariances_.copy()
-                init_b = means_b
-            if weights == "uniform" or (means_b is None and fit_i == 0):
+            if weights == "uniform":
                 alpha_b = None
             else:
                 alpha_b = _weights_from_mass(_voronoi_mass(posb, ab, means_b[:, :ndim]))
@@ -540,9 +552,8 @@ def segment_nuclei(
                 covariance_type="full",
                 covariance_bounds=bounds,
                 tol=tol,
-                max_iter=max_iter,
-                n_init=n_init if means_b is None else 1,
-                init=init_b,
+                max_iter=max_iter if fit_i == n_fits - 1 else min(max_iter, REFIT_ITER),
+                init=means_b,
                 covariances_init=cov_b,
                 n_neighbors=min(int(n_neighbors), Kb),
                 random_state=random_state,
@@ -559,8 +570,31 @@ def segment_nuclei(
     n_tiles = 1
     if means0 is not None and max_components_per_tile < K:
         n_tiles = int(np.ceil(K / max_components_per_tile))
-    if n_tiles == 1:
-        model, comp, alpha = fit_block(X, a, pos, means0, cov0, est_init, K)
+    if means0 is None:
+        # random / k-means++: the estimator draws each start (means and data-driven
+        # covariances, max_iter=0) so that the weights can be set from it as for peak
+        # starts; the best of n_init by the method's objective is kept.
+        starts = np.random.default_rng(random_state)
+        model = None
+        for _ in range(int(n_init)):
+            start = SinkhornEM(
+                K,
+                method="em",
+                covariance_type="full",
+                covariance_bounds=bounds,
+                max_iter=0,
+                init=init,
+                n_neighbors=min(int(n_neighbors), K),
+                random_state=starts,
+                position_dims=ndim,
+            ).fit(X, sample_weight=a)
+            run = fit_block(X, a, pos, start.means_, start.covariances_, K)
+            if model is None or run[0].objective_ > model.objective_:
+                model, comp, alpha = run
+        all_means, all_covs = model.means_, model.covariances_
+        converged, n_iter, objective = model.converged_, model.n_iter_, model.objective_
+    elif n_tiles == 1:
+        model, comp, alpha = fit_block(X, a, pos, means0, cov0, K)
         all_means, all_covs = model.means_, model.covariances_
         converged, n_iter, objective = model.converged_, model.n_iter_, model.objective_
     else:
@@ -615,7 +649,7 @@ def segment_nuclei(
         else float(foreground_threshold),
         "random_state": random_state,
         "weights": weights,
-        "weight_refits": int(weight_refits),
+        "weight_refits": weight_refits if isinstance(weight_refits, str) else n_refits,
         "voxel_mass": voxel_mass,
         "covariance_scale": [lo_s, hi_s],
         "mahalanobis_radius": float(mahalanobis_radius),
@@ -636,6 +670,7 @@ def segment_nuclei(
         "n_iter": int(n_iter),
         "objective": float(objective),
         "n_tiles": n_tiles,
+        "weight_refits": n_refits,
         "weights": None if alpha is None else np.asarray(alpha).tolist(),
         "preprocess": pre.info,
     }
@@ -662,9 +697,7 @@ def _fit_tiles(fit_block, X, a, pos, means0, cov0, n_tiles, ndim, margin):
         vsel = np.flatnonzero((pos[:, ax] >= lo - margin) & (pos[:, ax] < hi + margin))
         csel = np.flatnonzero((c_ax >= lo - margin) & (c_ax < hi + margin))
         ab = a[vsel] / a[vsel].sum()
-        m_b, comp_b, _ = fit_block(
-            X[vsel], ab, pos[vsel], means0[csel], cov0[csel], means0[csel], csel.size
-        )
+        m_b, comp_b, _ = fit_block(X[vsel], ab, pos[vsel], means0[csel], cov0[csel], csel.size)
         models.append(m_b)
         results.append((vsel, comp_b, lo, hi))
     # global components: those whose fitted centre lies in their slab's core
