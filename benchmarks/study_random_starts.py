@@ -54,7 +54,7 @@ from scipy.spatial import cKDTree
 from napari_sinkhorn_em.features import voxel_features
 from napari_sinkhorn_em.metrics import match_centres
 from napari_sinkhorn_em.mixture import ConvergenceWarning, SinkhornEM
-from napari_sinkhorn_em.peaks import detect_peaks
+from napari_sinkhorn_em.peaks import detect_nuclei, detect_peaks
 from napari_sinkhorn_em.preprocess import preprocess
 from napari_sinkhorn_em.segmentation import (
     _add_seeds,
@@ -111,6 +111,20 @@ class Problem:
         self.peaks = detect_peaks(
             self.pre.signal, self.vs, nucleus_diameter=DIAMETER, foreground=self.pre.foreground
         )
+        self.nuclei = detect_nuclei(
+            self.pre.signal, self.vs, nucleus_diameter=DIAMETER, foreground=self.pre.foreground
+        )
+
+    def cell_masses(self, ref_um):
+        """Intensity mass of each reference centre's Voronoi cell (reference nuclei)."""
+        return ref_um, _voronoi_mass(self.pos, self.a, ref_um)
+
+    def mapped_weights(self, ref, means):
+        """Each component gets the mass of the reference nucleus nearest to its mean (two
+        components in one nucleus both get that nucleus's full mass), normalised."""
+        ref_um, mass = ref
+        _, j = cKDTree(ref_um).query(means[:, : self.ndim])
+        return _weights_from_mass(mass[j])
 
     def means_from_centres(self, c_um):
         """Initial means as segment_nuclei builds them from centres in um."""
@@ -291,6 +305,21 @@ def run_variant(p, name, means0):
             return new
 
         return _rounds(p, means0, cov0, vor0, upd)
+    if name in ("sk-oracle", "em-oracle", "sk-detected", "em-detected"):
+        # weights = mass of the reference nucleus under each component, re-mapped around
+        # the current means every round (20 rounds x 10 iterations); "oracle" = the true
+        # centres, "detected" = the LoG peaks of the pipeline (detect_nuclei)
+        if name.endswith("oracle"):
+            ref = p.cell_masses(p.w.centres_um)
+        else:
+            ref = p.cell_masses(p.nuclei.coords * p.vs)
+
+        def upd(model, w, r, comp):
+            return p.mapped_weights(ref, model.means_)
+
+        method = "em" if name.startswith("em") else "sinkhorn"
+        w0 = p.mapped_weights(ref, means0)
+        return _rounds(p, means0, cov0, w0, upd, n_rounds=2 * ROUNDS, method=method)
     if name == "em-then-sk":
         m, _ = p.fit(means0, cov0, uni, method="em")
         w = _weights_from_mass(_voronoi_mass(p.pos, p.a, m.means_[:, : p.ndim]))
@@ -316,6 +345,10 @@ VARIANTS = [
     "sk-anneal",
     "sk-rank",
     "em-then-sk",
+    "sk-oracle",
+    "em-oracle",
+    "sk-detected",
+    "em-detected",
     "sk-uniform",
 ]
 
