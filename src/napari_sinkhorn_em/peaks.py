@@ -280,27 +280,28 @@ def detect_nuclei(
         min_distance=0.3 * nucleus_diameter,
         threshold_rel=0.05,
     )
-    accepted = [primary.coords * vs]
-    chosen: list[int] = []
+    from scipy.spatial import cKDTree
+
+    small_um = small.coords * vs
     taken = np.zeros(len(small), dtype=bool)
+    chosen = []  # per tier, by decreasing response
     tiers = [separation]
     if n_nuclei is not None and n_nuclei > len(primary):
         tiers.append(fill_separation)
     for tier, sep in enumerate(tiers):
-        for j in range(len(small)):
-            if taken[j] or (tier > 0 and len(primary) + len(chosen) >= n_nuclei):
-                continue
-            c = small.coords[j] * vs
-            pts = np.vstack(accepted)
-            if (
-                pts.shape[0]
-                and np.min(np.sum((pts - c) ** 2, axis=1)) < (sep * nucleus_diameter) ** 2
-            ):
-                continue
-            taken[j] = True
-            chosen.append(j)
-            accepted.append(c[None])
-    sel = np.asarray(chosen, dtype=np.intp)
+        # greedy by decreasing response (small.coords is sorted so): a small-scale peak is
+        # accepted if it is at least sep * diameter from every peak accepted so far
+        r = sep * nucleus_diameter
+        accepted = np.concatenate([primary.coords * vs, small_um[taken]])
+        cand = np.flatnonzero(~taken)
+        if accepted.shape[0] and cand.size:
+            cand = cand[cKDTree(accepted).query(small_um[cand])[0] >= r]
+        cand = cand[_suppress_close(small_um[cand], small.response[cand], r)]
+        if tier > 0:
+            cand = cand[: max(0, n_nuclei - len(primary) - int(taken.sum()))]
+        taken[cand] = True
+        chosen.append(cand)
+    sel = np.concatenate(chosen).astype(np.intp)
     return Peaks(
         coords=np.concatenate([primary.coords, small.coords[sel]]),
         sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
