@@ -91,6 +91,40 @@ def test_predict_proba_sparse_and_fit_predict():
     np.testing.assert_allclose(np.take_along_axis(dense, idx_all, 1), resp_all, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("shape", "m"),
+    [("blobs", 16), ("blobs", 1), ("uniform", 5), ("flat", 4), ("line", 3), ("twins", 2)],
+)
+def test_grid_neighbors_are_exact(shape, m):
+    """The grid search returns exactly the m nearest means (brute force), in any layout."""
+    from napari_sinkhorn_em import _kernels
+    from napari_sinkhorn_em.mixture import _NeighborGrid
+
+    rng = np.random.default_rng(7)
+    K = 40
+    if shape == "blobs":
+        means = rng.uniform(0, 12, size=(K, 3))
+        X = means[rng.integers(0, K, 6000)] + rng.normal(0, 0.8, size=(6000, 3))
+        means = means + rng.normal(0, 0.5, size=means.shape)  # moved since the grid was built
+    elif shape == "uniform":
+        X, means = rng.uniform(0, 10, size=(3000, 3)), rng.uniform(-2, 12, size=(K, 3))
+    elif shape == "flat":  # one coordinate constant: a single layer of cells across it
+        X = np.column_stack([rng.uniform(0, 10, size=(3000, 2)), np.full(3000, 1.5)])
+        means = rng.uniform(0, 10, size=(K, 3))
+    elif shape == "line":
+        X, means = rng.normal(size=(2000, 1)), rng.normal(size=(K, 1)) * 2
+    else:  # all points at two positions
+        X = np.repeat([[0.0, 0.0], [5.0, 1.0]], 500, axis=0)
+        means = rng.uniform(-1, 6, size=(K, 2))
+    X = np.ascontiguousarray(X)
+    grid = _NeighborGrid(X, K, m)
+    out = np.empty((len(X), m), dtype=np.int32)
+    grid.neighbors(means, out, _kernels.n_chunks_for(len(X)))
+    d2 = ((X[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    expect = np.sort(np.argsort(d2, axis=1, kind="stable")[:, :m], axis=1)
+    np.testing.assert_array_equal(np.sort(out, axis=1), expect)
+
+
 @pytest.mark.parametrize("method", ["sinkhorn", "em"])
 @pytest.mark.parametrize("m", [None, 3])
 def test_sparse_with_all_components_is_exact(method, m):

@@ -69,13 +69,28 @@ def n_chunks_for(n_rows: int) -> int:
 # --------------------------------------------------------------------------
 # Gaussian log-densities
 # --------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _row_max_exp(out, P, amax, i):
+    """``amax[i] = max_j out[i, j]`` and ``P[i, j] = exp(out[i, j] - amax[i])`` (in [0, 1])."""
+    M = out.shape[1]
+    mx = -np.inf
+    for j in range(M):
+        if out[i, j] > mx:
+            mx = out[i, j]
+    amax[i] = mx
+    for j in range(M):
+        P[i, j] = math.exp(out[i, j] - mx)
+
+
 @njit(parallel=True, cache=True)
-def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
+def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p, n_chunks):
     """log N(x_i | mu_k, Sigma_k) with upper-triangular precision Cholesky factors.
 
     ``prec_chol[k]`` is U with U U^T = Sigma_k^{-1} (scikit-learn convention:
     the Mahalanobis vector is (x - mu) @ U); ``log_det[k] = sum(log diag U)``.
-    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse).
+    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse); with
+    ``with_p`` also the exp table of :func:`row_max_exp` into ``P`` / ``amax`` while the
+    row is in cache.
     """
     N, D = X.shape
     M = out.shape[1]
@@ -95,11 +110,16 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
                         z += y[e] * prec_chol[k, e, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
+            if with_p:
+                _row_max_exp(out, P, amax, i)
 
 
 @njit(parallel=True, cache=True)
-def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
-    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D)."""
+def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, with_p, n_chunks):
+    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D).
+
+    Same outputs as :func:`log_prob_full`.
+    """
     N, D = X.shape
     M = out.shape[1]
     for c in prange(n_chunks):
@@ -113,6 +133,8 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
                     z = (X[i, d] - means[k, d]) * prec_sqrt[k, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
+            if with_p:
+                _row_max_exp(out, P, amax, i)
 
 
 # --------------------------------------------------------------------------
@@ -124,41 +146,89 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
 # a few components costs a few multiply-adds instead of m^2.
 HESS_CUT = 1e-12
 
+# M-step weights a_i r_ik below MSTEP_CUT times the column mass sum_i a_i r_ik are
+# skipped: all skipped weights of a column together are at most N * MSTEP_CUT of its
+# mass (1e-14 at N = 1e6), below the rounding of the sums, while most entries of a
+# sparse row (about 70% at m = 16 in the benchmark) carry no weight worth adding.
+MSTEP_CUT = 1e-20
+
 
 @njit(parallel=True, cache=True)
 def row_max_exp(A, P, amax, n_chunks):
     """``amax[i] = max_j A[i, j]`` and ``P[i, j] = exp(A[i, j] - amax[i])`` (in [0, 1])."""
-    N, M = A.shape
+    N = A.shape[0]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         for i in range(i0, i1):
-            mx = -np.inf
-            for j in range(M):
-                if A[i, j] > mx:
-                    mx = A[i, j]
-            amax[i] = mx
-            for j in range(M):
-                P[i, j] = math.exp(A[i, j] - mx)
+            _row_max_exp(A, P, amax, i)
+
+
+@njit(cache=True, inline="always")
+def _potential_scale(g):
+    """``(exp(g - max g), max g)``: the column factors of the exp-table row sums."""
+    gmax = -np.inf
+    for k in range(g.shape[0]):
+        if g[k] > gmax:
+            gmax = g[k]
+    G = np.empty(g.shape[0])
+    for k in range(g.shape[0]):
+        G[k] = math.exp(g[k] - gmax)
+    return G, gmax
+
+
+@njit(cache=True, inline="always")
+def _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk):
+    """Unnormalised responsibilities of row ``i`` for the column potential ``g``.
+
+    Writes the components ``kk[j] = k_ij`` and weights ``v[j]`` proportional to
+    ``exp(A[i, j] + g[k_ij])``; returns ``(sum_j v[j], logsumexp_j(A[i, j] + g[k_ij]))``.
+
+    With ``use_p`` the weights are ``P[i, j] exp(g_k - max g)`` from the exp table of
+    :func:`row_max_exp` (no exponential; ``G, gmax`` from :func:`_potential_scale`). A row
+    whose sum falls below 1e-250 (its mass sits on components whose potential is far
+    below the largest one) is recomputed in the log domain, so nothing underflows: the
+    result is the same to rounding.
+    """
+    M = A.shape[1]
+    if use_p:
+        s = 0.0
+        for j in range(M):
+            k = j if dense else idx[i, j]
+            kk[j] = k
+            e = P[i, j] * G[k]
+            v[j] = e
+            s += e
+        if s > 1e-250:
+            return s, amax[i] + gmax + math.log(s)
+    mx = -np.inf
+    for j in range(M):
+        k = j if dense else idx[i, j]
+        kk[j] = k
+        t = A[i, j] + g[k]
+        v[j] = t
+        if t > mx:
+            mx = t
+    s = 0.0
+    for j in range(M):
+        e = math.exp(v[j] - mx)
+        v[j] = e
+        s += e
+    return s, mx + math.log(s)
 
 
 @njit(parallel=True, cache=True)
-def estep_pass(A, P, amax, use_p, idx, dense, g, a, R, lse, n_chunks, want_hess, hess_stride):
+def estep_pass(A, P, amax, use_p, idx, dense, g, a, lse, n_chunks, want_hess, hess_stride):
     """One pass of the log-domain E-step for a given column potential ``g``.
 
-    For each row: ``lse[i] = logsumexp_j(A[i, j] + g[k_ij])`` and
-    ``R[i, j] = exp(A[i, j] + g[k_ij] - lse[i])`` (rows sum to one).
-
-    With ``use_p`` the row sums are formed without any exponential as
-    ``sum_j P[i, j] exp(g_k - max g)`` from ``P``/``amax`` of :func:`row_max_exp` (computed
-    once per log-density matrix; the E-step then changes only ``g``). A row whose sum
-    falls below 1e-250 (its mass sits on components whose potential is far below the
-    largest one) is recomputed in the log domain, so nothing underflows: the result is
-    the same to rounding.
+    For each row: ``lse[i] = logsumexp_j(A[i, j] + g[k_ij])``; the responsibilities
+    ``r_ij = exp(A[i, j] + g[k_ij] - lse[i])`` (rows sum to one) enter the reductions
+    below and are not stored (see :func:`responsibilities`). Rows are formed by
+    :func:`_row_weights` (from the exp table ``P`` / ``amax`` if ``use_p``).
 
     Returns
     -------
-    colsum : (K,) sum_i a_i R[i, :] scattered to components.
+    colsum : (K,) sum_i a_i r_i scattered to components.
     wlse : float, sum_i a_i lse[i].
     S : (K, K) sum_i a_i r_i r_i^T over the entries ``r > HESS_CUT`` if ``want_hess``, else
         a (1, 1) zero array. With ``hess_stride > 1`` only every ``hess_stride``-th row
@@ -168,13 +238,7 @@ def estep_pass(A, P, amax, use_p, idx, dense, g, a, R, lse, n_chunks, want_hess,
     """
     N, M = A.shape
     K = g.shape[0]
-    gmax = -np.inf
-    for k in range(K):
-        if g[k] > gmax:
-            gmax = g[k]
-    G = np.empty(K)
-    for k in range(K):
-        G[k] = math.exp(g[k] - gmax)
+    G, gmax = _potential_scale(g)
     c_acc = np.zeros((n_chunks, K))
     o_acc = np.zeros(n_chunks)
     w_acc = np.zeros(n_chunks)
@@ -189,55 +253,31 @@ def estep_pass(A, P, amax, use_p, idx, dense, g, a, R, lse, n_chunks, want_hess,
         o_loc = 0.0
         w_loc = 0.0
         for i in range(i0, i1):
-            s = 0.0
-            li = 0.0
-            if use_p:
-                for j in range(M):
-                    k = j if dense else idx[i, j]
-                    kk[j] = k
-                    e = P[i, j] * G[k]
-                    v[j] = e
-                    s += e
-                if s > 1e-250:
-                    li = amax[i] + gmax + math.log(s)
-            if not (s > 1e-250):
-                mx = -np.inf
-                for j in range(M):
-                    k = j if dense else idx[i, j]
-                    kk[j] = k
-                    t = A[i, j] + g[k]
-                    v[j] = t
-                    if t > mx:
-                        mx = t
-                s = 0.0
-                for j in range(M):
-                    e = math.exp(v[j] - mx)
-                    v[j] = e
-                    s += e
-                li = mx + math.log(s)
+            s, li = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
             lse[i] = li
-            inv = 1.0 / s
             ai = a[i]
-            if ai > 0.0:
-                o_loc += ai * li
+            if ai <= 0.0:
+                continue
+            o_loc += ai * li
+            inv = 1.0 / s
             for j in range(M):
                 r = v[j] * inv
-                R[i, j] = r
                 v[j] = r
                 c_acc[c, kk[j]] += ai * r
-            if want_hess and ai > 0.0 and i % hess_stride == 0:
+            if want_hess and i % hess_stride == 0:
                 cnt = 0
                 for j in range(M):
                     if v[j] > HESS_CUT:
                         sj[cnt] = j
                         cnt += 1
-                w_loc += cnt * cnt
+                w_loc += cnt * (cnt + 1) // 2
                 w0 = hess_stride * ai
+                # one triangle of the symmetric r r^T (the other is added at the end)
                 for p in range(cnt):
                     jp = sj[p]
                     w = w0 * v[jp]
                     kp = kk[jp]
-                    for q in range(cnt):
+                    for q in range(p, cnt):
                         jq = sj[q]
                         H_acc[c, kp, kk[jq]] += w * v[jq]
         o_acc[c] = o_loc
@@ -251,14 +291,53 @@ def estep_pass(A, P, amax, use_p, idx, dense, g, a, R, lse, n_chunks, want_hess,
         for k in range(K):
             colsum[k] += c_acc[c, k]
     if want_hess:
-        S = np.zeros((K, K))
+        T = np.zeros((K, K))
         for c in range(n_chunks):
             for k in range(K):
                 for q in range(K):
-                    S[k, q] += H_acc[c, k, q]
+                    T[k, q] += H_acc[c, k, q]
+        S = T + T.T
+        for k in range(K):
+            S[k, k] = T[k, k]
     else:
         S = np.zeros((1, 1))
     return colsum, wlse, S, work * hess_stride
+
+
+@njit(parallel=True, cache=True)
+def responsibilities(A, P, amax, use_p, idx, dense, g, R, n_chunks):
+    """``R[i, j] = r_ij`` as formed by :func:`estep_pass` (rows sum to one)."""
+    N, M = A.shape
+    G, gmax = _potential_scale(g)
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        for i in range(i0, i1):
+            s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            inv = 1.0 / s
+            for j in range(M):
+                R[i, j] = v[j] * inv
+
+
+@njit(parallel=True, cache=True)
+def most_responsible(A, P, amax, use_p, idx, dense, g, labels, n_chunks):
+    """``labels[i]``: the component with the largest responsibility (first on ties)."""
+    N, M = A.shape
+    G, gmax = _potential_scale(g)
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        for i in range(i0, i1):
+            _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            best = 0
+            for j in range(1, M):
+                if v[j] > v[best]:
+                    best = j
+            labels[i] = kk[best]
 
 
 @njit(parallel=True, cache=True)
@@ -349,16 +428,20 @@ def row_logsumexp(A, idx, dense, g, out, n_chunks):
 # M-step reductions
 # --------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
-def mstep_stats(X, R, idx, dense, a, shift, K, n_chunks, kind):
+def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, kind):
     """Weighted sufficient statistics in one pass, shifted by ``shift`` (K, D) for stability.
 
-    With w_ik = a_i r_ik and y = x_i - shift_k, returns
+    The responsibilities r_ik for the potential ``g`` are formed row by row as in
+    :func:`estep_pass`. With w_ik = a_i r_ik and y = x_i - shift_k, returns
     ``nk[k] = sum_i w_ik``, ``s1[k] = sum_i w_ik y`` and the second moment
     ``s2`` = sum_i w_ik y y^T: shape (K, D, D) when ``kind == 0`` (full) or
-    (K, D, 1) holding only the diagonal when ``kind == 1``.
+    (K, D, 1) holding only the diagonal when ``kind == 1``. Weights ``w_ik <= cut[k]``
+    are skipped (see ``MSTEP_CUT``).
     """
     N, D = X.shape
-    M = R.shape[1]
+    M = A.shape[1]
+    K = g.shape[0]
+    G, gmax = _potential_scale(g)
     nk_acc = np.zeros((n_chunks, K))
     s1_acc = np.zeros((n_chunks, K, D))
     s2_acc = np.zeros((n_chunks, K, D, D)) if kind == 0 else np.zeros((n_chunks, K, D, 1))
@@ -366,15 +449,19 @@ def mstep_stats(X, R, idx, dense, a, shift, K, n_chunks, kind):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         y = np.empty(D)
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             ai = a[i]
             if ai <= 0.0:
                 continue
+            s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            wi = ai / s
             for j in range(M):
-                w = ai * R[i, j]
-                if w == 0.0:
+                w = wi * v[j]
+                k = kk[j]
+                if w <= cut[k]:
                     continue
-                k = j if dense else idx[i, j]
                 nk_acc[c, k] += w
                 for d in range(D):
                     y[d] = X[i, d] - shift[k, d]
@@ -408,54 +495,199 @@ def mstep_stats(X, R, idx, dense, a, shift, K, n_chunks, kind):
 # --------------------------------------------------------------------------
 # Neighbour search
 # --------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def refine_neighbors(Xp, means_p, idx, graph, out, n_chunks):
-    """Update each point's m nearest component means from a candidate set.
+# The m nearest means of every point come from a uniform grid over the points. For a
+# point x at distance delta from the centre c of its cell, with d_m the distance from c to
+# its m-th nearest mean, the triangle inequality gives: x's m nearest means all lie within
+# d_m + 2 delta of c (x has m means within d_m + delta), and every mean closer than
+# d_m - 2 delta to c is one of them (x has fewer than m means closer than d_m - delta).
+# A cell lists the means within d_m + 2 h of its centre (h: half diagonal, the largest
+# delta) sorted by distance to it; each point then ranks only the few in its own shell.
 
-    Candidates for point i are its current components ``idx[i, :]`` plus the
-    component-graph neighbours ``graph[idx[i, 0], :]`` of its current nearest
-    component. The m candidates closest in Euclidean distance (over the
-    columns of ``Xp`` / ``means_p``) are written to ``out[i, :]`` sorted by
-    increasing distance. Cost O(N (m + m') d).
+
+@njit(parallel=True, cache=True)
+def grid_cells(Xp, lo, inv_size, shape, cell):
+    """Row-major index of the grid cell holding each row of ``Xp`` (clipped to the grid)."""
+    N, D = Xp.shape
+    for i in prange(N):
+        c = 0
+        for d in range(D):
+            t = int((Xp[i, d] - lo[d]) * inv_size[d])
+            c = c * shape[d] + min(max(t, 0), shape[d] - 1)
+        cell[i] = c
+
+
+@njit(cache=True)
+def _kth_smallest(buf, n, k):
+    """The ``k``-th smallest (0-based) of ``buf[:n]`` by quickselect (reorders ``buf``)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = buf[i]
+                buf[i] = buf[j]
+                buf[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return buf[k]
+
+
+@njit(cache=True)
+def cell_centres(cells, lo, size, shape):
+    """Centres of grid cells given by row-major index, shape (n, d)."""
+    D = shape.shape[0]
+    out = np.empty((cells.shape[0], D))
+    for c in range(cells.shape[0]):
+        rem = cells[c]
+        for d in range(D - 1, -1, -1):
+            out[c, d] = lo[d] + (rem % shape[d] + 0.5) * size[d]
+            rem //= shape[d]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _insert_sorted(bd, bk, n, dist, k):
+    """Insert ``(dist, k)`` into the ascending lists ``bd``/``bk`` of length ``n``."""
+    p = n
+    while p > 0 and bd[p - 1] > dist:
+        bd[p] = bd[p - 1]
+        bk[p] = bk[p - 1]
+        p -= 1
+    bd[p] = dist
+    bk[p] = k
+
+
+@njit(cache=True)
+def _centre_candidates(ctr, means_p, pool, m, reach, dist, out, out_d, write):
+    """Components of ``pool`` within ``d_m + reach`` of ``ctr`` (reach: cell diagonal).
+
+    Returns ``(count, d_m)``; if ``write``, stores them in ``out`` sorted by their
+    distance to ``ctr`` (ties in ``pool`` order), the distances in ``out_d``.
+    """
+    n = pool.shape[0]
+    D = ctr.shape[0]
+    for t in range(n):
+        k = pool[t]
+        s = 0.0
+        for d in range(D):
+            z = means_p[k, d] - ctr[d]
+            s += z * z
+        dist[t] = s
+        dist[n + t] = s
+    dm = math.sqrt(_kth_smallest(dist[n:], n, m - 1))
+    # slack for the rounding of the distances and of the cell assignment
+    hi = (dm + reach) * (1.0 + 1e-9)
+    hi2 = hi * hi
+    count = 0
+    for t in range(n):
+        if dist[t] <= hi2:
+            if write:
+                _insert_sorted(out_d, out, count, math.sqrt(dist[t]), pool[t])
+            count += 1
+    return count, dm
+
+
+@njit(parallel=True, cache=True)
+def cell_candidates(centres, size, means_p, m, pools, pool_start, pool_of):
+    """Candidate components of grid cells with the given ``centres`` and side lengths.
+
+    Cell ``c`` searches ``pools[pool_start[p]:pool_start[p + 1]]`` with ``p = pool_of[c]``:
+    all components, or the candidates of a coarser cell that contains it (its centre is
+    then a point of that cell, so its m nearest means are among them). Returns
+    ``(start, cand, cand_dist, d_m)``: the candidates of cell ``c`` are
+    ``cand[start[c]:start[c + 1]]``, sorted by their distance ``cand_dist`` to the
+    centre, and ``d_m[c]`` is the distance from the centre to its m-th nearest mean.
+    """
+    n, D = centres.shape
+    reach = 0.0
+    for d in range(D):
+        reach += size[d] * size[d]
+    reach = math.sqrt(reach)
+    count = np.zeros(n + 1, dtype=np.int64)
+    dm = np.empty(n)
+    dummy_k = np.empty(0, dtype=pools.dtype)
+    dummy_d = np.empty(0)
+    for c in prange(n):
+        pool = pools[pool_start[pool_of[c]] : pool_start[pool_of[c] + 1]]
+        dist = np.empty(2 * pool.shape[0])
+        count[c + 1], dm[c] = _centre_candidates(
+            centres[c], means_p, pool, m, reach, dist, dummy_k, dummy_d, False
+        )
+    start = np.cumsum(count)
+    cand = np.empty(start[n], dtype=pools.dtype)
+    cand_dist = np.empty(start[n])
+    for c in prange(n):
+        pool = pools[pool_start[pool_of[c]] : pool_start[pool_of[c] + 1]]
+        dist = np.empty(2 * pool.shape[0])
+        _centre_candidates(
+            centres[c], means_p, pool, m, reach, dist,
+            cand[start[c] : start[c + 1]], cand_dist[start[c] : start[c + 1]], True,
+        )  # fmt: skip
+    return start, cand, cand_dist, dm
+
+
+@njit(parallel=True, cache=True)
+def grid_neighbors(Xp, slot, centres, start, cand, cand_dist, dm, means_p, out, n_chunks):
+    """Each point's ``m = out.shape[1]`` nearest component means among its cell's candidates.
+
+    ``slot[i]`` is the cell of point i in the lists of :func:`cell_candidates`. Writes the
+    means surely among the m nearest (in candidate order), then the nearest of the point's
+    uncertain ones by increasing distance (Euclidean over the columns of ``Xp`` /
+    ``means_p``; ties go to the earlier candidate): the exact m nearest means.
     """
     N, D = Xp.shape
-    M = idx.shape[1]
-    K = means_p.shape[0]
-    G = graph.shape[1]
+    M = out.shape[1]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
-        stamp = np.empty(K, dtype=np.int64)
-        for k in range(K):
-            stamp[k] = -1
         bd = np.empty(M)
         bk = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
+            s = slot[i]
+            delta = 0.0
+            for d in range(D):
+                z = Xp[i, d] - centres[s, d]
+                delta += z * z
+            delta = math.sqrt(delta)
+            # the same slack as the cell lists
+            sure = dm[s] * (1.0 - 1e-9) - 2.0 * delta * (1.0 + 1e-9)
+            reach = (dm[s] + 2.0 * delta) * (1.0 + 1e-9)
+            t = start[s]
+            t1 = start[s + 1]
+            j = 0
+            while t < t1 and cand_dist[t] < sure:
+                out[i, j] = cand[t]
+                j += 1
+                t += 1
+            need = M - j
             nb = 0
-            for t in range(M + G):
-                k = idx[i, t] if t < M else graph[idx[i, 0], t - M]
-                if stamp[k] == i:
-                    continue
-                stamp[k] = i
+            while t < t1 and cand_dist[t] <= reach:
+                k = cand[t]
+                t += 1
                 dist = 0.0
                 for d in range(D):
                     z = Xp[i, d] - means_p[k, d]
                     dist += z * z
-                if nb < M:
-                    p = nb
+                if nb < need:
+                    _insert_sorted(bd, bk, nb, dist, k)
                     nb += 1
-                elif dist < bd[M - 1]:
-                    p = M - 1
-                else:
-                    continue
-                while p > 0 and bd[p - 1] > dist:
-                    bd[p] = bd[p - 1]
-                    bk[p] = bk[p - 1]
-                    p -= 1
-                bd[p] = dist
-                bk[p] = k
-            for j in range(M):
-                out[i, j] = bk[j]
+                elif dist < bd[need - 1]:
+                    _insert_sorted(bd, bk, need - 1, dist, k)
+            for u in range(need):
+                out[i, j + u] = bk[u]
 
 
 @njit(parallel=True, cache=True)
@@ -495,10 +727,10 @@ def nearest_center(Xp, centers, labels):
 # thread start-up dominated the Newton step in measurements)
 # --------------------------------------------------------------------------
 @njit(cache=True)
-def cholesky_solve(H, b):
-    """Solve ``H x = b`` for symmetric positive definite ``H`` by Cholesky.
+def cholesky_factor(H):
+    """Lower-triangular L with ``L L^T = H`` for symmetric positive definite ``H``.
 
-    Returns ``(x, ok)``; ``ok`` is False if a pivot is not positive.
+    Returns ``(L, ok)``; ``ok`` is False if a pivot is not positive.
     """
     n = H.shape[0]
     L = np.zeros((n, n))
@@ -507,7 +739,7 @@ def cholesky_solve(H, b):
         for p in range(j):
             s -= L[j, p] * L[j, p]
         if not s > 0.0:
-            return np.zeros(n), False
+            return L, False
         d = math.sqrt(s)
         L[j, j] = d
         for i in range(j + 1, n):
@@ -515,6 +747,13 @@ def cholesky_solve(H, b):
             for p in range(j):
                 t -= L[i, p] * L[j, p]
             L[i, j] = t / d
+    return L, True
+
+
+@njit(cache=True)
+def cholesky_solve(L, b):
+    """Solve ``L L^T x = b`` for a factor ``L`` from :func:`cholesky_factor`."""
+    n = L.shape[0]
     y = np.empty(n)
     for i in range(n):
         t = b[i]
@@ -527,7 +766,7 @@ def cholesky_solve(H, b):
         for p in range(i + 1, n):
             t -= L[p, i] * x[p]
         x[i] = t / L[i, i]
-    return x, True
+    return x
 
 
 @njit(cache=True)

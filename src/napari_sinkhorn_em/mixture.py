@@ -9,7 +9,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import _kernels as _k
-from .sinkhorn import _DUMMY_IDX, _as_sample_weight, _as_weights, _EStep
+from .sinkhorn import _DUMMY_AMAX, _DUMMY_IDX, _DUMMY_P, _as_sample_weight, _as_weights, _EStep
 
 __all__ = ["ConvergenceWarning", "SinkhornEM"]
 
@@ -24,6 +24,13 @@ _ESTEP_TOL_FACTOR = 1e-3
 _ESTEP_MAX_ITER = 100
 _KMEANS_SUBSAMPLE = 20000
 _PREDICT_CHUNK = 65536
+# Neighbour grid: about this many points per cell, at most this many cells per component,
+# blocks of this many cells per axis. Finer cells leave fewer uncertain candidates per
+# point (those within a cell diagonal of the centre's m-th nearest-mean distance) but
+# cost more per-cell work; blocks keep the per-cell work to a block's candidates.
+_GRID_POINTS_PER_CELL = 16
+_GRID_CELLS_PER_COMPONENT = 256
+_GRID_BLOCK = 4
 
 
 class ConvergenceWarning(UserWarning):
@@ -44,6 +51,64 @@ def _validate_X(X, name="X") -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinity")
     return X
+
+
+class _NeighborGrid:
+    """Exact m nearest component means of every point, through a uniform grid.
+
+    The grid covers the bounding box of the points with cells of about
+    ``_GRID_POINTS_PER_CELL`` points on average (at most ``_GRID_CELLS_PER_COMPONENT``
+    per component); the cell of every point is found once per fit. Each refresh lists,
+    for every occupied cell, the means that can be among the m nearest of one of its
+    points (:func:`_kernels.cell_candidates`; first for blocks of ``_GRID_BLOCK`` cells per
+    axis among all K means, then for the cells among their block's candidates), and then
+    each point ranks only the candidates that its distance to the cell centre leaves
+    uncertain (:func:`_kernels.grid_neighbors`): O(blocks K + cells c + N u) for c
+    candidates per cell and u uncertain ones per point, instead of O(N K).
+    """
+
+    def __init__(self, Xp, K, m):
+        N, d = Xp.shape
+        self.Xp = Xp
+        self.m = m
+        self.lo = Xp.min(axis=0)
+        ext = Xp.max(axis=0) - self.lo
+        n_cells = max(1, min(N // _GRID_POINTS_PER_CELL, _GRID_CELLS_PER_COMPONENT * K))
+        # cubic cells over the axes that are longer than a cell; one layer across the rest
+        shape = np.ones(d, dtype=np.int64)
+        live = ext > 0
+        while live.any():
+            side = (np.prod(ext[live]) / n_cells) ** (1.0 / np.count_nonzero(live))
+            thin = live & (ext < side)
+            if not thin.any():
+                shape[live] = np.ceil(ext[live] / side).astype(np.int64)
+                break
+            live &= ~thin
+        self.shape = shape
+        self.size = ext / shape
+        inv_size = np.divide(shape, ext, out=np.zeros(d), where=ext > 0)
+        cell = np.empty(N, dtype=np.int64)
+        _k.grid_cells(Xp, self.lo, inv_size, shape, cell)
+        self.cells, slot = np.unique(cell, return_inverse=True)
+        self.slot = slot.astype(np.int32)
+        self.centres = _k.cell_centres(self.cells, self.lo, self.size, shape)
+        bshape = (shape + _GRID_BLOCK - 1) // _GRID_BLOCK
+        pos = np.unravel_index(self.cells, shape)
+        block = np.ravel_multi_index(tuple(p // _GRID_BLOCK for p in pos), bshape)
+        blocks, self.block_of = np.unique(block, return_inverse=True)
+        self.bsize = self.size * _GRID_BLOCK
+        self.bcentres = _k.cell_centres(blocks, self.lo, self.bsize, bshape)
+        self.all_k = np.arange(K, dtype=np.int32)
+
+    def neighbors(self, means_p, out, n_chunks):
+        """Write the indices of the m nearest means of every point to ``out``."""
+        K, m = means_p.shape[0], self.m
+        whole = (self.all_k, np.array([0, K]), np.zeros(len(self.bcentres), dtype=np.int64))
+        bstart, bcand, _, _ = _k.cell_candidates(self.bcentres, self.bsize, means_p, m, *whole)
+        pools = (bcand, bstart, self.block_of)
+        lists = _k.cell_candidates(self.centres, self.size, means_p, m, *pools)
+        _k.grid_neighbors(self.Xp, self.slot, self.centres, *lists, means_p, out, n_chunks)
+        return out
 
 
 class SinkhornEM:
@@ -307,13 +372,14 @@ class SinkhornEM:
         ps = 1.0 / np.sqrt(var)
         return np.ascontiguousarray(ps), np.log(ps).sum(axis=1)
 
-    def _log_prob(self, X, means, prec, log_det, idx, out):
+    def _log_prob(self, X, means, prec, log_det, idx, out, table=None):
+        """Log-densities into ``out``; also the exp table ``(P, amax)`` if given."""
         dense = idx is None
         ii = _DUMMY_IDX if dense else idx
-        if self.covariance_type == "full":
-            _k.log_prob_full(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
-        else:
-            _k.log_prob_diag(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
+        P, amax = (_DUMMY_P, _DUMMY_AMAX) if table is None else table
+        kern = _k.log_prob_full if self.covariance_type == "full" else _k.log_prob_diag
+        nc = _k.n_chunks_for(X.shape[0])
+        kern(X, means, prec, log_det, ii, dense, out, P, amax, table is not None, nc)
         return out
 
     # ------------------------------------------------------------------ initialisation
@@ -395,14 +461,12 @@ class SinkhornEM:
         return means, cov, alpha
 
     # ------------------------------------------------------------------ M-step
-    def _m_step(self, X, es, idx, means, cov, alpha, n_chunks):
+    def _m_step(self, X, es, g, col, means, cov, alpha, n_chunks):
+        """M-step from the responsibilities of ``es`` for potential ``g`` (column sums ``col``)."""
         D = X.shape[1]
         kind = 0 if self.covariance_type == "full" else 1
-        dense = idx is None
-        nk, s1, s2 = _k.mstep_stats(
-            X, es.R, _DUMMY_IDX if dense else idx, dense, es.a, means, means.shape[0],
-            n_chunks, kind,
-        )  # fmt: skip
+        cut = _k.MSTEP_CUT * col
+        nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
         ok = nk > 1e-250
         nko = nk[ok]
         delta = s1[ok] / nko[:, None]
@@ -434,66 +498,53 @@ class SinkhornEM:
         _, idx = cKDTree(means_p).query(Xp, k=m, workers=-1)
         return np.ascontiguousarray(idx.reshape(Xp.shape[0], m), dtype=np.int64)
 
-    @staticmethod
-    def _component_graph(means_p, n_graph):
-        d2 = ((means_p[:, None, :] - means_p[None, :, :]) ** 2).sum(-1)
-        np.fill_diagonal(d2, np.inf)
-        g = np.argsort(d2, axis=1, kind="stable")[:, :n_graph]
-        return np.ascontiguousarray(g, dtype=np.int64)
-
     # ------------------------------------------------------------------ fit
     def _single_run(self, X, a, rng, n_chunks):
         N, D = X.shape
         K = self.n_components
         means, cov, alpha = self._initialize(X, a, rng)
         m = self._n_neigh()
-        Xp = self._pos(X)
         M = K if m is None else m
         A = np.empty((N, M))
-        R = np.empty((N, M))
-        P = np.empty((N, M)) if self.method == "sinkhorn" else None
+        sinkhorn = self.method == "sinkhorn"
+        table = (np.empty((N, M)), np.empty(N)) if sinkhorn else None
         lse = np.empty(N)
         idx = None
-        idx_buf = None
         if m is not None:
-            idx = self._kdtree_neighbors(Xp, self._pos(means), m)
+            grid = _NeighborGrid(self._pos(X), K, m)
+            idx = grid.neighbors(self._pos(means), np.empty((N, m), dtype=np.int32), n_chunks)
             idx_buf = np.empty_like(idx)
-            n_graph = min(K - 1, 2 * m)
-        sinkhorn = self.method == "sinkhorn"
         g = np.log(alpha)
         tol_e = float(np.clip(_ESTEP_TOL_FACTOR * self.tol, _ESTEP_TOL_MIN, _ESTEP_TOL_MAX))
         stride = [None]  # Hessian subsampling carried over from the previous E-step
 
         def e_step(means, cov, alpha, g, idx):
             prec, log_det = self._precisions(cov, D)
-            self._log_prob(X, means, prec, log_det, idx, A)
+            self._log_prob(X, means, prec, log_det, idx, A, table)
             es = _EStep(
-                A, idx, a, alpha, n_chunks=n_chunks, R=R, lse=lse, hess_stride=stride[0], P=P
+                A, idx, a, alpha, n_chunks=n_chunks, lse=lse, hess_stride=stride[0], table=table
             )
             if sinkhorn:
                 g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))
-                g, _col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)
+                g, col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)
                 stride[0] = es.hess_stride
                 obj = es.objective(g, wlse)
             else:
                 g = np.log(alpha)
-                g, _col, wlse, err, _, _ = es.fixed(g)
+                g, col, wlse, err, _, _ = es.fixed(g)
                 obj = float(wlse)
-            return es, g, obj, err, prec
+            return es, g, col, obj, err, prec
 
-        es, g, obj, err, prec = e_step(means, cov, alpha, g, idx)
+        es, g, col, obj, err, prec = e_step(means, cov, alpha, g, idx)
         history = [obj]
         converged = False
         stopped = False
         n_iter = 0
         for it in range(1, self.max_iter + 1):
-            means, cov, alpha = self._m_step(X, es, idx, means, cov, alpha, n_chunks)
+            means, cov, alpha = self._m_step(X, es, g, col, means, cov, alpha, n_chunks)
             if m is not None:
-                mp = self._pos(means)
-                graph = self._component_graph(mp, n_graph)
-                _k.refine_neighbors(Xp, mp, idx, graph, idx_buf, n_chunks)
-                idx, idx_buf = idx_buf, idx
-            es, g, obj, err, prec = e_step(means, cov, alpha, g, idx)
+                idx, idx_buf = grid.neighbors(self._pos(means), idx_buf, n_chunks), idx
+            es, g, col, obj, err, prec = e_step(means, cov, alpha, g, idx)
             n_iter = it
             change = obj - history[-1]
             history.append(obj)
@@ -505,7 +556,7 @@ class SinkhornEM:
             if abs(change) < self.tol:
                 converged = True
                 break
-        labels = self._labels_from(es, idx)
+        labels = self._labels_from(es, g)
         return {
             "means": means,
             "cov": cov,
@@ -522,11 +573,10 @@ class SinkhornEM:
         }
 
     @staticmethod
-    def _labels_from(es, idx):
-        j = np.argmax(es.R, axis=1)
-        if idx is None:
-            return j
-        return idx[np.arange(idx.shape[0]), j]
+    def _labels_from(es, g):
+        labels = np.empty(es.A.shape[0], dtype=np.int64)
+        _k.most_responsible(*es.rows(), g, labels, es.n_chunks)
+        return labels
 
     def fit(self, X, y=None, sample_weight=None):
         """Fit the mixture.

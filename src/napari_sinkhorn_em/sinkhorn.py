@@ -21,7 +21,8 @@ from . import _kernels as _k
 
 __all__ = ["SinkhornInfo", "sinkhorn_responsibilities"]
 
-_DUMMY_IDX = np.zeros((1, 1), dtype=np.int64)
+# neighbour indices are int32 (half the memory traffic of int64 in the row kernels)
+_DUMMY_IDX = np.zeros((1, 1), dtype=np.int32)
 _DUMMY_P = np.zeros((1, 1))
 _DUMMY_AMAX = np.zeros(1)
 # Linear column sums below this are recomputed in the log domain.
@@ -34,6 +35,8 @@ _TINY = 1e-280
 # increasing).
 _HESS_BUDGET = 2e7
 _HESS_PER_ENTRY = 4.0
+# Newton steps reuse the last Hessian while each cuts the marginal error by this factor.
+_CHORD_RATE = 0.1
 
 
 @dataclass
@@ -110,11 +113,16 @@ def _as_sample_weight(sample_weight, N: int) -> np.ndarray:
 
 
 class _EStep:
-    """Reusable E-step solver on a fixed log-density matrix (dense or sparse)."""
+    """Reusable E-step solver on a fixed log-density matrix (dense or sparse).
 
-    def __init__(
-        self, A, idx, a, alpha, *, n_chunks=None, R=None, lse=None, hess_stride=None, P=None
-    ):
+    ``table`` is the exp table ``(P, amax)`` of :func:`_kernels.row_max_exp` if the caller
+    already formed it (the mixture does so inside its log-density kernel); otherwise it
+    is formed on the first constrained pass. Passes store no responsibilities: they are
+    formed on demand from ``A`` / the table and a potential (:meth:`responsibilities`,
+    and the M-step kernel of the mixture).
+    """
+
+    def __init__(self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None):
         self.A = A
         self.dense = idx is None
         self.idx = _DUMMY_IDX if idx is None else idx
@@ -134,40 +142,35 @@ class _EStep:
         alpha = np.where(active, alpha, 0.0)
         self.alpha = alpha / alpha.sum()
         self.log_alpha = np.log(np.where(active, self.alpha, 1.0))
-        self.R = np.empty_like(A) if R is None else R
         self.lse = np.empty(N) if lse is None else lse
         self.n_passes = 0
-        # exp(A - row max), formed on the first constrained pass (buffer ``P`` if given)
-        self._P_buf = P
-        self.P = None
-        self.amax = None
+        self.P, self.amax = (None, None) if table is None else table
+        # whether the last solve used the exp table (not for the plain EM E-step)
+        self.use_p = True
         self.hess_budget = max(_HESS_BUDGET, _HESS_PER_ENTRY * N * M)
         if hess_stride is None:
             # first guess: every entry above the cut (refined after the first pass)
-            hess_stride = int(max(1, N * M * M // self.hess_budget))
+            hess_stride = int(max(1, N * M * M // (2 * self.hess_budget)))
         self.hess_stride = int(hess_stride)
 
-    def _prepare_p(self):
-        if self.P is None:
+    def rows(self, use_p=None):
+        """Arguments ``(A, P, amax, use_p, idx, dense)`` of the row kernels."""
+        use_p = self.use_p if use_p is None else use_p
+        if use_p and self.P is None:
             N, M = self.A.shape
-            self.P = np.empty((N, M)) if self._P_buf is None else self._P_buf
+            self.P = np.empty((N, M))
             self.amax = np.empty(N)
             _k.row_max_exp(self.A, self.P, self.amax, self.n_chunks)
+        if use_p:
+            return self.A, self.P, self.amax, True, self.idx, self.dense
+        return self.A, _DUMMY_P, _DUMMY_AMAX, False, self.idx, self.dense
 
     def pass_(self, g, want_hess=False, use_p=True):
         self.n_passes += 1
-        if use_p:
-            self._prepare_p()
         col, wlse, S, work = _k.estep_pass(
-            self.A,
-            self.P if use_p else _DUMMY_P,
-            self.amax if use_p else _DUMMY_AMAX,
-            use_p,
-            self.idx,
-            self.dense,
+            *self.rows(use_p),
             g,
             self.a,
-            self.R,
             self.lse,
             self.n_chunks,
             want_hess,
@@ -176,6 +179,12 @@ class _EStep:
         if want_hess:
             self.hess_stride = int(max(1, work // self.hess_budget))
         return col, wlse, S
+
+    def responsibilities(self, g):
+        """Responsibilities for the potential ``g`` (as in the last solve), shape of ``A``."""
+        R = np.empty_like(self.A)
+        _k.responsibilities(*self.rows(), g, R, self.n_chunks)
+        return R
 
     def objective(self, g, wlse):
         act = self.active
@@ -200,6 +209,7 @@ class _EStep:
 
     def fixed(self, g):
         """Plain EM E-step: responsibilities for a fixed potential (no column constraint)."""
+        self.use_p = False
         col, wlse, _ = self.pass_(g, use_p=False)  # a single pass: no exp(A) table
         err = float(np.abs(col - self.alpha).sum())
         return g, col, wlse, err, 0, True
@@ -219,12 +229,54 @@ class _EStep:
             it += 1
         return g, col, wlse, err, it, err < tol
 
+    def _factor(self, col, S):
+        """Newton system at the point with column sums ``col`` and second moment ``S``.
+
+        Returns ``(L, H)``: the Cholesky factor of the gauge-fixed negative Hessian on
+        the active components (None if it is not numerically positive definite) and
+        that matrix itself.
+        """
+        H = np.diag(col) - S
+        act = self.active
+        if not self.all_active:
+            H = H[np.ix_(act, act)]
+        Ka = H.shape[0]
+        # gauge: H 1 = 0 and grad is orthogonal to 1; add a rank-one term on 1
+        H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
+        H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
+        H = np.ascontiguousarray(H)
+        L, ok = _k.cholesky_factor(H)
+        return (L if ok else None), H
+
+    def _direction(self, system, col):
+        L, H = system
+        act = self.active
+        grad = self.alpha - col
+        if L is not None:
+            da = _k.cholesky_solve(L, np.ascontiguousarray(grad[act]))
+        else:
+            da = np.linalg.lstsq(H, grad[act], rcond=None)[0]
+        if not np.all(np.isfinite(da)):
+            da = grad[act] / np.maximum(col[act], 1e-300)
+        d = np.zeros(self.K)
+        d[act] = da
+        return grad, d
+
     def newton(self, g, tol, max_iter):
+        """Damped Newton on the semi-dual, reusing the last Hessian while it contracts well.
+
+        The Hessian pass costs a few plain passes (it scatters r r^T), so a step whose
+        Newton system is not from the current point (a chord step) is taken with the last
+        factorised Hessian as long as each step cuts the marginal error by ``_CHORD_RATE``
+        or more; otherwise the next pass forms a fresh Hessian. Near the optimum the
+        Hessian barely changes and chord steps converge almost as fast as Newton steps.
+        """
         col, wlse, S = self.pass_(g, want_hess=True)
+        system = self._factor(col, S)
+        refresh = False  # whether the next trial passes form a fresh Hessian
         J = -self.objective(g, wlse)
         err = float(np.abs(col - self.alpha).sum())
         it = 0
-        K = self.K
         radius = 2.0
         while err >= tol and it < max_iter:
             it += 1
@@ -236,25 +288,12 @@ class _EStep:
                 step[~np.isfinite(step)] = 0.0
                 g = self.normalise(g + step)
                 col, wlse, S = self.pass_(g, want_hess=True)
+                system = self._factor(col, S)
+                refresh = False
                 J = -self.objective(g, wlse)
                 err = float(np.abs(col - self.alpha).sum())
                 continue
-            grad = self.alpha - col
-            H = np.diag(col) - S
-            act = self.active
-            if not self.all_active:
-                H = H[np.ix_(act, act)]
-            Ka = H.shape[0]
-            # gauge: H 1 = 0 and grad is orthogonal to 1; add a rank-one term on 1
-            H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
-            H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
-            da, ok = _k.cholesky_solve(np.ascontiguousarray(H), np.ascontiguousarray(grad[act]))
-            if not ok:
-                da = np.linalg.lstsq(H, grad[act], rcond=None)[0]
-            if not np.all(np.isfinite(da)):
-                da = grad[act] / np.maximum(col[act], 1e-300)
-            d = np.zeros(K)
-            d[act] = da
+            grad, d = self._direction(system, col)
             # trust region in the sup norm: far from the optimum the semi-dual is nearly
             # linear along weakly coupled directions and the raw Newton step overshoots
             dmax = float(np.abs(d).max())
@@ -266,7 +305,7 @@ class _EStep:
             accepted = False
             for _ in range(40):
                 gt = self.normalise(g + t * d)
-                col_t, wlse_t, S_t = self.pass_(gt, want_hess=True)
+                col_t, wlse_t, S_t = self.pass_(gt, want_hess=refresh)
                 Jt = -self.objective(gt, wlse_t)
                 # near the optimum J changes by less than its rounding error: a step that
                 # meets the marginal tolerance is accepted whatever the rounding of J says
@@ -287,13 +326,20 @@ class _EStep:
                 radius = min(2.0 * radius, 1e6) if dmax >= radius else radius
             else:
                 radius = max(t * dmax, 1e-3)
-            g, col, wlse, S, J = gt, col_t, wlse_t, S_t, Jt
-            err = float(np.abs(col - self.alpha).sum())
+            err_t = float(np.abs(col_t - self.alpha).sum())
+            if refresh:
+                system = self._factor(col_t, S_t)
+                refresh = False
+            else:
+                # a step that contracted poorly: the next trial point brings a Hessian
+                refresh = err_t > _CHORD_RATE * err
+            g, col, wlse, J, err = gt, col_t, wlse_t, Jt, err_t
         return g, col, wlse, err, it, err < tol
 
     def solve(self, g, tol, max_iter, solver="auto"):
         if solver == "auto":
             solver = "newton"
+        self.use_p = True
         if solver == "newton":
             out = self.newton(g, tol, max_iter)
         elif solver == "sinkhorn":
@@ -330,7 +376,7 @@ def _validate_log_prob(log_prob, neighbors, K):
     srt = np.sort(idx, axis=1)
     if idx.shape[1] > 1 and np.any(srt[:, 1:] == srt[:, :-1]):
         raise ValueError("neighbors must not repeat a component within a row")
-    return np.ascontiguousarray(A), np.ascontiguousarray(idx, dtype=np.int64), K
+    return np.ascontiguousarray(A), np.ascontiguousarray(idx, dtype=np.int32), K
 
 
 def sinkhorn_responsibilities(
@@ -414,8 +460,9 @@ def sinkhorn_responsibilities(
         es = _EStep(A, idx, a, alpha)
         g = es.normalise(g)
         g, _col, wlse, err, it, conv, used = es.solve(g, tol, int(max_iter), solver)
+        R = es.responsibilities(g)
     if not return_info:
-        return es.R
+        return R
     info = SinkhornInfo(
         potential=g,
         marginal_error=err,
@@ -425,4 +472,4 @@ def sinkhorn_responsibilities(
         solver=used,
         n_passes=es.n_passes,
     )
-    return es.R, info
+    return R, info
