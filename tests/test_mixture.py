@@ -118,11 +118,20 @@ def test_grid_neighbors_are_exact(shape, m):
         means = rng.uniform(-1, 6, size=(K, 2))
     X = np.ascontiguousarray(X)
     grid = _NeighborGrid(X, K, m)
-    out = np.empty((len(X), m), dtype=np.int32)
-    grid.neighbors(means, out, _kernels.n_chunks_for(len(X)))
-    d2 = ((X[:, None, :] - means[None, :, :]) ** 2).sum(-1)
-    expect = np.sort(np.argsort(d2, axis=1, kind="stable")[:, :m], axis=1)
-    np.testing.assert_array_equal(np.sort(out, axis=1), expect)
+    # then small moves (most points keep their neighbours without a search), then one
+    # component jumps across the data (every point is searched again)
+    jump = np.zeros_like(means)
+    jump[0] = X.max(axis=0) - means[0]
+    for step in (0.0, 1e-3 * rng.normal(size=means.shape), jump):
+        means = np.ascontiguousarray(means + step)
+        out = grid.neighbors(means, _kernels.n_chunks_for(len(X)))
+        d2 = ((X[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+        expect = np.sort(np.argsort(d2, axis=1, kind="stable")[:, :m], axis=1)
+        np.testing.assert_array_equal(np.sort(out, axis=1), expect)
+        if step is jump:
+            continue
+        # the small move leaves many points a budget: their search is skipped next
+        assert np.mean(grid.budget > 0.01) > 0.2
 
 
 @pytest.mark.parametrize("method", ["sinkhorn", "em"])

@@ -451,17 +451,23 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
         y = np.empty(D)
         v = np.empty(M)
         kk = np.empty(M, dtype=np.int64)
+        keep = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             ai = a[i]
             if ai <= 0.0:
                 continue
             s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
             wi = ai / s
+            # list the entries that carry weight first (no unpredictable branch per entry)
+            cnt = 0
             for j in range(M):
-                w = wi * v[j]
+                v[j] *= wi
+                keep[cnt] = j
+                cnt += v[j] > cut[kk[j]]
+            for t in range(cnt):
+                j = keep[t]
+                w = v[j]
                 k = kk[j]
-                if w <= cut[k]:
-                    continue
                 nk_acc[c, k] += w
                 for d in range(D):
                     y[d] = X[i, d] - shift[k, d]
@@ -500,8 +506,9 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
 # its m-th nearest mean, the triangle inequality gives: x's m nearest means all lie within
 # d_m + 2 delta of c (x has m means within d_m + delta), and every mean closer than
 # d_m - 2 delta to c is one of them (x has fewer than m means closer than d_m - delta).
-# A cell lists the means within d_m + 2 h of its centre (h: half diagonal, the largest
-# delta) sorted by distance to it; each point then ranks only the few in its own shell.
+# A cell lists the means within d_{m+1} + 2 h of its centre (h: half diagonal, the largest
+# delta; m + 1 for the point budgets of grid_neighbors) sorted by distance to it; each
+# point then ranks only the few in its own shell.
 
 
 @njit(parallel=True, cache=True)
@@ -572,10 +579,12 @@ def _insert_sorted(bd, bk, n, dist, k):
 
 @njit(cache=True)
 def _centre_candidates(ctr, means_p, pool, m, reach, dist, out, out_d, write):
-    """Components of ``pool`` within ``d_m + reach`` of ``ctr`` (reach: cell diagonal).
+    """Components of ``pool`` within ``d_{m+1} + reach`` of ``ctr`` (reach: cell diagonal).
 
-    Returns ``(count, d_m)``; if ``write``, stores them in ``out`` sorted by their
-    distance to ``ctr`` (ties in ``pool`` order), the distances in ``out_d``.
+    ``d_j`` is the distance from ``ctr`` to its j-th nearest mean in ``pool`` (which must
+    hold more than m components). Returns ``(count, d_m, d_{m+1})``; if ``write``, stores
+    the candidates in ``out`` sorted by their distance to ``ctr`` (ties in ``pool``
+    order), the distances in ``out_d``.
     """
     n = pool.shape[0]
     D = ctr.shape[0]
@@ -587,9 +596,15 @@ def _centre_candidates(ctr, means_p, pool, m, reach, dist, out, out_d, write):
             s += z * z
         dist[t] = s
         dist[n + t] = s
-    dm = math.sqrt(_kth_smallest(dist[n:], n, m - 1))
+    buf = dist[n:]
+    dm1 = _kth_smallest(buf, n, m)
+    dm = buf[0]  # the m smallest now come first
+    for t in range(1, m):
+        dm = max(dm, buf[t])
+    dm = math.sqrt(dm)
+    dm1 = math.sqrt(dm1)
     # slack for the rounding of the distances and of the cell assignment
-    hi = (dm + reach) * (1.0 + 1e-9)
+    hi = (dm1 + reach) * (1.0 + 1e-9)
     hi2 = hi * hi
     count = 0
     for t in range(n):
@@ -597,19 +612,21 @@ def _centre_candidates(ctr, means_p, pool, m, reach, dist, out, out_d, write):
             if write:
                 _insert_sorted(out_d, out, count, math.sqrt(dist[t]), pool[t])
             count += 1
-    return count, dm
+    return count, dm, dm1
 
 
 @njit(parallel=True, cache=True)
 def cell_candidates(centres, size, means_p, m, pools, pool_start, pool_of):
     """Candidate components of grid cells with the given ``centres`` and side lengths.
 
-    Cell ``c`` searches ``pools[pool_start[p]:pool_start[p + 1]]`` with ``p = pool_of[c]``:
-    all components, or the candidates of a coarser cell that contains it (its centre is
-    then a point of that cell, so its m nearest means are among them). Returns
-    ``(start, cand, cand_dist, d_m)``: the candidates of cell ``c`` are
+    The candidates of a cell are the means that can be among the m + 1 nearest of one
+    of its points. Cell ``c`` searches ``pools[pool_start[p]:pool_start[p + 1]]`` with
+    ``p = pool_of[c]``: all components, or the candidates of a coarser cell that contains
+    it (its centre is then a point of that cell). Returns
+    ``(start, cand, cand_dist, d_m, d_m1)``: the candidates of cell ``c`` are
     ``cand[start[c]:start[c + 1]]``, sorted by their distance ``cand_dist`` to the
-    centre, and ``d_m[c]`` is the distance from the centre to its m-th nearest mean.
+    centre; ``d_m[c]`` and ``d_m1[c]`` are the distances from the centre to its m-th and
+    (m + 1)-th nearest means.
     """
     n, D = centres.shape
     reach = 0.0
@@ -618,12 +635,13 @@ def cell_candidates(centres, size, means_p, m, pools, pool_start, pool_of):
     reach = math.sqrt(reach)
     count = np.zeros(n + 1, dtype=np.int64)
     dm = np.empty(n)
+    dm1 = np.empty(n)
     dummy_k = np.empty(0, dtype=pools.dtype)
     dummy_d = np.empty(0)
     for c in prange(n):
         pool = pools[pool_start[pool_of[c]] : pool_start[pool_of[c] + 1]]
         dist = np.empty(2 * pool.shape[0])
-        count[c + 1], dm[c] = _centre_candidates(
+        count[c + 1], dm[c], dm1[c] = _centre_candidates(
             centres[c], means_p, pool, m, reach, dist, dummy_k, dummy_d, False
         )
     start = np.cumsum(count)
@@ -636,27 +654,45 @@ def cell_candidates(centres, size, means_p, m, pools, pool_start, pool_of):
             centres[c], means_p, pool, m, reach, dist,
             cand[start[c] : start[c + 1]], cand_dist[start[c] : start[c + 1]], True,
         )  # fmt: skip
-    return start, cand, cand_dist, dm
+    return start, cand, cand_dist, dm, dm1
+
+
+@njit(cache=True)
+def spend_budget(budget, eps, slot, n_cells):
+    """Subtract ``eps`` from every point's budget; flag the cells of points left with none."""
+    flag = np.zeros(n_cells, dtype=np.bool_)
+    for i in range(budget.shape[0]):
+        budget[i] -= eps
+        if not budget[i] > 0.0:
+            flag[slot[i]] = True
+    return flag
 
 
 @njit(parallel=True, cache=True)
-def grid_neighbors(Xp, slot, centres, start, cand, cand_dist, dm, means_p, out, n_chunks):
-    """Each point's ``m = out.shape[1]`` nearest component means among its cell's candidates.
+def grid_neighbors(
+    Xp, cell_of, centres, start, cand, cand_dist, dm, dm1, means_p, out, budget, n_chunks
+):
+    """The ``m = out.shape[1]`` nearest component means of the points without budget.
 
-    ``slot[i]`` is the cell of point i in the lists of :func:`cell_candidates`. Writes the
-    means surely among the m nearest (in candidate order), then the nearest of the point's
-    uncertain ones by increasing distance (Euclidean over the columns of ``Xp`` /
-    ``means_p``; ties go to the earlier candidate): the exact m nearest means.
+    For every point with ``budget[i] <= 0``, ``cell_of[i]`` indexes its cell in the lists
+    of :func:`cell_candidates`. Writes the means surely among the m nearest (in candidate
+    order), then the nearest of the point's uncertain ones by increasing distance
+    (Euclidean over the columns of ``Xp`` / ``means_p``; ties go to the earlier
+    candidate): the exact m nearest means. The new budget is half the gap between the
+    (m + 1)-th and the m-th nearest distance: while the means move by less than that in
+    total, the m nearest stay the same (every distance changes by at most the move).
     """
     N, D = Xp.shape
     M = out.shape[1]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
-        bd = np.empty(M)
-        bk = np.empty(M, dtype=np.int64)
+        bd = np.empty(M + 1)
+        bk = np.empty(M + 1, dtype=np.int64)
         for i in range(i0, i1):
-            s = slot[i]
+            if budget[i] > 0.0:
+                continue
+            s = cell_of[i]
             delta = 0.0
             for d in range(D):
                 z = Xp[i, d] - centres[s, d]
@@ -664,7 +700,7 @@ def grid_neighbors(Xp, slot, centres, start, cand, cand_dist, dm, means_p, out, 
             delta = math.sqrt(delta)
             # the same slack as the cell lists
             sure = dm[s] * (1.0 - 1e-9) - 2.0 * delta * (1.0 + 1e-9)
-            reach = (dm[s] + 2.0 * delta) * (1.0 + 1e-9)
+            reach = (dm1[s] + 2.0 * delta) * (1.0 + 1e-9)
             t = start[s]
             t1 = start[s + 1]
             j = 0
@@ -672,7 +708,8 @@ def grid_neighbors(Xp, slot, centres, start, cand, cand_dist, dm, means_p, out, 
                 out[i, j] = cand[t]
                 j += 1
                 t += 1
-            need = M - j
+            # the m - j nearest of the others, and the next one for the budget
+            need = M - j + 1
             nb = 0
             while t < t1 and cand_dist[t] <= reach:
                 k = cand[t]
@@ -686,8 +723,10 @@ def grid_neighbors(Xp, slot, centres, start, cand, cand_dist, dm, means_p, out, 
                     nb += 1
                 elif dist < bd[need - 1]:
                     _insert_sorted(bd, bk, need - 1, dist, k)
-            for u in range(need):
+            for u in range(need - 1):
                 out[i, j + u] = bk[u]
+            far = math.sqrt(bd[need - 1])
+            budget[i] = 0.5 * (far - math.sqrt(bd[need - 2])) - 1e-9 * far
 
 
 @njit(parallel=True, cache=True)

@@ -58,13 +58,17 @@ class _NeighborGrid:
 
     The grid covers the bounding box of the points with cells of about
     ``_GRID_POINTS_PER_CELL`` points on average (at most ``_GRID_CELLS_PER_COMPONENT``
-    per component); the cell of every point is found once per fit. Each refresh lists,
-    for every occupied cell, the means that can be among the m nearest of one of its
-    points (:func:`_kernels.cell_candidates`; first for blocks of ``_GRID_BLOCK`` cells per
-    axis among all K means, then for the cells among their block's candidates), and then
-    each point ranks only the candidates that its distance to the cell centre leaves
+    per component); the cell of every point is found once per fit. A refresh lists, for
+    the occupied cells, the means that can be among the m + 1 nearest of one of its
+    points (:func:`_kernels.cell_candidates`; first for blocks of ``_GRID_BLOCK`` cells
+    per axis among all K means, then for the cells among their block's candidates), and
+    each point then ranks only the candidates that its distance to the cell centre leaves
     uncertain (:func:`_kernels.grid_neighbors`): O(blocks K + cells c + N u) for c
-    candidates per cell and u uncertain ones per point, instead of O(N K).
+    candidates per cell and u uncertain ones per point, instead of O(N K). A point whose
+    m nearest cannot have changed since its last search (the means moved by less than
+    half its gap between the m-th and (m + 1)-th nearest distance) keeps them, and cells
+    without such a point are skipped: late iterations, whose means barely move, search
+    few points.
     """
 
     def __init__(self, Xp, K, m):
@@ -84,31 +88,45 @@ class _NeighborGrid:
                 shape[live] = np.ceil(ext[live] / side).astype(np.int64)
                 break
             live &= ~thin
-        self.shape = shape
         self.size = ext / shape
         inv_size = np.divide(shape, ext, out=np.zeros(d), where=ext > 0)
         cell = np.empty(N, dtype=np.int64)
         _k.grid_cells(Xp, self.lo, inv_size, shape, cell)
-        self.cells, slot = np.unique(cell, return_inverse=True)
-        self.slot = slot.astype(np.int32)
-        self.centres = _k.cell_centres(self.cells, self.lo, self.size, shape)
+        cells, slot = np.unique(cell, return_inverse=True)
+        self.slot = slot.astype(np.int64)
+        self.centres = _k.cell_centres(cells, self.lo, self.size, shape)
         bshape = (shape + _GRID_BLOCK - 1) // _GRID_BLOCK
-        pos = np.unravel_index(self.cells, shape)
+        pos = np.unravel_index(cells, shape)
         block = np.ravel_multi_index(tuple(p // _GRID_BLOCK for p in pos), bshape)
         blocks, self.block_of = np.unique(block, return_inverse=True)
         self.bsize = self.size * _GRID_BLOCK
         self.bcentres = _k.cell_centres(blocks, self.lo, self.bsize, bshape)
         self.all_k = np.arange(K, dtype=np.int32)
+        self.idx = np.empty((N, m), dtype=np.int32)
+        self.budget = np.full(N, -np.inf)
+        self.last = None  # means of the previous refresh
 
-    def neighbors(self, means_p, out, n_chunks):
-        """Write the indices of the m nearest means of every point to ``out``."""
+    def neighbors(self, means_p, n_chunks):
+        """Refresh and return the (N, m) int32 indices of the m nearest means of every point."""
         K, m = means_p.shape[0], self.m
-        whole = (self.all_k, np.array([0, K]), np.zeros(len(self.bcentres), dtype=np.int64))
-        bstart, bcand, _, _ = _k.cell_candidates(self.bcentres, self.bsize, means_p, m, *whole)
-        pools = (bcand, bstart, self.block_of)
-        lists = _k.cell_candidates(self.centres, self.size, means_p, m, *pools)
-        _k.grid_neighbors(self.Xp, self.slot, self.centres, *lists, means_p, out, n_chunks)
-        return out
+        moved = 0.0
+        if self.last is not None:
+            moved = float(np.sqrt(((means_p - self.last) ** 2).sum(axis=1)).max()) * (1 + 1e-9)
+        self.last = means_p.copy()
+        todo = np.flatnonzero(_k.spend_budget(self.budget, moved, self.slot, len(self.centres)))
+        if todo.size == 0:
+            return self.idx
+        bsel, bpos = np.unique(self.block_of[todo], return_inverse=True)
+        whole = (self.all_k, np.array([0, K]), np.zeros(bsel.size, dtype=np.int64))
+        blists = _k.cell_candidates(self.bcentres[bsel], self.bsize, means_p, m, *whole)
+        centres = self.centres[todo]
+        lists = _k.cell_candidates(centres, self.size, means_p, m, blists[1], blists[0], bpos)
+        pos = np.full(len(self.centres), -1, dtype=np.int64)
+        pos[todo] = np.arange(todo.size)
+        _k.grid_neighbors(
+            self.Xp, pos[self.slot], centres, *lists, means_p, self.idx, self.budget, n_chunks
+        )
+        return self.idx
 
 
 class SinkhornEM:
@@ -512,22 +530,20 @@ class SinkhornEM:
         idx = None
         if m is not None:
             grid = _NeighborGrid(self._pos(X), K, m)
-            idx = grid.neighbors(self._pos(means), np.empty((N, m), dtype=np.int32), n_chunks)
-            idx_buf = np.empty_like(idx)
+            idx = grid.neighbors(self._pos(means), n_chunks)
         g = np.log(alpha)
         tol_e = float(np.clip(_ESTEP_TOL_FACTOR * self.tol, _ESTEP_TOL_MIN, _ESTEP_TOL_MAX))
-        stride = [None]  # Hessian subsampling carried over from the previous E-step
+        # Hessian subsampling and Newton system carried over from the previous E-step
+        carry = {"hess_stride": None, "system": None}
 
         def e_step(means, cov, alpha, g, idx):
             prec, log_det = self._precisions(cov, D)
             self._log_prob(X, means, prec, log_det, idx, A, table)
-            es = _EStep(
-                A, idx, a, alpha, n_chunks=n_chunks, lse=lse, hess_stride=stride[0], table=table
-            )
+            es = _EStep(A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table, **carry)
             if sinkhorn:
                 g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))
                 g, col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)
-                stride[0] = es.hess_stride
+                carry.update(hess_stride=es.hess_stride, system=es.system)
                 obj = es.objective(g, wlse)
             else:
                 g = np.log(alpha)
@@ -543,7 +559,7 @@ class SinkhornEM:
         for it in range(1, self.max_iter + 1):
             means, cov, alpha = self._m_step(X, es, g, col, means, cov, alpha, n_chunks)
             if m is not None:
-                idx, idx_buf = grid.neighbors(self._pos(means), idx_buf, n_chunks), idx
+                idx = grid.neighbors(self._pos(means), n_chunks)  # updated in place
             es, g, col, obj, err, prec = e_step(means, cov, alpha, g, idx)
             n_iter = it
             change = obj - history[-1]

@@ -122,7 +122,10 @@ class _EStep:
     and the M-step kernel of the mixture).
     """
 
-    def __init__(self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None):
+    def __init__(
+        self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None,
+        system=None,
+    ):  # fmt: skip
         self.A = A
         self.dense = idx is None
         self.idx = _DUMMY_IDX if idx is None else idx
@@ -147,6 +150,8 @@ class _EStep:
         self.P, self.amax = (None, None) if table is None else table
         # whether the last solve used the exp table (not for the plain EM E-step)
         self.use_p = True
+        # Newton system of a previous E-step on a similar problem (see newton)
+        self.system = system
         self.hess_budget = max(_HESS_BUDGET, _HESS_PER_ENTRY * N * M)
         if hess_stride is None:
             # first guess: every entry above the cut (refined after the first pass)
@@ -232,9 +237,9 @@ class _EStep:
     def _factor(self, col, S):
         """Newton system at the point with column sums ``col`` and second moment ``S``.
 
-        Returns ``(L, H)``: the Cholesky factor of the gauge-fixed negative Hessian on
-        the active components (None if it is not numerically positive definite) and
-        that matrix itself.
+        Returns ``(L, H, active)``: the Cholesky factor of the gauge-fixed negative
+        Hessian on the active components (None if it is not numerically positive
+        definite), that matrix itself and the active mask.
         """
         H = np.diag(col) - S
         act = self.active
@@ -246,10 +251,10 @@ class _EStep:
         H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
         H = np.ascontiguousarray(H)
         L, ok = _k.cholesky_factor(H)
-        return (L if ok else None), H
+        return (L if ok else None), H, act
 
     def _direction(self, system, col):
-        L, H = system
+        L, H, _ = system
         act = self.active
         grad = self.alpha - col
         if L is not None:
@@ -270,9 +275,13 @@ class _EStep:
         factorised Hessian as long as each step cuts the marginal error by ``_CHORD_RATE``
         or more; otherwise the next pass forms a fresh Hessian. Near the optimum the
         Hessian barely changes and chord steps converge almost as fast as Newton steps.
+        The first step uses the system of a previous E-step if one was given (the mixture
+        passes the last one: its log-densities change little between iterations).
         """
-        col, wlse, S = self.pass_(g, want_hess=True)
-        system = self._factor(col, S)
+        old = self.system
+        reuse = old is not None and np.array_equal(old[2], self.active)
+        col, wlse, S = self.pass_(g, want_hess=not reuse)
+        system = old if reuse else self._factor(col, S)
         refresh = False  # whether the next trial passes form a fresh Hessian
         J = -self.objective(g, wlse)
         err = float(np.abs(col - self.alpha).sum())
@@ -334,6 +343,7 @@ class _EStep:
                 # a step that contracted poorly: the next trial point brings a Hessian
                 refresh = err_t > _CHORD_RATE * err
             g, col, wlse, J, err = gt, col_t, wlse_t, Jt, err_t
+        self.system = system
         return g, col, wlse, err, it, err < tol
 
     def solve(self, g, tol, max_iter, solver="auto"):
