@@ -13,6 +13,7 @@ from napari_sinkhorn_em import (
     segment_nuclei,
 )
 from napari_sinkhorn_em.metrics import average_precision, match_centres
+from napari_sinkhorn_em.segmentation import fit_iteration_budget
 from napari_sinkhorn_em.synthetic import make_worm
 
 _CACHE: dict = {}
@@ -155,6 +156,27 @@ def test_random_start_weights_and_auto_refits():
     for bad, match in ((-1, ">= 0"), ("often", "weight_refits must be one of"), (1.5, "an int")):
         with pytest.raises(ValueError, match=match):
             run(w, weight_refits=bad)
+
+
+def test_fit_iteration_budget_bounds_reported_iterations():
+    assert fit_iteration_budget(max_iter=100) == 100
+    assert fit_iteration_budget(init="random", max_iter=100) == 19 * 10 + 100
+    assert fit_iteration_budget(init="random", method="em", max_iter=50, n_init=2) == 100
+    assert fit_iteration_budget(init=np.zeros((3, 2)), max_iter=30, weight_refits=2) == 50
+    assert fit_iteration_budget(init="k-means++", max_iter=5, n_init=3) == 3 * (19 * 5 + 5)
+    w = worm(2, 4, "head")
+    seen = []
+    run(
+        w,
+        n_nuclei=len(w.centres),
+        init="random",
+        max_iter=8,
+        n_init=2,
+        progress=lambda s, i, o: seen.append(i) if s == "fit" else None,
+    )
+    assert 0 < max(seen) <= fit_iteration_budget(init="random", max_iter=8, n_init=2)
+    with pytest.raises(ValueError, match="weight_refits"):
+        fit_iteration_budget(weight_refits=-2)
 
 
 def test_cancel_stops_promptly():

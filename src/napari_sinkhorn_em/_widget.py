@@ -55,6 +55,7 @@ from napari_sinkhorn_em.io import write_labels, write_table
 from napari_sinkhorn_em.segmentation import (
     SegmentationCancelled,
     SegmentationResult,
+    fit_iteration_budget,
     save_params,
     segment_nuclei,
 )
@@ -578,7 +579,12 @@ class SinkhornEMWidget(QWidget):
         self.last_progress = None
         self._run_id += 1
         run_id = self._run_id
-        total = int(kwargs["max_iter"])
+        total = fit_iteration_budget(
+            method=kwargs["method"],
+            init=kwargs["init"],
+            max_iter=kwargs["max_iter"],
+            n_init=kwargs.get("n_init", 1),
+        )
         self._pbar = cancelable_progress(total=total, cancel_callback=self.cancel)
         self._pbar.set_description("Sinkhorn-EM: starting")
         relay = self._relay

@@ -43,6 +43,7 @@ from .preprocess import preprocess
 __all__ = [
     "SegmentationCancelled",
     "SegmentationResult",
+    "fit_iteration_budget",
     "load_params",
     "save_params",
     "segment_nuclei",
@@ -182,6 +183,40 @@ def _check_param_keys(params: dict, where: str) -> None:
 def _check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _resolve_refits(weight_refits, init: str, method: str) -> int:
+    """Number of weight re-estimations: an int >= 0, or "auto" (see segment_nuclei)."""
+    if isinstance(weight_refits, str):
+        _check_choice("weight_refits", weight_refits, ("auto",))
+        random_start = init in ("random", "k-means++")
+        return AUTO_REFITS if (random_start and method == "sinkhorn") else 0
+    if isinstance(weight_refits, bool) or not isinstance(weight_refits, (int, np.integer)):
+        raise ValueError(f"weight_refits must be an int >= 0 or 'auto', got {weight_refits!r}")
+    if weight_refits < 0:
+        raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
+    return int(weight_refits)
+
+
+def fit_iteration_budget(
+    *,
+    method: str = "sinkhorn",
+    init: str = "peaks",
+    max_iter: int = 100,
+    n_init: int = 1,
+    weight_refits: int | str = "auto",
+) -> int:
+    """Upper bound of the fit iterations :func:`segment_nuclei` reports to ``progress``.
+
+    Every weight re-estimation round runs at most ``min(max_iter, 10)`` iterations and the
+    last fit at most ``max_iter``, once per start (random and k-means++ starts run
+    ``n_init`` of them). A tiled fit (more than ``max_components_per_tile`` nuclei) runs
+    this once per slab. Progress bars use it as their length.
+    """
+    init_name = init if isinstance(init, str) else "array"
+    n_refits = _resolve_refits(weight_refits, init_name, method)
+    starts = int(n_init) if init_name in ("random", "k-means++") else 1
+    return starts * (n_refits * min(int(max_iter), REFIT_ITER) + int(max_iter))
 
 
 def _voronoi_mass(positions: np.ndarray, mass: np.ndarray, centres_um: np.ndarray) -> np.ndarray:
@@ -386,16 +421,7 @@ def segment_nuclei(
         raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    if isinstance(weight_refits, str):
-        _check_choice("weight_refits", weight_refits, ("auto",))
-        random_start = init_array is None and init != "peaks"
-        n_refits = AUTO_REFITS if (random_start and method == "sinkhorn") else 0
-    elif isinstance(weight_refits, bool) or not isinstance(weight_refits, (int, np.integer)):
-        raise ValueError(f"weight_refits must be an int >= 0 or 'auto', got {weight_refits!r}")
-    elif weight_refits < 0:
-        raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
-    else:
-        n_refits = int(weight_refits)
+    n_refits = _resolve_refits(weight_refits, init if init_array is None else "array", method)
     lo_s, hi_s = (float(v) for v in covariance_scale)
     if not 0 < lo_s <= hi_s:
         raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
