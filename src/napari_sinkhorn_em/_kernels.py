@@ -69,9 +69,22 @@ def n_chunks_for(n_rows: int) -> int:
 # --------------------------------------------------------------------------
 # Gaussian log-densities
 # --------------------------------------------------------------------------
+# exp(x) for x <= 0 without a library call, so that a row's exponentials vectorise:
+# x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor polynomial of degree 13 (the
+# remainder is below 4e-18), 2^n from the exponent bits. Measured within 3 ulp of
+# math.exp over [-708, 0] (below -708 the result is 0 instead of a subnormal).
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93145751953125e-1
+_LN2_LO = 1.42860682030941723212e-6
+_EXP_TAYLOR = tuple(1.0 / math.factorial(q) for q in range(13, 1, -1))
+
+
 @njit(cache=True, inline="always")
-def _row_max_exp(out, P, amax, i):
-    """``amax[i] = max_j out[i, j]`` and ``P[i, j] = exp(out[i, j] - amax[i])`` (in [0, 1])."""
+def _row_max_exp(out, P, amax, i, bits):
+    """``amax[i] = max_j out[i, j]`` and ``P[i, j] = exp(out[i, j] - amax[i])`` (in [0, 1]).
+
+    ``bits`` is an int64 scratch array of length ``out.shape[1]``.
+    """
     M = out.shape[1]
     mx = -np.inf
     for j in range(M):
@@ -79,7 +92,19 @@ def _row_max_exp(out, P, amax, i):
             mx = out[i, j]
     amax[i] = mx
     for j in range(M):
-        P[i, j] = math.exp(out[i, j] - mx)
+        x = out[i, j] - mx
+        v = max(x, -708.0)
+        n = math.floor(v * _INV_LN2 + 0.5)
+        r = (v - n * _LN2_HI) - n * _LN2_LO
+        p = 0.0
+        for c in _EXP_TAYLOR:
+            p = p * r + c
+        p = 1.0 + r * (1.0 + r * p)
+        P[i, j] = p if x >= -708.0 else 0.0
+        bits[j] = (np.int64(n) + 1023) << 52
+    scale = bits.view(np.float64)
+    for j in range(M):
+        P[i, j] *= scale[j]
 
 
 @njit(parallel=True, cache=True)
@@ -98,6 +123,7 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         y = np.empty(D)
+        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -111,7 +137,7 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
             if with_p:
-                _row_max_exp(out, P, amax, i)
+                _row_max_exp(out, P, amax, i, bits)
 
 
 @njit(parallel=True, cache=True)
@@ -125,6 +151,7 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, with_p
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
+        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -134,7 +161,7 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, with_p
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
             if with_p:
-                _row_max_exp(out, P, amax, i)
+                _row_max_exp(out, P, amax, i, bits)
 
 
 # --------------------------------------------------------------------------
@@ -156,12 +183,13 @@ MSTEP_CUT = 1e-20
 @njit(parallel=True, cache=True)
 def row_max_exp(A, P, amax, n_chunks):
     """``amax[i] = max_j A[i, j]`` and ``P[i, j] = exp(A[i, j] - amax[i])`` (in [0, 1])."""
-    N = A.shape[0]
+    N, M = A.shape
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
+        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
-            _row_max_exp(A, P, amax, i)
+            _row_max_exp(A, P, amax, i, bits)
 
 
 @njit(cache=True, inline="always")
