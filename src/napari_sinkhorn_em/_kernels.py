@@ -108,14 +108,12 @@ def _row_max_exp(out, P, amax, i, bits):
 
 
 @njit(parallel=True, cache=True)
-def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p, n_chunks):
+def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
     """log N(x_i | mu_k, Sigma_k) with upper-triangular precision Cholesky factors.
 
     ``prec_chol[k]`` is U with U U^T = Sigma_k^{-1} (scikit-learn convention:
     the Mahalanobis vector is (x - mu) @ U); ``log_det[k] = sum(log diag U)``.
-    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse); with
-    ``with_p`` also the exp table of :func:`row_max_exp` into ``P`` / ``amax`` while the
-    row is in cache.
+    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse).
     """
     N, D = X.shape
     M = out.shape[1]
@@ -123,7 +121,6 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         y = np.empty(D)
-        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -136,22 +133,16 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, with_p
                         z += y[e] * prec_chol[k, e, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
-            if with_p:
-                _row_max_exp(out, P, amax, i, bits)
 
 
 @njit(parallel=True, cache=True)
-def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, with_p, n_chunks):
-    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D).
-
-    Same outputs as :func:`log_prob_full`.
-    """
+def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
+    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D)."""
     N, D = X.shape
     M = out.shape[1]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
-        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -160,8 +151,6 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, with_p
                     z = (X[i, d] - means[k, d]) * prec_sqrt[k, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
-            if with_p:
-                _row_max_exp(out, P, amax, i, bits)
 
 
 # --------------------------------------------------------------------------

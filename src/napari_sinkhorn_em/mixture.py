@@ -9,7 +9,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import _kernels as _k
-from .sinkhorn import _DUMMY_AMAX, _DUMMY_IDX, _DUMMY_P, _as_sample_weight, _as_weights, _EStep
+from .sinkhorn import _DUMMY_IDX, _as_sample_weight, _as_weights, _EStep
 
 __all__ = ["ConvergenceWarning", "SinkhornEM"]
 
@@ -390,14 +390,11 @@ class SinkhornEM:
         ps = 1.0 / np.sqrt(var)
         return np.ascontiguousarray(ps), np.log(ps).sum(axis=1)
 
-    def _log_prob(self, X, means, prec, log_det, idx, out, table=None):
-        """Log-densities into ``out``; also the exp table ``(P, amax)`` if given."""
+    def _log_prob(self, X, means, prec, log_det, idx, out):
         dense = idx is None
         ii = _DUMMY_IDX if dense else idx
-        P, amax = (_DUMMY_P, _DUMMY_AMAX) if table is None else table
         kern = _k.log_prob_full if self.covariance_type == "full" else _k.log_prob_diag
-        nc = _k.n_chunks_for(X.shape[0])
-        kern(X, means, prec, log_det, ii, dense, out, P, amax, table is not None, nc)
+        kern(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
         return out
 
     # ------------------------------------------------------------------ initialisation
@@ -538,7 +535,7 @@ class SinkhornEM:
 
         def e_step(means, cov, alpha, g, idx):
             prec, log_det = self._precisions(cov, D)
-            self._log_prob(X, means, prec, log_det, idx, A, table)
+            self._log_prob(X, means, prec, log_det, idx, A)
             es = _EStep(A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table, **carry)
             if sinkhorn:
                 g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))

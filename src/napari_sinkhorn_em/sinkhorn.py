@@ -115,11 +115,10 @@ def _as_sample_weight(sample_weight, N: int) -> np.ndarray:
 class _EStep:
     """Reusable E-step solver on a fixed log-density matrix (dense or sparse).
 
-    ``table`` is the exp table ``(P, amax)`` of :func:`_kernels.row_max_exp` if the caller
-    already formed it (the mixture does so inside its log-density kernel); otherwise it
-    is formed on the first constrained pass. Passes store no responsibilities: they are
-    formed on demand from ``A`` / the table and a potential (:meth:`responsibilities`,
-    and the M-step kernel of the mixture).
+    The exp table ``(P, amax)`` of :func:`_kernels.row_max_exp` is formed on the first
+    constrained pass (into the buffers ``table`` if given). Passes store no
+    responsibilities: they are formed on demand from ``A`` / the table and a potential
+    (:meth:`responsibilities`, and the M-step kernel of the mixture).
     """
 
     def __init__(
@@ -147,7 +146,8 @@ class _EStep:
         self.log_alpha = np.log(np.where(active, self.alpha, 1.0))
         self.lse = np.empty(N) if lse is None else lse
         self.n_passes = 0
-        self.P, self.amax = (None, None) if table is None else table
+        self._table_buf = table
+        self.P = self.amax = None
         # whether the last solve used the exp table (not for the plain EM E-step)
         self.use_p = True
         # Newton system of a previous E-step on a similar problem (see newton)
@@ -163,8 +163,8 @@ class _EStep:
         use_p = self.use_p if use_p is None else use_p
         if use_p and self.P is None:
             N, M = self.A.shape
-            self.P = np.empty((N, M))
-            self.amax = np.empty(N)
+            buf = self._table_buf
+            self.P, self.amax = (np.empty((N, M)), np.empty(N)) if buf is None else buf
             _k.row_max_exp(self.A, self.P, self.amax, self.n_chunks)
         if use_p:
             return self.A, self.P, self.amax, True, self.idx, self.dense
