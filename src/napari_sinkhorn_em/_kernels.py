@@ -459,12 +459,14 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
     M = A.shape[1]
     K = g.shape[0]
     G, gmax = _potential_scale(g)
-    nk_acc = np.zeros((n_chunks, K))
-    s1_acc = np.zeros((n_chunks, K, D))
-    s2_acc = np.zeros((n_chunks, K, D, D)) if kind == 0 else np.zeros((n_chunks, K, D, 1))
+    E = D if kind == 0 else 1
+    # one accumulator row per component: [nk, s1 (D), s2 (D x E)], contiguous in memory
+    W = 1 + D + D * E
+    acc = np.zeros((n_chunks, K, W))
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
+        x = np.empty(D)
         y = np.empty(D)
         v = np.empty(M)
         kk = np.empty(M, dtype=np.int64)
@@ -481,32 +483,33 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
                 v[j] *= wi
                 keep[cnt] = j
                 cnt += v[j] > cut[kk[j]]
+            for d in range(D):
+                x[d] = X[i, d]
             for t in range(cnt):
                 j = keep[t]
                 w = v[j]
                 k = kk[j]
-                nk_acc[c, k] += w
+                row = acc[c, k]
+                row[0] += w
                 for d in range(D):
-                    y[d] = X[i, d] - shift[k, d]
-                    s1_acc[c, k, d] += w * y[d]
+                    y[d] = x[d] - shift[k, d]
+                    row[1 + d] += w * y[d]
                 if kind == 0:
                     for d in range(D):
                         wy = w * y[d]
                         for e in range(d + 1):
-                            s2_acc[c, k, d, e] += wy * y[e]
+                            row[1 + D + d * D + e] += wy * y[e]
                 else:
                     for d in range(D):
-                        s2_acc[c, k, d, 0] += w * y[d] * y[d]
-    nk = np.zeros(K)
-    s1 = np.zeros((K, D))
-    s2 = np.zeros(s2_acc.shape[1:])
+                        row[1 + D + d] += w * y[d] * y[d]
+    tot = np.zeros((K, W))
     for c in range(n_chunks):
         for k in range(K):
-            nk[k] += nk_acc[c, k]
-            for d in range(D):
-                s1[k, d] += s1_acc[c, k, d]
-                for e in range(s2.shape[2]):
-                    s2[k, d, e] += s2_acc[c, k, d, e]
+            for q in range(W):
+                tot[k, q] += acc[c, k, q]
+    nk = tot[:, 0].copy()
+    s1 = tot[:, 1 : 1 + D].copy()
+    s2 = tot[:, 1 + D :].copy().reshape((K, D, E))
     if kind == 0:
         for k in range(K):
             for d in range(D):

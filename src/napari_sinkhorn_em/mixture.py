@@ -102,7 +102,8 @@ class _NeighborGrid:
         self.bsize = self.size * _GRID_BLOCK
         self.bcentres = _k.cell_centres(blocks, self.lo, self.bsize, bshape)
         self.all_k = np.arange(K, dtype=np.int32)
-        self.idx = np.empty((N, m), dtype=np.int32)
+        # the smallest index type for K: every E-step pass streams the indices
+        self.idx = np.empty((N, m), dtype=np.min_scalar_type(K - 1))
         self.budget = np.full(N, -np.inf)
         self.last = None  # means of the previous refresh
 
