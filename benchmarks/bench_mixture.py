@@ -24,6 +24,11 @@ Usage::
     python benchmarks/bench_mixture.py            # full grid (several minutes)
     python benchmarks/bench_mixture.py --quick    # N = 1e4, 1e5 only
     python benchmarks/bench_mixture.py --n 1000000 --k 200 --no-dense
+    python benchmarks/bench_mixture.py --n 1000000 --k 200 --stages   # where an iteration goes
+
+``--stages`` times the Numba kernels of each stage of our m=16 run (wall time per
+iteration, averaged over iterations 3 to ``--iters``; "other" is the rest: Python, the
+K x K Newton solves, small NumPy work).
 """
 
 from __future__ import annotations
@@ -37,7 +42,16 @@ import warnings
 import numba
 import numpy as np
 
-from napari_sinkhorn_em import SinkhornEM
+from napari_sinkhorn_em import SinkhornEM, _kernels
+
+# kernels of each stage of an iteration (see --stages)
+STAGES = {
+    "log-densities": ("log_prob_diag", "log_prob_full"),
+    "exp table": ("row_max_exp",),
+    "E-step passes": ("estep_pass", "log_colsum", "reached_components"),
+    "M-step": ("mstep_stats",),
+    "neighbours": ("spend_budget", "cell_candidates", "grid_neighbors"),
+}
 
 
 def make_data(n, k, seed=0):
@@ -117,6 +131,50 @@ def time_ours(X, start, var, k, m, cov_type, n_iter):
     return per_it, mem, est
 
 
+def stage_profile(X, start, var, k, m, n_iter):
+    """Seconds per iteration spent in each stage's kernels (iterations 3..n_iter)."""
+    totals = dict.fromkeys(STAGES, 0.0)
+    originals = {}
+
+    def timed(stage, fn):
+        def run(*args):
+            t = time.perf_counter()
+            out = fn(*args)
+            totals[stage] += time.perf_counter() - t
+            return out
+
+        return run
+
+    for stage, names in STAGES.items():
+        for name in names:
+            originals[name] = getattr(_kernels, name)
+            setattr(_kernels, name, timed(stage, originals[name]))
+    stamps = []
+
+    def cb(it, obj):
+        stamps.append(time.perf_counter())
+        if it == 2:
+            for stage in totals:
+                totals[stage] = 0.0
+
+    est = SinkhornEM(
+        k, covariance_type="diag", means_init=start, covariances_init=var, n_neighbors=m,
+        position_dims=3, max_iter=n_iter, tol=0, callback=cb,
+    )  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X)
+    finally:
+        for name, fn in originals.items():
+            setattr(_kernels, name, fn)
+    n = len(stamps) - 2
+    per_it = (stamps[-1] - stamps[1]) / n
+    out = {stage: t / n for stage, t in totals.items()}
+    out["other"] = per_it - sum(out.values())
+    return per_it, out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="N in {1e4, 1e5} only")
@@ -126,6 +184,7 @@ def main(argv=None):
     p.add_argument("--no-sklearn", action="store_true", help="skip the sklearn baseline")
     p.add_argument("--full", action="store_true", help="also time m=16 with full covariances")
     p.add_argument("--iters", type=int, default=6, help="iterations timed for ours")
+    p.add_argument("--stages", action="store_true", help="per-stage profile of ours, m=16")
     args = p.parse_args(argv)
     ns = args.n or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     ks = args.k or [50, 200]
@@ -135,6 +194,14 @@ def main(argv=None):
     time_ours(Xw, sw, vw, 10, 4, "diag", 2)
     time_ours(Xw, sw, vw, 10, 4, "full", 2)
     time_ours(Xw, sw, vw, 10, None, "diag", 2)
+    if args.stages:
+        for n in args.n or [1_000_000]:
+            for k in args.k or [200]:
+                per_it, stages = stage_profile(*make_data(n, k), k, 16, max(args.iters, 4))
+                print(f"N={n} K={k} m=16: {per_it * 1e3:.1f} ms per iteration (iterations 3+)")
+                for stage, t in stages.items():
+                    print(f"  {stage:14s} {t * 1e3:7.1f} ms  {100 * t / per_it:5.1f}%")
+        return
 
     rows = []
     for n in ns:
