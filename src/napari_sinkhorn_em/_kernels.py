@@ -690,12 +690,12 @@ def spend_budget(budget, eps, slot, n_cells):
 
 @njit(parallel=True, cache=True)
 def grid_neighbors(
-    Xp, cell_of, centres, start, cand, cand_dist, dm, dm1, means_p, out, budget, n_chunks
+    Xp, slot, pos, centres, start, cand, cand_dist, dm, dm1, means_p, out, budget, n_chunks
 ):
     """The ``m = out.shape[1]`` nearest component means of the points without budget.
 
-    For every point with ``budget[i] <= 0``, ``cell_of[i]`` indexes its cell in the lists
-    of :func:`cell_candidates`. Writes the means surely among the m nearest (in candidate
+    For every point with ``budget[i] <= 0``, ``pos[slot[i]]`` indexes its cell in the
+    lists of :func:`cell_candidates`. Writes the means surely among the m nearest (in candidate
     order), then the nearest of the point's uncertain ones by increasing distance
     (Euclidean over the columns of ``Xp`` / ``means_p``; ties go to the earlier
     candidate): the exact m nearest means. The new budget is half the gap between the
@@ -712,7 +712,7 @@ def grid_neighbors(
         for i in range(i0, i1):
             if budget[i] > 0.0:
                 continue
-            s = cell_of[i]
+            s = pos[slot[i]]
             delta = 0.0
             for d in range(D):
                 z = Xp[i, d] - centres[s, d]

@@ -93,7 +93,7 @@ class _NeighborGrid:
         cell = np.empty(N, dtype=np.int64)
         _k.grid_cells(Xp, self.lo, inv_size, shape, cell)
         cells, slot = np.unique(cell, return_inverse=True)
-        self.slot = slot.astype(np.int64)
+        self.slot = slot.astype(np.int32)
         self.centres = _k.cell_centres(cells, self.lo, self.size, shape)
         bshape = (shape + _GRID_BLOCK - 1) // _GRID_BLOCK
         pos = np.unravel_index(cells, shape)
@@ -125,7 +125,7 @@ class _NeighborGrid:
         pos = np.full(len(self.centres), -1, dtype=np.int64)
         pos[todo] = np.arange(todo.size)
         _k.grid_neighbors(
-            self.Xp, pos[self.slot], centres, *lists, means_p, self.idx, self.budget, n_chunks
+            self.Xp, self.slot, pos, centres, *lists, means_p, self.idx, self.budget, n_chunks
         )
         return self.idx
 
