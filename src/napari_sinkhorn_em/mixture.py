@@ -108,7 +108,7 @@ class _NeighborGrid:
         self.last = None  # means of the previous refresh
 
     def neighbors(self, means_p, n_chunks):
-        """Refresh and return the (N, m) int32 indices of the m nearest means of every point."""
+        """Refresh and return the (N, m) indices of the m nearest means of every point."""
         K, m = means_p.shape[0], self.m
         moved = 0.0
         if self.last is not None:
