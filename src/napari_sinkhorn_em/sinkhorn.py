@@ -21,7 +21,8 @@ from . import _kernels as _k
 
 __all__ = ["SinkhornInfo", "sinkhorn_responsibilities"]
 
-# neighbour indices are int32 (half the memory traffic of int64 in the row kernels)
+# neighbour indices: int32 here (the mixture uses the smallest integer type for K); the
+# row kernels stream them on every pass
 _DUMMY_IDX = np.zeros((1, 1), dtype=np.int32)
 _DUMMY_P = np.zeros((1, 1))
 _DUMMY_AMAX = np.zeros(1)
