@@ -146,3 +146,28 @@ def test_exp_table_matches_numpy_exp():
     normal = ref > 1e-300
     assert np.max(np.abs(P[normal] - ref[normal]) / np.spacing(ref[normal])) <= 1.0
     assert np.all(P[~normal] <= 1e-300) and (~normal).sum() > 100
+
+
+@pytest.mark.parametrize("stride", [1, 3, 7])
+def test_hessian_estimate_is_psd_and_exact_without_sampling(stride):
+    """The E-step pass's negative Hessian: exact for stride 1, PSD for any row sampling."""
+    from napari_sinkhorn_em import _kernels
+
+    A, _, a = problem(5, N=3000, K=12, scale=2.0)
+    a = a / a.sum()
+    g = np.random.default_rng(1).normal(size=12)
+    P, amax, lse = np.empty_like(A), np.empty(len(A)), np.empty(len(A))
+    _kernels.row_max_exp(A, P, amax, 8)
+    idx = np.zeros((1, 1), dtype=np.int32)
+    col, _, H, _ = _kernels.estep_pass(A, P, amax, True, idx, True, g, a, lse, 8, True, stride)
+    R = np.exp(A + g - logsumexp(A + g, axis=1, keepdims=True))
+    np.testing.assert_allclose(col, a @ R, rtol=1e-12)
+    # entries below HESS_CUT are left out of the outer products only
+    Rc = np.where(R > _kernels.HESS_CUT, R, 0.0)
+    rows = np.arange(len(A)) % stride == 0
+    ref = stride * (np.diag(a[rows] @ R[rows]) - (a[rows, None] * Rc[rows]).T @ Rc[rows])
+    np.testing.assert_allclose(H, ref, rtol=1e-10, atol=1e-15)
+    assert np.linalg.eigvalsh(H).min() > -1e-14
+    if stride == 1:
+        exact = np.diag(col) - (a[:, None] * R).T @ R
+        np.testing.assert_allclose(H, exact, atol=2 * 12 * _kernels.HESS_CUT)

@@ -235,14 +235,15 @@ class _EStep:
             it += 1
         return g, col, wlse, err, it, err < tol
 
-    def _factor(self, col, S):
-        """Newton system at the point with column sums ``col`` and second moment ``S``.
+    def _factor(self, col, H):
+        """Newton system at the point with column sums ``col`` and negative Hessian ``H``.
 
-        Returns ``(L, H, active)``: the Cholesky factor of the gauge-fixed negative
-        Hessian on the active components (None if it is not numerically positive
-        definite), that matrix itself and the active mask.
+        ``H`` is the (PSD) estimate of :func:`_kernels.estep_pass`. Returns
+        ``(L, H, active)``: the Cholesky factor of the gauge-fixed negative Hessian on the
+        active components (None if it is not numerically positive definite), that matrix
+        itself and the active mask.
         """
-        H = np.diag(col) - S
+        H = H.copy()
         act = self.active
         if not self.all_active:
             H = H[np.ix_(act, act)]
@@ -287,7 +288,7 @@ class _EStep:
         J = -self.objective(g, wlse)
         err = float(np.abs(col - self.alpha).sum())
         it = 0
-        radius = 2.0
+        radius = 1e6
         while err >= tol and it < max_iter:
             it += 1
             if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
@@ -304,6 +305,10 @@ class _EStep:
                 err = float(np.abs(col - self.alpha).sum())
                 continue
             grad, d = self._direction(system, col)
+            if not _vdot(grad, d) > 0.0:
+                # not an ascent direction (a singular system solved by least squares):
+                # the diagonal Newton step, a linearised Sinkhorn step, always is one
+                d = np.where(self.active, grad / np.maximum(col, 1e-300), 0.0)
             # trust region in the sup norm: far from the optimum the semi-dual is nearly
             # linear along weakly coupled directions and the raw Newton step overshoots
             dmax = float(np.abs(d).max())
