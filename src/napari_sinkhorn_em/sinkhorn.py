@@ -288,7 +288,7 @@ class _EStep:
         J = -self.objective(g, wlse)
         err = float(np.abs(col - self.alpha).sum())
         it = 0
-        radius = 1e6
+        radius = 2.0
         while err >= tol and it < max_iter:
             it += 1
             if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
