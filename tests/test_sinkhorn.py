@@ -171,3 +171,28 @@ def test_hessian_estimate_is_psd_and_exact_without_sampling(stride):
     if stride == 1:
         exact = np.diag(col) - (a[:, None] * R).T @ R
         np.testing.assert_allclose(H, exact, atol=2 * 12 * _kernels.HESS_CUT)
+
+
+def test_disconnected_blocks_get_their_mass_and_converge():
+    """Neighbour lists that split the components into two unlinked blocks: the weights of
+    each block are scaled to its points' mass (otherwise no solution exists and the
+    potentials diverge) and Newton converges as on a single block."""
+    rng = np.random.default_rng(3)
+    N1, N2, m = 300, 200, 3
+    idx = np.concatenate(
+        [
+            np.stack([rng.choice(4, m, replace=False) for _ in range(N1)]),
+            np.stack([4 + rng.choice(3, m, replace=False) for _ in range(N2)]),
+        ]
+    )
+    A = rng.normal(size=(N1 + N2, m))
+    w = np.array([0.15, 0.15, 0.15, 0.15, 0.13334, 0.13333, 0.13333])  # block 1: 0.6 + 0
+    w /= w.sum()
+    R, info = sinkhorn_responsibilities(A, w, neighbors=idx, tol=1e-11, return_info=True)
+    assert info.converged and info.n_passes < 60
+    col = np.bincount(idx.ravel(), weights=R.ravel() / (N1 + N2), minlength=7)
+    # each block carries its points' mass, split in proportion to the given weights
+    np.testing.assert_allclose(col[:4].sum(), N1 / (N1 + N2), rtol=1e-12)
+    np.testing.assert_allclose(col[:4], w[:4] / w[:4].sum() * N1 / (N1 + N2), atol=1e-11)
+    np.testing.assert_allclose(col[4:], w[4:] / w[4:].sum() * N2 / (N1 + N2), atol=1e-11)
+    assert np.all(np.isfinite(info.potential)) and np.ptp(info.potential) < 50

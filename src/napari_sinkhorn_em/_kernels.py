@@ -798,6 +798,122 @@ def nearest_center(Xp, centers, labels):
         labels[i] = bestk
 
 
+@njit(parallel=True, cache=True)
+def keep_anchor(Xp, means_p, idx, anchor, n_chunks):
+    """Make ``anchor[i]`` one of the components of row ``i``.
+
+    Where it is missing, it replaces the row's farthest component (Euclidean distance of
+    the means ``means_p`` to ``Xp[i]``). Returns the number of rows changed.
+    """
+    N, M = idx.shape
+    D = Xp.shape[1]
+    changed = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        for i in range(i0, i1):
+            k0 = anchor[i]
+            found = False
+            for j in range(M):
+                if idx[i, j] == k0:
+                    found = True
+                    break
+            if found:
+                continue
+            worst = -1.0
+            jw = 0
+            for j in range(M):
+                k = idx[i, j]
+                dist = 0.0
+                for d in range(D):
+                    z = Xp[i, d] - means_p[k, d]
+                    dist += z * z
+                if dist > worst:
+                    worst = dist
+                    jw = j
+            idx[i, jw] = k0
+            changed[c] += 1
+    return changed.sum()
+
+
+@njit(parallel=True, cache=True)
+def nearest_in_rows(Xp, means_p, idx, out):
+    """``out[i]``: the component of row ``i`` of ``idx`` whose mean is nearest to ``Xp[i]``."""
+    N, M = idx.shape
+    D = Xp.shape[1]
+    for i in prange(N):
+        best = np.inf
+        kb = idx[i, 0]
+        for j in range(M):
+            k = idx[i, j]
+            dist = 0.0
+            for d in range(D):
+                z = Xp[i, d] - means_p[k, d]
+                dist += z * z
+            if dist < best:
+                best = dist
+                kb = k
+        out[i] = kb
+
+
+@njit(cache=True, inline="always")
+def _find(parent, k):
+    """Root of ``k`` in the union-find forest ``parent`` (with path halving)."""
+    while parent[k] != k:
+        parent[k] = parent[parent[k]]
+        k = parent[k]
+    return k
+
+
+@njit(parallel=True, cache=True)
+def component_blocks(idx, K, n_chunks):
+    """Connected blocks of the components: two components are linked when a row lists both.
+
+    Returns ``(block, n_blocks)``: the block of every component, numbered 0.. in order of
+    each block's smallest component. Union-find per row chunk, then the chunks' forests
+    are merged.
+    """
+    N, M = idx.shape
+    parents = np.empty((n_chunks, K), dtype=np.int64)
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        par = parents[c]
+        for k in range(K):
+            par[k] = k
+        for i in range(i0, i1):
+            r0 = _find(par, np.int64(idx[i, 0]))
+            for j in range(1, M):
+                r = _find(par, np.int64(idx[i, j]))
+                if r != r0:
+                    if r < r0:
+                        par[r0] = r
+                        r0 = r
+                    else:
+                        par[r] = r0
+    par = np.arange(K)
+    for c in range(n_chunks):
+        pc = parents[c]
+        for k in range(K):
+            a = _find(par, k)
+            b = _find(par, _find(pc, k))
+            if a != b:
+                if a < b:
+                    par[b] = a
+                else:
+                    par[a] = b
+    block = np.empty(K, dtype=np.int64)
+    n_blocks = 0
+    for k in range(K):
+        r = _find(par, k)
+        if r == k:
+            block[k] = n_blocks
+            n_blocks += 1
+        else:
+            block[k] = block[r]  # r < k: numbered already
+    return block, n_blocks
+
+
 # --------------------------------------------------------------------------
 # Small dense solve (serial: a K x K system is too small for threaded BLAS, whose
 # thread start-up dominated the Newton step in measurements)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._regions import foreground_boxes
+
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
 
@@ -164,55 +166,66 @@ def detect_peaks(
             raise ValueError(f"foreground shape {fg.shape} differs from signal {sig.shape}")
         if not fg.any():
             return _empty(ndim)
-        lo, hi = [], []
-        for ax in range(ndim):
-            other = tuple(a for a in range(ndim) if a != ax)
-            nz = np.nonzero(fg.any(axis=other))[0]
-            lo.append(max(0, nz[0] - margin[ax]))
-            hi.append(min(sig.shape[ax], nz[-1] + 1 + margin[ax]))
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        offset = np.array(lo, dtype=np.float64)
-        sub = sig[box]
-        fgs = fg[box]
+        # the filters run on boxes around the foreground (with a margin), cut at empty
+        # stretches wider than two margins: their total volume follows the foreground
+        boxes = foreground_boxes(np.argwhere(fg), sig.shape, margin=margin, min_gap=2 * margin + 1)
     else:
-        sub, fgs, offset = sig, None, np.zeros(ndim)
-    best = np.full(sub.shape, -np.inf, dtype=np.float32)
-    best_scale = np.zeros(sub.shape, dtype=np.int8)
-    for i, s in enumerate(sigmas):
-        r = ndi.gaussian_laplace(sub, sigma=s / vs, mode="nearest")
-        r *= np.float32(-(s**2))
-        better = r > best
-        best[better] = r[better]
-        best_scale[better] = i
-    # candidate maxima: local maxima in a box of at most the minimum distance (at least
-    # one voxel either side), then non-maximum suppression in physical distance
-    size = tuple(max(3, s) for s in _footprint_size(vs, 0.5 * min_distance))
-    local_max = ndi.maximum_filter(best, size=size, mode="nearest")
-    is_peak = (best == local_max) & (best > 0)
-    if fgs is not None:
-        is_peak &= fgs
+        fg = None
+        boxes = [tuple(slice(0, n) for n in sig.shape)]
+    # LoG response (best over scales) per box
+    parts = []
+    for box in boxes:
+        sub = sig[box]
+        best = np.full(sub.shape, -np.inf, dtype=np.float32)
+        best_scale = np.zeros(sub.shape, dtype=np.int8)
+        for i, s in enumerate(sigmas):
+            r = ndi.gaussian_laplace(sub, sigma=s / vs, mode="nearest")
+            r *= np.float32(-(s**2))
+            better = r > best
+            best[better] = r[better]
+            best_scale[better] = i
+        parts.append((box, sub, best, best_scale, None if fg is None else fg[box]))
     if threshold is None:
-        ref_vals = best[fgs] if fgs is not None else best.ravel()
+        ref_vals = np.concatenate(
+            [best[fgs] if fgs is not None else best.ravel() for _, _, best, _, fgs in parts]
+        )
         ref = float(np.percentile(ref_vals, 99.0)) if ref_vals.size else 0.0
         threshold = threshold_rel * max(ref, 0.0)
-    is_peak &= best > threshold
-    coords = np.argwhere(is_peak)
-    if coords.size == 0:
+    # candidate maxima: local maxima in a box of at most the minimum distance (at least
+    # one voxel either side), above the threshold; intensity at the peak's own scale (one
+    # smoothing per used scale, evaluated at the candidates)
+    size = tuple(max(3, s) for s in _footprint_size(vs, 0.5 * min_distance))
+    all_coords, all_resp, all_scale, all_inten = [], [], [], []
+    for box, sub, best, best_scale, fgs in parts:
+        local_max = ndi.maximum_filter(best, size=size, mode="nearest")
+        is_peak = (best == local_max) & (best > 0) & (best > threshold)
+        if fgs is not None:
+            is_peak &= fgs
+        coords = np.argwhere(is_peak)
+        if coords.size == 0:
+            continue
+        scale_idx = best_scale[tuple(coords.T)]
+        inten = np.empty(coords.shape[0])
+        for i, s in enumerate(sigmas):
+            sel = scale_idx == i
+            if sel.any():
+                sm = ndi.gaussian_filter(sub, sigma=s / vs, mode="nearest")
+                inten[sel] = sm[tuple(coords[sel].T)]
+        all_resp.append(best[tuple(coords.T)])
+        all_coords.append(coords + np.array([b.start for b in box]))
+        all_scale.append(scale_idx)
+        all_inten.append(inten)
+    if not all_coords:
         return _empty(ndim, threshold)
-    resp = best[tuple(coords.T)]
+    coords = np.concatenate(all_coords)
+    resp = np.concatenate(all_resp)
+    scale_idx = np.concatenate(all_scale)
+    inten = np.concatenate(all_inten)
     keep = _suppress_close(coords * vs, resp, min_distance)
-    coords, resp = coords[keep], resp[keep]
-    scale_idx = best_scale[tuple(coords.T)]
-    # intensity at the peak's own scale (one smoothing per used scale, evaluated at peaks)
-    inten = np.empty(coords.shape[0])
-    for i, s in enumerate(sigmas):
-        sel = scale_idx == i
-        if sel.any():
-            sm = ndi.gaussian_filter(sub, sigma=s / vs, mode="nearest")
-            inten[sel] = sm[tuple(coords[sel].T)]
+    coords, resp, scale_idx, inten = coords[keep], resp[keep], scale_idx[keep], inten[keep]
     order = np.argsort(-resp, kind="stable")
     return Peaks(
-        coords=(coords[order] + offset).astype(np.float64),
+        coords=coords[order].astype(np.float64),
         sigma_um=sigmas[scale_idx[order]],
         intensity=inten[order],
         response=resp[order].astype(np.float64),

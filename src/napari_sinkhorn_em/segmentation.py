@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from ._json import jsonable
+from ._regions import foreground_boxes
 from .features import voxel_features
 from .io import atomic_write
 from .mixture import ConvergenceWarning, SinkhornEM
@@ -718,10 +719,16 @@ def _fit_tiles(fit_block, X, a, pos, means0, cov0, n_tiles, ndim, margin):
     cuts = [0.5 * (order[j - 1] + order[j]) for j in split]
     bounds = [-np.inf, *cuts, np.inf]
     models, results = [], []
+    # a slab's voxels are the Voronoi cells (by starting centre) of its components, so no
+    # nucleus at the slab's edge is cut by a plane (measured: 274 instead of 286
+    # iterations over the 10 slabs of a 10x stack)
+    near = cKDTree(means0[:, :ndim]).query(pos, k=1)[1]
     for t_i in range(n_tiles):
         lo, hi = bounds[t_i], bounds[t_i + 1]
-        vsel = np.flatnonzero((pos[:, ax] >= lo - margin) & (pos[:, ax] < hi + margin))
         csel = np.flatnonzero((c_ax >= lo - margin) & (c_ax < hi + margin))
+        member = np.zeros(K, dtype=bool)
+        member[csel] = True
+        vsel = np.flatnonzero(member[near])
         ab = a[vsel] / a[vsel].sum()
         m_b, comp_b, _ = fit_block(X[vsel], ab, pos[vsel], means0[csel], cov0[csel], csel.size)
         models.append(m_b)
@@ -767,27 +774,45 @@ def _labels_from_components(
     K = means.shape[0]
     d2 = _mahalanobis_pos(positions, comp, means, covs, ndim)
     keep = d2 <= radius**2
-    # work in the bounding box of the foreground (everything outside is background)
-    lo = indices.min(axis=0)
-    hi = indices.max(axis=0) + 1
-    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    lab = np.zeros(tuple(int(v) for v in hi - lo), dtype=np.int32)
-    lab[tuple((indices[keep] - lo).T)] = comp[keep] + 1
-    # connected pieces of equal value; keep the largest piece of each component
+    # connected pieces of equal value, labelled in boxes around the kept voxels (cut at
+    # empty slabs, across which nothing connects); keep the largest piece per component
     from skimage.measure import label as cc_label
 
-    pieces = cc_label(lab, background=0, connectivity=1)
-    n_pieces = int(pieces.max())
-    flat_p = pieces.ravel()
-    flat_l = lab.ravel()
-    nz = flat_p > 0
-    size = np.bincount(flat_p[nz], minlength=n_pieces + 1)
-    owner = np.zeros(n_pieces + 1, dtype=np.int64)
-    owner[flat_p[nz]] = flat_l[nz]
-    # largest piece per component
+    kept_idx = indices[keep]
+    kept_val = comp[keep] + 1
+    boxes, groups = (
+        foreground_boxes(kept_idx, shape, min_gap=1, return_groups=True)
+        if kept_idx.size
+        else ([], [])
+    )
+    piece_of = np.zeros(kept_idx.shape[0], dtype=np.int64)
+    owner_parts, size_parts = [np.zeros(1, dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
+    n_pieces = 0
+    for box, sel in zip(boxes, groups, strict=True):
+        lo = np.array([b.start for b in box])
+        local = tuple((kept_idx[sel] - lo).T)
+        lab = np.zeros(tuple(b.stop - b.start for b in box), dtype=np.int32)
+        lab[local] = kept_val[sel]
+        pieces = cc_label(lab, background=0, connectivity=1)
+        p_sel = pieces[local].astype(np.int64)
+        k = int(pieces.max())
+        owner = np.zeros(k, dtype=np.int64)
+        owner[p_sel - 1] = kept_val[sel]
+        piece_of[sel] = p_sel + n_pieces
+        owner_parts.append(owner)
+        size_parts.append(np.bincount(p_sel, minlength=k + 1)[1:])
+        n_pieces += k
+    owner = np.concatenate(owner_parts)
+    size = np.concatenate(size_parts)
+    # largest piece per component; among equal sizes the one whose first voxel comes first
+    # in raster order (so the result does not depend on how the boxes were cut)
+    first = np.full(n_pieces + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    if kept_idx.size:
+        np.minimum.at(first, piece_of, np.ravel_multi_index(tuple(kept_idx.T), shape))
     best_piece = np.zeros(K + 1, dtype=np.int64)
     best_size = np.zeros(K + 1, dtype=np.int64)
-    order = np.argsort(size[1:], kind="stable") + 1  # ascending, so larger overwrite
+    # ascending size, then descending first voxel: later entries overwrite earlier ones
+    order = np.lexsort((-first[1:], size[1:])) + 1
     best_piece[owner[order]] = order
     best_size[owner[order]] = size[order]
     min_vox = max(1, int(np.ceil(min_volume_um3 / float(np.prod(vs)))))
@@ -796,7 +821,8 @@ def _labels_from_components(
     new_value = np.zeros(n_pieces + 1, dtype=np.int64)
     new_value[best_piece[good]] = np.arange(1, comp_ids.size + 1)
     out = np.zeros(shape, dtype=_label_dtype(comp_ids.size))
-    out[crop] = new_value[pieces]
+    if kept_idx.size:
+        out[tuple(kept_idx.T)] = new_value[piece_of]
     return out, comp_ids
 
 

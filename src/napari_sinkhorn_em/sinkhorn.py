@@ -124,7 +124,7 @@ class _EStep:
 
     def __init__(
         self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None,
-        system=None,
+        system=None, blocks=None,
     ):  # fmt: skip
         self.A = A
         self.dense = idx is None
@@ -143,7 +143,29 @@ class _EStep:
         self.active = active
         self.all_active = bool(active.all())
         alpha = np.where(active, alpha, 0.0)
-        self.alpha = alpha / alpha.sum()
+        alpha = alpha / alpha.sum()
+        # Blocks of components that no row links (sparse problems only): each block's
+        # marginals can only be met if its weights sum to its rows' mass, and the
+        # potential of each block is free up to its own constant. The weights are scaled
+        # per block to the block's mass (a no-op when it already matches), so that the
+        # problem stays feasible; the Newton system and the normalisation of g are then
+        # gauge-fixed per block.
+        self.block = None
+        if not self.dense:
+            block, n_blocks = (
+                _k.component_blocks(self.idx, K, self.n_chunks) if blocks is None else blocks
+            )
+            live = np.unique(block[active])
+            if live.size > 1:
+                row_mass = np.bincount(block[self.idx[:, 0]], weights=a, minlength=n_blocks)
+                row_mass /= row_mass.sum()
+                w_mass = np.bincount(block, weights=alpha, minlength=n_blocks)
+                scale = np.divide(row_mass, w_mass, out=np.zeros(n_blocks), where=w_mass > 0)
+                alpha = alpha * scale[block]
+                alpha /= alpha.sum()
+                self.block = block
+                self.n_blocks = n_blocks
+        self.alpha = alpha
         self.log_alpha = np.log(np.where(active, self.alpha, 1.0))
         self.lse = np.empty(N) if lse is None else lse
         self.n_passes = 0
@@ -209,9 +231,17 @@ class _EStep:
         return lc
 
     def normalise(self, g):
-        # g is defined up to a constant; pin sum_k alpha_k g_k = sum_k alpha_k log alpha_k
+        # g is defined up to a constant (per block); pin
+        # sum_k alpha_k g_k = sum_k alpha_k log alpha_k (within each block)
         act = self.active
-        return g - _vdot(self.alpha[act], g[act] - self.log_alpha[act])
+        if self.block is None:
+            return g - _vdot(self.alpha[act], g[act] - self.log_alpha[act])
+        w = np.where(act, self.alpha, 0.0)
+        dev = np.where(act, g - self.log_alpha, 0.0)
+        num = np.bincount(self.block, weights=w * dev, minlength=self.n_blocks)
+        den = np.bincount(self.block, weights=w, minlength=self.n_blocks)
+        shift = np.divide(num, den, out=np.zeros(self.n_blocks), where=den > 0)
+        return g - shift[self.block]
 
     def fixed(self, g):
         """Plain EM E-step: responsibilities for a fixed potential (no column constraint)."""
@@ -248,15 +278,21 @@ class _EStep:
         if not self.all_active:
             H = H[np.ix_(act, act)]
         Ka = H.shape[0]
-        # gauge: H 1 = 0 and grad is orthogonal to 1; add a rank-one term on 1
-        H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
+        # gauge: H 1 = 0 and grad is orthogonal to 1 (on each block); add a rank-one term
+        # on 1 (on each block's indicator)
+        if self.block is None:
+            H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
+        else:
+            b = self.block[act]
+            same = (b[:, None] == b[None, :]).astype(np.float64)
+            H += np.mean(col[act]) * same / np.bincount(b)[b][:, None]
         H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
         H = np.ascontiguousarray(H)
         L, ok = _k.cholesky_factor(H)
-        return (L if ok else None), H, act
+        return (L if ok else None), H, act, self.block
 
     def _direction(self, system, col):
-        L, H, _ = system
+        L, H = system[0], system[1]
         act = self.active
         grad = self.alpha - col
         if L is not None:
@@ -281,7 +317,12 @@ class _EStep:
         passes the last one: its log-densities change little between iterations).
         """
         old = self.system
-        reuse = old is not None and np.array_equal(old[2], self.active)
+        reuse = (
+            old is not None
+            and np.array_equal(old[2], self.active)
+            and (old[3] is None) == (self.block is None)
+            and (old[3] is None or np.array_equal(old[3], self.block))
+        )
         col, wlse, S = self.pass_(g, want_hess=not reuse)
         system = old if reuse else self._factor(col, S)
         refresh = False  # whether the next trial passes form a fresh Hessian
@@ -425,6 +466,10 @@ def sinkhorn_responsibilities(
     neighbors : array_like of int, shape (N, m), optional
         Sparse variant: ``log_prob[i, j]`` is the log-density of component
         ``neighbors[i, j]``; other components have zero responsibility for point i.
+        Components that no point with mass lists get no mass (the weights are
+        renormalised over the others). If the lists split the components into blocks
+        that no point links, each block's weights are scaled to the mass of its points
+        (the only feasible marginals) before solving.
     tol : float, default 1e-9
         Stop when ``|| sum_i a_i r_i - weights ||_1 < tol``.
     max_iter : int, default 1000
