@@ -798,64 +798,6 @@ def nearest_center(Xp, centers, labels):
         labels[i] = bestk
 
 
-@njit(parallel=True, cache=True)
-def keep_anchor(Xp, means_p, idx, anchor, n_chunks):
-    """Make ``anchor[i]`` one of the components of row ``i``.
-
-    Where it is missing, it replaces the row's farthest component (Euclidean distance of
-    the means ``means_p`` to ``Xp[i]``). Returns the number of rows changed.
-    """
-    N, M = idx.shape
-    D = Xp.shape[1]
-    changed = np.zeros(n_chunks, dtype=np.int64)
-    for c in prange(n_chunks):
-        i0 = c * N // n_chunks
-        i1 = (c + 1) * N // n_chunks
-        for i in range(i0, i1):
-            k0 = anchor[i]
-            found = False
-            for j in range(M):
-                if idx[i, j] == k0:
-                    found = True
-                    break
-            if found:
-                continue
-            worst = -1.0
-            jw = 0
-            for j in range(M):
-                k = idx[i, j]
-                dist = 0.0
-                for d in range(D):
-                    z = Xp[i, d] - means_p[k, d]
-                    dist += z * z
-                if dist > worst:
-                    worst = dist
-                    jw = j
-            idx[i, jw] = k0
-            changed[c] += 1
-    return changed.sum()
-
-
-@njit(parallel=True, cache=True)
-def nearest_in_rows(Xp, means_p, idx, out):
-    """``out[i]``: the component of row ``i`` of ``idx`` whose mean is nearest to ``Xp[i]``."""
-    N, M = idx.shape
-    D = Xp.shape[1]
-    for i in prange(N):
-        best = np.inf
-        kb = idx[i, 0]
-        for j in range(M):
-            k = idx[i, j]
-            dist = 0.0
-            for d in range(D):
-                z = Xp[i, d] - means_p[k, d]
-                dist += z * z
-            if dist < best:
-                best = dist
-                kb = k
-        out[i] = kb
-
-
 @njit(cache=True, inline="always")
 def _find(parent, k):
     """Root of ``k`` in the union-find forest ``parent`` (with path halving)."""

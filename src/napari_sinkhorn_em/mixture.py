@@ -69,16 +69,6 @@ class _NeighborGrid:
     half its gap between the m-th and (m + 1)-th nearest distance) keeps them, and cells
     without such a point are skipped: late iterations, whose means barely move, search
     few points.
-
-    Every point keeps its *anchor*, the component nearest to it at the first search, in
-    its list (in place of its farthest one when it has moved out of the m nearest). So
-    the assignment of every point to its initial nearest component stays a feasible plan
-    of the sparse transport problem: with weights equal to the initial Voronoi masses (as
-    the segmentation pipeline sets them) the Sinkhorn E-step always has a solution.
-    Without anchors, means that drift away from a remote group of points can leave those
-    points with only components whose weights cannot absorb them: the potentials then
-    diverge and every E-step runs to its pass limit (measured on one synthetic head:
-    100 iterations x 100 passes, 17 s instead of 1 s).
     """
 
     def __init__(self, Xp, K, m):
@@ -116,9 +106,6 @@ class _NeighborGrid:
         self.idx = np.empty((N, m), dtype=np.min_scalar_type(K - 1))
         self.budget = np.full(N, -np.inf)
         self.last = None  # means of the previous refresh
-        # each point's nearest mean at the first refresh, kept in its list (see neighbors)
-        self.anchor = None
-        self.blocks = None
 
     def neighbors(self, means_p, n_chunks):
         """Refresh and return the (N, m) indices of the m nearest means of every point."""
@@ -129,7 +116,7 @@ class _NeighborGrid:
         self.last = means_p.copy()
         todo = np.flatnonzero(_k.spend_budget(self.budget, moved, self.slot, len(self.centres)))
         if todo.size == 0:
-            return self.idx  # unchanged, and so are its blocks
+            return self.idx
         bsel, bpos = np.unique(self.block_of[todo], return_inverse=True)
         whole = (self.all_k, np.array([0, K]), np.zeros(bsel.size, dtype=np.int64))
         blists = _k.cell_candidates(self.bcentres[bsel], self.bsize, means_p, m, *whole)
@@ -140,13 +127,6 @@ class _NeighborGrid:
         _k.grid_neighbors(
             self.Xp, self.slot, pos, centres, *lists, means_p, self.idx, self.budget, n_chunks
         )
-        if self.anchor is None:
-            self.anchor = np.empty(self.Xp.shape[0], dtype=self.idx.dtype)
-            _k.nearest_in_rows(self.Xp, means_p, self.idx, self.anchor)
-        else:
-            _k.keep_anchor(self.Xp, means_p, self.idx, self.anchor, n_chunks)
-        # components linked by the lists (see sinkhorn._EStep)
-        self.blocks = _k.component_blocks(self.idx, K, n_chunks)
         return self.idx
 
 
@@ -552,19 +532,22 @@ class SinkhornEM:
         g = np.log(alpha)
         tol_e = float(np.clip(_ESTEP_TOL_FACTOR * self.tol, _ESTEP_TOL_MIN, _ESTEP_TOL_MAX))
         # Hessian subsampling and Newton system carried over from the previous E-step
-        carry = {"hess_stride": None, "system": None}
+        carry = {"hess_stride": None, "system": None, "find_blocks": False}
 
         def e_step(means, cov, alpha, g, idx):
             prec, log_det = self._precisions(cov, D)
             self._log_prob(X, means, prec, log_det, idx, A)
-            es = _EStep(
-                A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
-                blocks=None if m is None else grid.blocks, **carry,
-            )  # fmt: skip
+            es = _EStep(A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table, **carry)
             if sinkhorn:
                 g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))
                 g, col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)
-                carry.update(hess_stride=es.hess_stride, system=es.system)
+                # once an E-step of this fit found unlinked blocks, later ones look for
+                # them from the start
+                carry.update(
+                    hess_stride=es.hess_stride,
+                    system=es.system,
+                    find_blocks=carry["find_blocks"] or es.block is not None,
+                )
                 obj = es.objective(g, wlse)
             else:
                 g = np.log(alpha)
