@@ -316,3 +316,25 @@ def test_predict_checks():
     est = SinkhornEM(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="features"):
         est.predict(np.zeros((3, 5)))
+
+
+def test_unlinked_blocks_are_balanced_and_the_fit_converges():
+    """Two groups of points farther apart than the neighbour reach: with weights that do
+    not match the groups' masses the constrained E-step has no solution unless the
+    weights are balanced per block (found after the E-step stalls); the fit then
+    converges with each group's weights scaled to its mass."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0], [0.0, 4.0], [100.0, 0.0], [100.0, 4.0]])
+    sizes = [500, 500, 520, 520]  # group masses 0.490 / 0.510, weights 0.5 / 0.5
+    X = np.concatenate(
+        [c + rng.normal(0, 0.7, size=(n, 2)) for c, n in zip(centres, sizes, strict=True)]
+    )
+    est = SinkhornEM(
+        4, means_init=centres + 0.3, n_neighbors=2, tol=1e-8, max_iter=200, random_state=0
+    )
+    est.fit(X)
+    assert est.converged_ and est.n_iter_ < 100
+    assert est.marginal_error_ < 1e-6
+    np.testing.assert_allclose(est.means_, centres, atol=0.15)
+    mass = np.bincount(est.predict(X), minlength=4) / len(X)
+    np.testing.assert_allclose(mass, np.array(sizes) / len(X), atol=2e-3)
