@@ -569,6 +569,9 @@ def test_config_file_and_flags(worm_dir, tmp_path, capsys):
     assert rec["voxel_size_source"] == "metadata" and rec["voxel_size"] == [0.7, 0.7]
     assert rec["parameters_used"]["method"] == "em"
     assert rec["n_nuclei"] == 12 == len(pd.read_csv(out / "worm2d_nuclei.csv"))
+    # how the fit went, for spotting stacks that ran to max_iter
+    assert rec["fit"]["n_components"] == 12 and rec["fit"]["n_tiles"] == 1
+    assert 1 <= rec["fit"]["n_iter"] <= 100 and isinstance(rec["fit"]["converged"], bool)
     # a broken config is a set-up error (exit code 2) naming the file
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

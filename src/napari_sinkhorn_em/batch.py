@@ -414,6 +414,7 @@ def process_file(
     dict
         ``{"key", "status": "ok" | "failed", "error": None | {"type", "message"},
         "timings": {"read", "segment", "write", "total"} (seconds), "n_nuclei",
+        "fit": {"converged", "n_iter", "n_components", "n_tiles"},
         "shape", "voxel_size", "voxel_size_source", "channel_axis",
         "parameters_used", "outputs": {"labels": {"name", "size"}, "table": {...}}}``.
     """
@@ -455,9 +456,16 @@ def process_file(
         write_labels(labels_path, result.labels, voxel_size)
         write_table(table_path, result.table)
         timings["write"] = time.perf_counter() - t2
+        info = result.info
         record.update(
             status="ok",
             n_nuclei=len(result.table),
+            fit={
+                "converged": bool(info["converged"]),
+                "n_iter": int(info["n_iter"]),
+                "n_components": int(info["n_components"]),
+                "n_tiles": int(info["n_tiles"]),
+            },
             parameters_used=jsonable(result.params),
             outputs={
                 "labels": {"name": labels_path.name, "size": labels_path.stat().st_size},
