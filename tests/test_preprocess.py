@@ -165,3 +165,24 @@ def test_preprocess_pipeline_zcyx_and_threshold_override():
         preprocess(img, voxel_size=VS, channel_axis=1, foreground_threshold=1e6)
     with pytest.raises(ValueError, match="nucleus_diameter"):
         preprocess(img, voxel_size=VS, channel_axis=1, nucleus_diameter=0)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int64, np.float16, np.float32,
+     np.float64, np.dtype(">u2"), np.dtype(">f4"), bool],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    ("shape", "channel_axis"),
+    [((4, 5, 6), None), ((3, 5, 6), 0), ((4, 3, 5, 6), 1), ((4, 5, 6, 2), 3)],
+)
+def test_validate_image_channel_last_copy_any_dtype(dtype, shape, channel_axis):
+    """The parallel channel-last float32 copy equals NumPy's for every input dtype and
+    channel position (float16 and big-endian input take the NumPy path)."""
+    rng = np.random.default_rng(0)
+    raw = rng.random(shape) * 100
+    arr = (raw > 50) if dtype is bool else raw.astype(dtype)
+    data, _, _ = validate_image(arr, channel_axis=channel_axis)
+    ref = arr[..., None] if channel_axis is None else np.moveaxis(arr, channel_axis, -1)
+    assert data.dtype == np.float32 and data.flags.c_contiguous
+    np.testing.assert_array_equal(data, ref.astype(np.float32))

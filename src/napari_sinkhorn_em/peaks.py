@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._filters import box_filter
 from ._regions import foreground_boxes
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
@@ -197,7 +198,7 @@ def detect_peaks(
     size = tuple(max(3, s) for s in _footprint_size(vs, 0.5 * min_distance))
     all_coords, all_resp, all_scale, all_inten = [], [], [], []
     for box, sub, best, best_scale, fgs in parts:
-        local_max = ndi.maximum_filter(best, size=size, mode="nearest")
+        local_max = box_filter(best, size, maximum=True)
         is_peak = (best == local_max) & (best > 0) & (best > threshold)
         if fgs is not None:
             is_peak &= fgs

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._filters import box_filter, minmax_filter1d, to_channel_last_float32
+
 __all__ = [
     "Preprocessed",
     "auto_threshold",
@@ -122,17 +124,13 @@ def validate_image(image, channel_axis=None, voxel_size=None):
     if arr.size == 0:
         raise ValueError(f"image is empty (shape {arr.shape})")
     vs = physical_voxel_size(voxel_size, n_spatial)
-    src = arr[..., None] if channel_axis is None else np.moveaxis(arr, channel_axis, -1)
-    # One contiguous float32 copy, filled channel by channel: no second full-size copy
-    # (the channel-last view of e.g. a ZCYX stack is not contiguous) and the finiteness
-    # check needs only one channel's worth of temporary booleans.
-    data = np.empty(src.shape, dtype=np.float32)
-    check_finite = not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_)
-    for c in range(src.shape[-1]):
-        data[..., c] = src[..., c]
-        # checked after the cast: float64 values beyond the float32 range become inf
-        if check_finite and not np.isfinite(data[..., c]).all():
-            raise ValueError("image contains NaN or infinite values")
+    # One contiguous channel-last float32 copy, made and checked in one parallel pass (no
+    # second full-size copy; the channel-last view of e.g. a ZCYX stack is not
+    # contiguous). Checked after the cast: float64 values beyond the float32 range
+    # become inf.
+    data, n_bad = to_channel_last_float32(arr, channel_axis)
+    if n_bad:
+        raise ValueError(f"image contains NaN or infinite values ({n_bad} voxels)")
     if any(s < 2 for s in data.shape[:-1]):
         raise ValueError(f"every spatial axis needs at least 2 voxels, got shape {arr.shape}")
     if float(data.max()) == float(data.min()):
@@ -388,22 +386,16 @@ def granule_mask(
 def _grey_opening(image: np.ndarray, size: tuple[int, ...], out: np.ndarray) -> np.ndarray:
     """``ndi.grey_opening(image, size=size, mode="nearest")`` written into ``out``.
 
-    Done as 1-D minimum then maximum filters along each axis, in place in ``out``
-    (scipy's n-D filters copy when input and output overlap; the 1-D ones do not need
-    to). For even box sizes the dilation's origin is shifted by one, as in
-    ``ndi.grey_dilation``, so the result is identical.
+    Done as 1-D minimum then maximum filters along each axis, in place in ``out``, with
+    the parallel kernels of :mod:`._filters` (SciPy's run on one thread: 11.8 of 23 s on
+    a 100 x 1024 x 1024 x 4 stack). For even box sizes the dilation's origin is shifted
+    by one, as in ``ndi.grey_dilation``, so the result is identical.
     """
-    src = image
-    for ax, n in enumerate(size):
-        if n > 1:
-            ndi.minimum_filter1d(src, n, axis=ax, output=out, mode="nearest")
-            src = out
-    if src is image:
-        out[...] = image
+    box_filter(image, size, maximum=False, out=out)
     for ax, n in enumerate(size):
         if n > 1:
             origin = -1 if n % 2 == 0 else 0
-            ndi.maximum_filter1d(out, n, axis=ax, output=out, mode="nearest", origin=origin)
+            minmax_filter1d(out, int(n), ax, out=out, maximum=True, origin=origin)
     return out
 
 
@@ -445,7 +437,7 @@ def _granule_mask(
         return cand
     # Keep candidate groups that hold a local intensity maximum: a granule is a bright
     # spot, whereas the rim of a nucleus (which a small top-hat also keeps) is not.
-    local_max = ndi.maximum_filter(mean, size=size, mode="nearest", output=buf)
+    local_max = box_filter(mean, size, maximum=True, out=buf)
     seeds = cand & (mean >= local_max)
     del local_max, buf
     if data.shape[-1] > 1 and seeds.any():
