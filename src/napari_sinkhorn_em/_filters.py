@@ -127,3 +127,45 @@ def to_channel_last_float32(image, channel_axis):
         if out.dtype.kind == "f" and src.dtype.kind == "f":
             n_bad += int(np.count_nonzero(~np.isfinite(out[..., c])))
     return out, n_bad
+
+
+def axis_interp(n: int, block: int, n_blocks: int):
+    """Per voxel along an axis of ``n`` voxels: the lower coarse sample ``j0`` and the
+    linear weight ``f`` of sample ``j0 + 1`` for samples at the centres of ``block``-voxel
+    blocks (extrapolated linearly by half a block at most at the borders)."""
+    if n_blocks == 1:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+    pos = (np.arange(n, dtype=np.float64) - (block - 1) / 2.0) / block
+    pos = np.clip(pos, -0.5, n_blocks - 0.5)
+    j0 = np.clip(np.floor(pos).astype(np.int64), 0, n_blocks - 2)
+    return j0, pos - j0
+
+
+@njit(parallel=True, cache=True)
+def subtract_interpolated(data, out, c, coarse, jz, fz, jy, fy, jx, fx):
+    """``out[..., c] = max(data[..., c] - bg, 0)`` where ``bg`` is the (tri)linear
+    interpolation of the coarse grid ``coarse`` with the per-axis ``(j0, f)`` of
+    :func:`axis_interp`; ``data`` and ``out`` are ``(Z, Y, X, C)`` (may be the same)."""
+    Z, Y, X = data.shape[0], data.shape[1], data.shape[2]
+    nz, ny, nx = coarse.shape
+    for z in prange(Z):
+        z0 = jz[z]
+        z1 = min(z0 + 1, nz - 1)
+        wz = fz[z]
+        for y in range(Y):
+            y0 = jy[y]
+            y1 = min(y0 + 1, ny - 1)
+            wy = fy[y]
+            # the coarse grid interpolated along z and y for this row: 1-D along x
+            for x in range(X):
+                x0 = jx[x]
+                x1 = min(x0 + 1, nx - 1)
+                wx = fx[x]
+                a = (1.0 - wy) * (
+                    (1.0 - wx) * coarse[z0, y0, x0] + wx * coarse[z0, y0, x1]
+                ) + wy * ((1.0 - wx) * coarse[z0, y1, x0] + wx * coarse[z0, y1, x1])
+                b = (1.0 - wy) * (
+                    (1.0 - wx) * coarse[z1, y0, x0] + wx * coarse[z1, y0, x1]
+                ) + wy * ((1.0 - wx) * coarse[z1, y1, x0] + wx * coarse[z1, y1, x1])
+                v = data[z, y, x, c] - np.float32((1.0 - wz) * a + wz * b)
+                out[z, y, x, c] = v if v > 0 else np.float32(0.0)

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._filters import box_filter, minmax_filter1d, to_channel_last_float32
+from ._filters import (
+    axis_interp,
+    box_filter,
+    minmax_filter1d,
+    subtract_interpolated,
+    to_channel_last_float32,
+)
 
 __all__ = [
     "Preprocessed",
@@ -144,22 +150,6 @@ def _block_shape(shape, voxel_size, scale_um: float) -> tuple[int, ...]:
     )
 
 
-def _interp_matrix(n: int, block: int, n_blocks: int) -> np.ndarray:
-    """Linear inter-/extrapolation weights from block centres to ``n`` voxel positions."""
-    # coarse sample j sits at the centre of block j in full-resolution coordinates
-    pos = (np.arange(n, dtype=np.float64) - (block - 1) / 2.0) / block
-    w = np.zeros((n, n_blocks), dtype=np.float32)
-    if n_blocks == 1:
-        w[:, 0] = 1.0
-        return w
-    pos = np.clip(pos, -0.5, n_blocks - 0.5)  # extrapolate linearly by half a block at most
-    j0 = np.clip(np.floor(pos).astype(np.intp), 0, n_blocks - 2)
-    f = pos - j0
-    w[np.arange(n), j0] += (1.0 - f).astype(np.float32)
-    w[np.arange(n), j0 + 1] += f.astype(np.float32)
-    return w
-
-
 def subtract_background(
     data: np.ndarray,
     voxel_size,
@@ -218,22 +208,23 @@ def subtract_background(
     if out is None:
         out = np.empty_like(data)
     levels = np.empty(data.shape[-1])
-    # Separable (multi)linear interpolation of the coarse grid to full resolution: one
-    # small (n, n_blocks) weight matrix per axis, applied with tensordot.
-    weights = [_interp_matrix(n, b, nb) for n, b, nb in zip(spatial, block, nblocks, strict=True)]
+    # (Multi)linear interpolation of the coarse grid to full resolution, evaluated on the
+    # fly while subtracting (a parallel kernel; no full-size background array).
+    interp = [axis_interp(n, b, nb) for n, b, nb in zip(spatial, block, nblocks, strict=True)]
+    if nd == 2:
+        interp = [(np.zeros(1, dtype=np.int64), np.zeros(1)), *interp]
+    data4 = data if nd == 3 else data[None]
+    out4 = out if nd == 3 else out[None]
     # one channel at a time, so that the temporaries are one channel's size
     for c in range(data.shape[-1]):
         blocks = np.pad(sub[..., c], pad, mode="edge").reshape(shp)
         blocks = blocks.transpose(perm).reshape(*nblocks, -1)
-        coarse = np.percentile(blocks, percentile, axis=-1).astype(np.float32)
+        coarse = np.percentile(blocks, percentile, axis=-1)
         del blocks
-        bg = coarse
-        for ax, w in enumerate(weights):
-            bg = np.moveaxis(np.tensordot(w, bg, axes=([1], [ax])), 0, ax)
         levels[c] = float(np.median(coarse))
-        np.subtract(data[..., c], bg.astype(np.float32, copy=False), out=out[..., c])
-        del bg  # before the next channel's background is made
-    np.maximum(out, 0.0, out=out)
+        coarse3 = coarse if nd == 3 else coarse[None]
+        subtract_interpolated(data4, out4, c, np.ascontiguousarray(coarse3), *interp[0],
+                              *interp[1], *interp[2])  # fmt: skip
     return out, levels
 
 
