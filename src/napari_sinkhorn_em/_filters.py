@@ -124,7 +124,7 @@ def to_channel_last_float32(image, channel_axis):
     n_bad = 0
     for c in range(src.shape[0]):
         out[..., c] = src[c]
-        if out.dtype.kind == "f" and src.dtype.kind == "f":
+        if src.dtype.kind == "f":
             n_bad += int(np.count_nonzero(~np.isfinite(out[..., c])))
     return out, n_bad
 

@@ -47,7 +47,6 @@ def foreground_boxes(
         A box is split where its voxels leave ``min_gap`` or more consecutive slabs
         empty along an axis (per axis if a sequence). With ``min_gap >= 2 * margin + 1``
         the margins of two boxes never reach each other's voxels.
-
     return_groups : bool
         Also return, for each box, the rows of ``indices`` it was made from.
 

@@ -284,9 +284,10 @@ class _EStep:
         """Newton system at the point with column sums ``col`` and negative Hessian ``H``.
 
         ``H`` is the (PSD) estimate of :func:`_kernels.estep_pass`. Returns
-        ``(L, H, active)``: the Cholesky factor of the gauge-fixed negative Hessian on the
-        active components (None if it is not numerically positive definite), that matrix
-        itself and the active mask.
+        ``(L, H, active, block)``: the Cholesky factor of the gauge-fixed negative Hessian
+        on the active components (None if it is not numerically positive definite), that
+        matrix itself, the active mask and the component blocks it was gauge-fixed for
+        (None: one block).
         """
         H = H.copy()
         act = self.active
@@ -305,6 +306,12 @@ class _EStep:
         H = np.ascontiguousarray(H)
         L, ok = _k.cholesky_factor(H)
         return (L if ok else None), H, act, self.block
+
+    def _fresh_point(self, g):
+        """One pass with a fresh Hessian at ``g``: ``(col, wlse, system, J, err)``."""
+        col, wlse, H = self.pass_(g, want_hess=True)
+        J = -self.objective(g, wlse)
+        return col, wlse, self._factor(col, H), J, float(np.abs(col - self.alpha).sum())
 
     def _direction(self, system, col):
         L, H = system[0], system[1]
@@ -355,12 +362,9 @@ class _EStep:
             ):
                 # unlinked blocks (see _balance_blocks): restart from the balanced problem
                 g = self.normalise(g)
-                col, wlse, S = self.pass_(g, want_hess=True)
-                system = self._factor(col, S)
+                col, wlse, system, J, err = self._fresh_point(g)
                 refresh = False
                 radius = 2.0
-                J = -self.objective(g, wlse)
-                err = float(np.abs(col - self.alpha).sum())
                 continue
             if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
                 # Far from feasible for some column (e.g. a component far from all points):
@@ -369,11 +373,8 @@ class _EStep:
                 step = self.log_alpha - lc
                 step[~np.isfinite(step)] = 0.0
                 g = self.normalise(g + step)
-                col, wlse, S = self.pass_(g, want_hess=True)
-                system = self._factor(col, S)
+                col, wlse, system, J, err = self._fresh_point(g)
                 refresh = False
-                J = -self.objective(g, wlse)
-                err = float(np.abs(col - self.alpha).sum())
                 continue
             grad, d = self._direction(system, col)
             if not _vdot(grad, d) > 0.0:
@@ -381,7 +382,7 @@ class _EStep:
                 # the diagonal Newton step, a linearised Sinkhorn step, always is one
                 d = np.where(self.active, grad / np.maximum(col, 1e-300), 0.0)
             # trust region in the sup norm: far from the optimum the semi-dual is nearly
-            # linear along weakly coupled directions and the raw Newton step overshoots;
+            # linear along weakly coupled directions and the raw Newton step overshoots
             dmax = float(np.abs(d).max())
             if dmax > radius:
                 # each component's move is clipped to the radius on its own: scaling the
