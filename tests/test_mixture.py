@@ -338,3 +338,83 @@ def test_unlinked_blocks_are_balanced_and_the_fit_converges():
     np.testing.assert_allclose(est.means_, centres, atol=0.15)
     mass = np.bincount(est.predict(X), minlength=4) / len(X)
     np.testing.assert_allclose(mass, np.array(sizes) / len(X), atol=2e-3)
+
+
+def _soft_marginal_reference(X, means, cov, alpha, tau):
+    """Slow reference: the unbalanced semi-dual maximised by dense NumPy Newton (D = 1).
+
+    J(g) = -tau sum_k alpha_k (exp(-(g_k - log alpha_k) / tau) - 1)
+           - mean_i log sum_k exp(log p_k(x_i) + g_k)
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    A = np.stack(
+        [norm.logpdf(X[:, 0], m, np.sqrt(c)) for m, c in zip(means, cov, strict=True)], axis=1
+    )
+    la = np.log(alpha)
+    g = la.copy()
+    for _ in range(100):  # plain dense Newton on the concave semi-dual
+        r = np.exp(A + g - logsumexp(A + g, axis=1)[:, None])
+        target = alpha * np.exp(-(g - la) / tau)
+        grad = target - r.mean(axis=0)
+        H = np.diag(r.mean(axis=0)) - r.T @ r / len(X) + np.diag(target / tau)
+        g = g + np.linalg.solve(H, grad)
+        if np.abs(grad).max() < 1e-14:
+            break
+    return g
+
+
+@pytest.mark.parametrize("tau", [0.3, 3.0, 30.0])
+def test_soft_marginal_e_step_matches_slow_reference(tau):
+    rng = np.random.default_rng(21)
+    X = np.concatenate([rng.normal(-1.0, 1.0, (600, 1)), rng.normal(1.5, 0.7, (200, 1))])
+    means = np.array([[-2.0], [2.0]])
+    cov = np.array([1.0, 0.5])
+    alpha = np.array([0.4, 0.6])  # far from the data's 0.75 / 0.25
+    est = SinkhornEM(
+        2, weights=alpha, means_init=means, covariances_init=cov.reshape(2, 1, 1),
+        max_iter=0, marginal_penalty=tau, tol=1e-12,
+    ).fit(X)  # fmt: skip
+    g_ref = _soft_marginal_reference(X, means[:, 0], cov, alpha, tau)
+    np.testing.assert_allclose(est.potential_, g_ref, atol=1e-7)
+    # the column sums reach the soft target, which lies between EM's and the weights
+    col = est.predict_proba(X).mean(axis=0)
+    target = alpha * np.exp(-(est.potential_ - np.log(alpha)) / tau)
+    np.testing.assert_allclose(col, target, atol=1e-7)
+    em_col = SinkhornEM(
+        2, method="em", weights=alpha, means_init=means, covariances_init=cov.reshape(2, 1, 1),
+        max_iter=0,
+    ).fit(X).predict_proba(X).mean(axis=0)  # fmt: skip
+    assert abs(col[0] - alpha[0]) < abs(em_col[0] - alpha[0])
+
+
+def test_soft_marginal_limits_are_sinkhorn_em_and_em():
+    X, _, _ = blobs(22, K=3, D=2, sep=2.5)
+    kw = {"weights": [0.5, 0.3, 0.2], "init": "random", "random_state": 2, "tol": 1e-12}
+    kw["max_iter"] = 60
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        exact = SinkhornEM(3, **kw).fit(X)
+        stiff = SinkhornEM(3, marginal_penalty=1e7, **kw).fit(X)
+        em = SinkhornEM(3, method="em", **kw).fit(X)
+        loose = SinkhornEM(3, marginal_penalty=1e-7, **kw).fit(X)
+    np.testing.assert_allclose(stiff.means_, exact.means_, atol=1e-4)
+    np.testing.assert_allclose(loose.means_, em.means_, atol=1e-4)
+    assert np.abs(exact.means_ - em.means_).max() > 1e-2  # the two limits differ here
+
+
+def test_soft_marginal_objective_is_monotone_and_bad_values_raise():
+    X, _, _ = blobs(23, K=4, D=3, sep=2.0)
+    est = SinkhornEM(
+        4, weights=[0.1, 0.2, 0.3, 0.4], marginal_penalty=2.0, n_neighbors=3, init="random",
+        random_state=1, tol=1e-10, max_iter=40,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        hist = est.fit(X).objective_history_
+    assert len(hist) > 3
+    assert np.all(np.diff(hist) >= -1e-9)
+    for bad in (0.0, -1.0, "big", True):
+        with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
+            SinkhornEM(2, marginal_penalty=bad).fit(np.zeros((5, 2)) + np.arange(5)[:, None])

@@ -192,6 +192,14 @@ class SinkhornEM:
     callback : callable, optional
         Called as ``callback(n_iter, objective)`` after every iteration; returning True
         stops the fit at once (``converged_=False``, ``stopped_=True``, no warning).
+    marginal_penalty : float, optional
+        Sinkhorn-EM only: ``None`` (default) makes the column sums of the responsibilities
+        equal ``weights`` exactly. A positive ``tau`` makes the constraint soft (unbalanced,
+        semi-relaxed optimal transport): the primal penalises ``tau * KL(column sums |
+        weights)``, the E-step reaches column sums ``weights * exp(-(g - log weights) /
+        tau)``, and ``tau -> 0`` recovers EM with fixed weights. A soft marginal always has
+        a solution, also when the sparse neighbour lists cannot deliver the prescribed
+        weights.
 
     Attributes
     ----------
@@ -211,7 +219,8 @@ class SinkhornEM:
     objective_history_ : list of float
         Objective at the initial parameters, then after every iteration.
     marginal_error_ : float
-        ``|| mean responsibility - weights ||_1`` of the final E-step.
+        ``|| mean responsibility - weights ||_1`` of the final E-step (with
+        ``marginal_penalty``: the distance to the soft target of the column sums).
     n_features_in_ : int
     """
 
@@ -237,6 +246,7 @@ class SinkhornEM:
         verbose: int = 0,
         position_dims: int | None = None,
         callback: Callable[[int, float], bool | None] | None = None,
+        marginal_penalty: float | None = None,
     ):
         self.n_components = n_components
         self.method = method
@@ -257,6 +267,7 @@ class SinkhornEM:
         self.verbose = verbose
         self.position_dims = position_dims
         self.callback = callback
+        self.marginal_penalty = marginal_penalty
 
     # ------------------------------------------------------------------ validation
     def _check_params(self, D: int) -> None:
@@ -303,6 +314,13 @@ class SinkhornEM:
             )
         if self.callback is not None and not callable(self.callback):
             raise ValueError("callback must be callable or None")
+        tau = self.marginal_penalty
+        if tau is not None and (
+            isinstance(tau, bool)
+            or not isinstance(tau, (int, float, np.integer, np.floating))
+            or not tau > 0
+        ):
+            raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
 
     def _check_means(self, means, D, name):
         K = self.n_components
@@ -537,7 +555,10 @@ class SinkhornEM:
         def e_step(means, cov, alpha, g, idx):
             prec, log_det = self._precisions(cov, D)
             self._log_prob(X, means, prec, log_det, idx, A)
-            es = _EStep(A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table, **carry)
+            es = _EStep(
+                A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
+                tau=self.marginal_penalty, **carry,
+            )  # fmt: skip
             if sinkhorn:
                 g0 = es.normalise(np.where(np.isfinite(g), g, 0.0))
                 g, col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)

@@ -128,7 +128,7 @@ class _EStep:
 
     def __init__(
         self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None,
-        system=None, find_blocks=False,
+        system=None, find_blocks=False, tau=None,
     ):  # fmt: skip
         self.A = A
         self.dense = idx is None
@@ -150,8 +150,10 @@ class _EStep:
         self.alpha = alpha / alpha.sum()
         self.block = None
         self.n_blocks = 1
-        self.blocks_checked = False
-        if find_blocks and not self.dense:
+        # finite tau: soft column marginal (always solvable, no gauge, no blocks to balance)
+        self.tau = None if tau is None or not np.isfinite(tau) else float(tau)
+        self.blocks_checked = self.tau is not None
+        if find_blocks and not self.dense and self.tau is None:
             self._balance_blocks()
         self.log_alpha = np.log(np.where(active, self.alpha, 1.0))
         self.lse = np.empty(N) if lse is None else lse
@@ -229,9 +231,38 @@ class _EStep:
         _k.responsibilities(*self.rows(), g, R, self.n_chunks)
         return R
 
+    def target(self, g):
+        """Column sums the solution must reach: ``alpha``, or with a finite ``tau`` the
+        soft marginal ``alpha * exp(-(g - log alpha) / tau)``."""
+        if self.tau is None:
+            return self.alpha
+        out = np.zeros(self.K)
+        act = self.active
+        out[act] = self.alpha[act] * np.exp(-(g[act] - self.log_alpha[act]) / self.tau)
+        return out
+
+    def error(self, g, col):
+        """L1 distance of the column sums from their target."""
+        return float(np.abs(col - self.target(g)).sum())
+
     def objective(self, g, wlse):
         act = self.active
-        return float(wlse - _vdot(self.alpha[act], g[act] - self.log_alpha[act]))
+        u = g[act] - self.log_alpha[act]
+        if self.tau is None:
+            return float(wlse - _vdot(self.alpha[act], u))
+        # soft marginal: tau KL(column sums | alpha) in the primal; its dual term
+        return float(wlse + self.tau * _vdot(self.alpha[act], np.expm1(-u / self.tau)))
+
+    def _coordinate_step(self, g, col):
+        """Exact coordinate-wise update of the potentials (a log-domain Sinkhorn step)."""
+        lc = self.log_col(g, col)
+        if self.tau is None:
+            step = self.log_alpha - lc
+        else:
+            step = (self.tau / (1.0 + self.tau)) * (self.log_alpha - lc)
+        # a column no point reaches stays infeasible; leave its potential alone
+        step[~np.isfinite(step)] = 0.0
+        return self.normalise(g + step)
 
     def log_col(self, g, col):
         """log column sums; log-domain recomputation where the linear sum underflows."""
@@ -249,6 +280,8 @@ class _EStep:
         # g is defined up to a constant (per block); pin
         # sum_k alpha_k g_k = sum_k alpha_k log alpha_k (within each block)
         act = self.active
+        if self.tau is not None:
+            return g
         if self.block is None:
             return g - _vdot(self.alpha[act], g[act] - self.log_alpha[act])
         w = np.where(act, self.alpha, 0.0)
@@ -267,20 +300,16 @@ class _EStep:
 
     def sinkhorn(self, g, tol, max_iter):
         col, wlse, _ = self.pass_(g)
-        err = float(np.abs(col - self.alpha).sum())
+        err = self.error(g, col)
         it = 0
         while err >= tol and it < max_iter:
-            lc = self.log_col(g, col)
-            step = self.log_alpha - lc
-            # a column no point reaches stays infeasible; leave its potential alone
-            step[~np.isfinite(step)] = 0.0
-            g = self.normalise(g + step)
+            g = self._coordinate_step(g, col)
             col, wlse, _ = self.pass_(g)
-            err = float(np.abs(col - self.alpha).sum())
+            err = self.error(g, col)
             it += 1
         return g, col, wlse, err, it, err < tol
 
-    def _factor(self, col, H):
+    def _factor(self, col, H, g):
         """Newton system at the point with column sums ``col`` and negative Hessian ``H``.
 
         ``H`` is the (PSD) estimate of :func:`_kernels.estep_pass`. Returns
@@ -294,6 +323,14 @@ class _EStep:
         if not self.all_active:
             H = H[np.ix_(act, act)]
         Ka = H.shape[0]
+        if self.tau is not None:
+            # soft marginal: the penalty's curvature makes H definite; no gauge
+            H[np.diag_indices(Ka)] += self.target(g)[act] / self.tau + 1e-12 * max(
+                col.max(), 1e-300
+            )
+            H = np.ascontiguousarray(H)
+            L, ok = _k.cholesky_factor(H)
+            return (L if ok else None), H, act, self.block
         # gauge: H 1 = 0 and grad is orthogonal to 1 (on each block); add a rank-one term
         # on 1 (on each block's indicator)
         if self.block is None:
@@ -311,12 +348,12 @@ class _EStep:
         """One pass with a fresh Hessian at ``g``: ``(col, wlse, system, J, err)``."""
         col, wlse, H = self.pass_(g, want_hess=True)
         J = -self.objective(g, wlse)
-        return col, wlse, self._factor(col, H), J, float(np.abs(col - self.alpha).sum())
+        return col, wlse, self._factor(col, H, g), J, self.error(g, col)
 
-    def _direction(self, system, col):
+    def _direction(self, system, col, g):
         L, H = system[0], system[1]
         act = self.active
-        grad = self.alpha - col
+        grad = self.target(g) - col
         if L is not None:
             da = _k.cholesky_solve(L, np.ascontiguousarray(grad[act]))
         else:
@@ -346,10 +383,10 @@ class _EStep:
             and (old[3] is None or np.array_equal(old[3], self.block))
         )
         col, wlse, S = self.pass_(g, want_hess=not reuse)
-        system = old if reuse else self._factor(col, S)
+        system = old if reuse else self._factor(col, S, g)
         refresh = False  # whether the next trial passes form a fresh Hessian
         J = -self.objective(g, wlse)
-        err = float(np.abs(col - self.alpha).sum())
+        err = self.error(g, col)
         it = 0
         radius = 2.0
         while err >= tol and it < max_iter:
@@ -366,21 +403,19 @@ class _EStep:
                 refresh = False
                 radius = 2.0
                 continue
-            if np.any(col[self.active] < 1e-3 * self.alpha[self.active]):
+            if np.any(col[self.active] < 1e-3 * self.target(g)[self.active]):
                 # Far from feasible for some column (e.g. a component far from all points):
                 # a log-domain Sinkhorn step moves it there in one go (and never decreases J).
-                lc = self.log_col(g, col)
-                step = self.log_alpha - lc
-                step[~np.isfinite(step)] = 0.0
-                g = self.normalise(g + step)
+                g = self._coordinate_step(g, col)
                 col, wlse, system, J, err = self._fresh_point(g)
                 refresh = False
                 continue
-            grad, d = self._direction(system, col)
+            grad, d = self._direction(system, col, g)
             if not _vdot(grad, d) > 0.0:
                 # not an ascent direction (a singular system solved by least squares):
                 # the diagonal Newton step, a linearised Sinkhorn step, always is one
-                d = np.where(self.active, grad / np.maximum(col, 1e-300), 0.0)
+                diag = col if self.tau is None else col + self.target(g) / self.tau
+                d = np.where(self.active, grad / np.maximum(diag, 1e-300), 0.0)
             # trust region in the sup norm: far from the optimum the semi-dual is nearly
             # linear along weakly coupled directions and the raw Newton step overshoots
             dmax = float(np.abs(d).max())
@@ -402,11 +437,7 @@ class _EStep:
                 Jt = -self.objective(gt, wlse_t)
                 # near the optimum J changes by less than its rounding error: a step that
                 # meets the marginal tolerance is accepted whatever the rounding of J says
-                if (
-                    Jt >= J + 1e-4 * t * slope
-                    or t * dmax < 1e-14
-                    or float(np.abs(col_t - self.alpha).sum()) < tol
-                ):
+                if Jt >= J + 1e-4 * t * slope or t * dmax < 1e-14 or self.error(gt, col_t) < tol:
                     accepted = True
                     break
                 # backtrack with the minimiser of the quadratic through J, J'(0), J(t)
@@ -419,9 +450,9 @@ class _EStep:
                 radius = min(2.0 * radius, 1e6) if dmax >= radius else radius
             else:
                 radius = max(t * dmax, 1e-3)
-            err_t = float(np.abs(col_t - self.alpha).sum())
+            err_t = self.error(gt, col_t)
             if refresh:
-                system = self._factor(col_t, S_t)
+                system = self._factor(col_t, S_t, gt)
                 refresh = False
             else:
                 # a step that contracted poorly: the next trial point brings a Hessian
