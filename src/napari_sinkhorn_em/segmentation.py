@@ -9,10 +9,12 @@ The steps (see docs/pipeline.md for the reasoning and the measured effect of eac
    pressed against bigger ones (:func:`.peaks.detect_nuclei`) -- the automatic nucleus
    count and the "peaks" initialisation;
 3. voxel features (:mod:`.features`): position (um) + weighted intensities, voxel mass;
-4. mixing weights estimated from the data: the intensity mass of each starting centre's
-   Voronoi cell (optionally re-estimated around the fitted centres and refitted);
-5. fit :class:`~napari_sinkhorn_em.mixture.SinkhornEM` (sparse E-step, block covariance
-   position/intensity, position-covariance bounds from the nucleus diameter);
+4. mixing weights estimated from the data: each component gets the voxel mass of the
+   detected nucleus nearest to its mean (re-assigned around the fitted centres in an
+   outer loop from random / k-means++ starts);
+5. fit :class:`~napari_sinkhorn_em.mixture.SinkhornEM` (sparse E-step with a soft column
+   marginal, block covariance position/intensity, position-covariance bounds from the
+   nucleus diameter);
 6. labels: each foreground voxel to its most responsible component if it lies within a
    Mahalanobis radius of it; one connected piece per label; tiny fragments removed;
 7. per-nucleus table.
@@ -53,10 +55,10 @@ __all__ = [
 METHODS = ("sinkhorn", "em", "em-learned")
 INITS = ("peaks", "k-means++", "random")
 # weight_refits="auto" for Sinkhorn-EM from random / k-means++ starts: 19 re-estimations of
-# the Voronoi weights, each after at most REFIT_ITER iterations (docs/study_random_starts.md)
+# the weights, each after at most REFIT_ITER iterations (docs/study_random_starts.md)
 AUTO_REFITS = 19
 REFIT_ITER = 10
-WEIGHT_MODES = ("voronoi", "uniform")
+WEIGHT_MODES = ("nuclei", "voronoi", "uniform")
 
 
 class SegmentationCancelled(Exception):
@@ -252,6 +254,14 @@ def _add_seeds(positions, mass, centres_um, n_extra, rng) -> np.ndarray:
     return np.vstack(centres)
 
 
+def _peak_start(positions, mass, peaks, vs, K, rng) -> np.ndarray:
+    """The first ``K`` detected nuclei (um), plus k-means++-style seeds if there are fewer."""
+    c_um = peaks.coords[:K] * vs
+    if len(peaks) < K:  # more nuclei than peaks: k-means++-style extra seeds
+        c_um = _add_seeds(positions, mass, c_um, K - len(peaks), rng)
+    return c_um
+
+
 def _mahalanobis_pos(positions, labels_k, means, covs, n_pos):
     """Squared Mahalanobis distance of each point to its component (position block)."""
     prec = np.linalg.inv(covs[:, :n_pos, :n_pos])
@@ -283,9 +293,10 @@ def segment_nuclei(
     n_neighbors: int = 16,
     foreground_threshold: float | None = None,
     random_state: int | None = None,
-    weights: str = "voronoi",
+    weights: str = "nuclei",
     weight_refits: int | str = "auto",
-    voxel_mass: str = "intensity",
+    marginal_penalty: float | None = 1000.0,
+    voxel_mass: str = "uniform",
     covariance_scale: tuple[float, float] = (0.25, 4.0),
     mahalanobis_radius: float = 3.0,
     min_size: float = 0.1,
@@ -337,18 +348,30 @@ def segment_nuclei(
         Threshold on the mean normalised intensity; None = automatic (``threshold_method``).
     random_state : int, optional
         Seed; None draws one (recorded in ``params`` so the run can be repeated).
-    weights : {"voronoi", "uniform"}
-        Mixing weights: the intensity mass of each starting centre's Voronoi cell among the
-        foreground voxels, or equal.
+    weights : {"nuclei", "voronoi", "uniform"}
+        Mixing weights. "nuclei": each component gets the mass of the reference nucleus
+        nearest to its mean, so two components in one nucleus both claim all of it. The
+        reference nuclei are the start centres of a peak or array start (so from there
+        it equals "voronoi"), and for random / k-means++ starts the peak start (LoG
+        nuclei plus D^2 seeds), each with the voxel mass of its Voronoi cell.
+        "voronoi": the mass of each component's own Voronoi cell (around the current
+        means). "uniform": equal.
     weight_refits : int or "auto"
-        Outer iterations: re-estimate the Voronoi weights around the fitted centres and
-        refit (warm start) for at most ``min(max_iter, 10)`` iterations each, then a last
-        fit of up to ``max_iter``. 0 = a single fit. "auto" = 19 for Sinkhorn-EM from a
-        random or k-means++ start, where one-shot weights from a poor start are poor
-        (measured in docs/study_random_starts.md), and 0 otherwise (detected peaks or an
-        array start, and both EM methods, where the refits measured worse).
-    voxel_mass : {"intensity", "uniform"}
-        Each voxel's mass (sample weight).
+        Outer iterations: re-estimate the weights around the fitted centres and refit
+        (warm start) for at most ``min(max_iter, 10)`` iterations each, then a last fit of
+        up to ``max_iter``. 0 = a single fit. "auto" = 19 for Sinkhorn-EM from a random or
+        k-means++ start, whose components have not found their nuclei yet, and 0
+        otherwise (detected peaks or an array start, and both EM methods, where refits do
+        not help; docs/study_random_starts.md).
+    marginal_penalty : float or None
+        Sinkhorn-EM only: how strictly each component's share of the mass must equal its
+        weight (``SinkhornEM(marginal_penalty=...)``: the penalty on the KL divergence of
+        the column sums from the weights). None = exactly. The finite default keeps the
+        E-step solvable when weights ask a crowded component for more mass than its
+        neighbourhood holds; 1000 gave the best random-start accuracy measured.
+    voxel_mass : {"uniform", "intensity"}
+        Each voxel's mass (sample weight): equal for all foreground voxels, or its mean
+        normalised intensity.
     covariance_scale : (float, float)
         Bounds of the position-covariance eigenvalues as multiples of the variance of a
         uniform ball of the nucleus diameter (``(d/2)^2 / 5``).
@@ -428,6 +451,14 @@ def segment_nuclei(
         raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
     if mahalanobis_radius <= 0:
         raise ValueError(f"mahalanobis_radius must be > 0, got {mahalanobis_radius}")
+    if marginal_penalty is not None and (
+        isinstance(marginal_penalty, bool)
+        or not isinstance(marginal_penalty, (int, float, np.integer, np.floating))
+        or not marginal_penalty > 0
+    ):
+        raise ValueError(
+            f"marginal_penalty must be a positive number or None, got {marginal_penalty!r}"
+        )
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**31))
     elif isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
@@ -480,7 +511,9 @@ def segment_nuclei(
     # ---- peaks / number of nuclei
     report("peaks")
     t = time.perf_counter()
-    need_peaks = init_array is None and (init == "peaks" or n_nuclei in (None, "auto"))
+    need_peaks = init_array is None and (
+        init == "peaks" or n_nuclei in (None, "auto") or weights == "nuclei"
+    )
     peaks = None
     if need_peaks:
         peaks = detect_nuclei(
@@ -524,13 +557,12 @@ def segment_nuclei(
     D = X.shape[1]
     tree = cKDTree(pos)
     means0 = None
+    start_um = None  # the start centres of a peak or array start (um)
     if init_array is not None or init == "peaks":
         if init_array is not None:
-            c_um = init_array * vs
+            c_um = start_um = init_array * vs
         else:
-            c_um = peaks.coords[:K] * vs
-            if len(peaks) < K:  # more nuclei than peaks: k-means++-style extra seeds
-                c_um = _add_seeds(pos, a, c_um, K - len(peaks), rng)
+            c_um = start_um = _peak_start(pos, a, peaks, vs, K, rng)
         kq = min(8, n_points)
         _, nn = tree.query(c_um, k=kq, workers=-1)
         nn = nn.reshape(K, kq)
@@ -560,6 +592,14 @@ def segment_nuclei(
         total_iter[0] += 1
         return bool(progress is not None and progress("fit", total_iter[0], float(obj)))
 
+    if weights == "nuclei":
+        # the reference nuclei, each with the voxel mass of its Voronoi cell: the start
+        # centres of a peak or array start (e.g. hand-corrected centres), else the peak
+        # start (detected nuclei, plus D^2 seeds when the count exceeds them)
+        ref_um = start_um if start_um is not None else _peak_start(pos, a, peaks, vs, K, rng)
+        ref_mass = _voronoi_mass(pos, a, ref_um)
+        ref_tree = cKDTree(ref_um)
+
     def fit_block(Xb, ab, posb, means_b, cov_b, Kb):
         model_b = None
         alpha_b = None
@@ -569,6 +609,11 @@ def segment_nuclei(
                 cov_b = model_b.covariances_.copy()
             if weights == "uniform":
                 alpha_b = None
+            elif weights == "nuclei":
+                # each component claims the whole mass of the nucleus it sits in: two
+                # components in one nucleus both claim it, so one is pushed out
+                _, nearest = ref_tree.query(means_b[:, :ndim], workers=-1)
+                alpha_b = _weights_from_mass(ref_mass[nearest])
             else:
                 alpha_b = _weights_from_mass(_voronoi_mass(posb, ab, means_b[:, :ndim]))
             model_b = SinkhornEM(
@@ -586,6 +631,7 @@ def segment_nuclei(
                 random_state=random_state,
                 position_dims=ndim,
                 callback=callback if progress is not None else None,
+                marginal_penalty=marginal_penalty if method == "sinkhorn" else None,
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -677,6 +723,7 @@ def segment_nuclei(
         "random_state": random_state,
         "weights": weights,
         "weight_refits": weight_refits if isinstance(weight_refits, str) else n_refits,
+        "marginal_penalty": None if marginal_penalty is None else float(marginal_penalty),
         "voxel_mass": voxel_mass,
         "covariance_scale": [lo_s, hi_s],
         "mahalanobis_radius": float(mahalanobis_radius),
