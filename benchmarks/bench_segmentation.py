@@ -150,6 +150,23 @@ def accuracy(worm_seeds, init_seeds, ablations):
     ]
     paired["em k-means++"] = np.array([r["f1"] for r in res])
     rows.append(("em, init k-means++", res))
+    for init in ("random", "k-means++"):
+        # control: the outer loop of nucleus weights around EM instead of Sinkhorn-EM
+        res = [
+            run_pipeline(
+                w,
+                method="em",
+                n_nuclei=len(w.centres),
+                init=init,
+                random_state=s,
+                weight_refits=19,
+            )
+            for w in worms
+            for s in init_seeds
+        ]
+        name = "random voxels" if init == "random" else init
+        rows.append((f"em + 19 weight refits (control), init {name}", res))
+        print(rows[-1][0], fmt([r["f1"] for r in res]), flush=True)
     res = [run_pipeline(w) for w in worms]
     rows.append(("default pipeline, count estimated (sinkhorn, peaks)", res))
     out.append(
@@ -180,9 +197,10 @@ def accuracy(worm_seeds, init_seeds, ablations):
         arows = []
         base = {"n_nuclei": None}
         variants = [
-            ("default (Voronoi weights, intensity mass, intensity_weight 1)", {}),
+            ("default (nucleus weights, uniform voxel mass, marginal_penalty 1000)", {}),
             ("uniform weights", {"weights": "uniform"}),
-            ("uniform voxel mass", {"voxel_mass": "uniform"}),
+            ("intensity voxel mass", {"voxel_mass": "intensity"}),
+            ("exact marginal (marginal_penalty None)", {"marginal_penalty": None}),
             ("positions only (intensity_weight 0)", {"intensity_weight": 0.0}),
             ("intensity_weight 3", {"intensity_weight": 3.0}),
             ("1 weight re-estimation (outer loop)", {"weight_refits": 1}),
