@@ -196,3 +196,31 @@ def test_disconnected_blocks_get_their_mass_and_converge():
     np.testing.assert_allclose(col[:4], w[:4] / w[:4].sum() * N1 / (N1 + N2), atol=1e-11)
     np.testing.assert_allclose(col[4:], w[4:] / w[4:].sum() * N2 / (N1 + N2), atol=1e-11)
     assert np.all(np.isfinite(info.potential)) and np.ptp(info.potential) < 50
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0, 20.0])
+def test_soft_marginal_newton_and_sinkhorn_steps_reach_the_same_potential(tau):
+    """The soft-marginal E-step (marginal_penalty): Newton and the coordinate (Sinkhorn)
+    step converge to one potential, at which the column sums equal the soft target
+    alpha exp(-(g - log alpha) / tau), between EM's (tau -> 0) and alpha."""
+    from napari_sinkhorn_em.sinkhorn import _EStep
+
+    rng = np.random.default_rng(5)
+    N, K = 300, 4
+    A = rng.normal(scale=2.0, size=(N, K))
+    a = rng.random(N)
+    a /= a.sum()
+    alpha = np.array([0.1, 0.2, 0.3, 0.4])
+    out = {}
+    for solver in ("newton", "sinkhorn"):
+        es = _EStep(A.copy(), None, a, alpha, tau=tau)
+        g, col, _, err, _, ok = es.solve(np.log(alpha), 1e-12, 5000, solver=solver)[:6]
+        assert ok, (solver, err)
+        target = alpha * np.exp(-(g - np.log(alpha)) / tau)
+        np.testing.assert_allclose(col, target, atol=1e-11)
+        out[solver] = g
+    np.testing.assert_allclose(out["newton"], out["sinkhorn"], atol=1e-9)
+    em_col = (
+        np.exp(A + np.log(alpha) - logsumexp(A + np.log(alpha), axis=1)[:, None]) * a[:, None]
+    ).sum(0)
+    assert np.all(np.abs(col - alpha) <= np.abs(em_col - alpha) + 1e-12)

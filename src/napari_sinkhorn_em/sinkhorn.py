@@ -259,7 +259,9 @@ class _EStep:
         if self.tau is None:
             step = self.log_alpha - lc
         else:
-            step = (self.tau / (1.0 + self.tau)) * (self.log_alpha - lc)
+            # col_k scales as exp(g_k): solve col_k exp(s_k) = target_k(g_k + s_k)
+            w = self.tau / (1.0 + self.tau)
+            step = w * (self.log_alpha - lc) + (1.0 - w) * (self.log_alpha - g)
         # a column no point reaches stays infeasible; leave its potential alone
         step[~np.isfinite(step)] = 0.0
         return self.normalise(g + step)
