@@ -224,3 +224,19 @@ def test_soft_marginal_newton_and_sinkhorn_steps_reach_the_same_potential(tau):
         np.exp(A + np.log(alpha) - logsumexp(A + np.log(alpha), axis=1)[:, None]) * a[:, None]
     ).sum(0)
     assert np.all(np.abs(col - alpha) <= np.abs(em_col - alpha) + 1e-12)
+
+
+def test_sinkhorn_responsibilities_soft_marginal():
+    rng = np.random.default_rng(6)
+    A = rng.normal(scale=2.0, size=(200, 3))
+    w = np.array([0.2, 0.3, 0.5])
+    R, info = sinkhorn_responsibilities(A, w, marginal_penalty=2.0, tol=1e-11, return_info=True)
+    target = w * np.exp(-(info.potential - np.log(w)) / 2.0)
+    np.testing.assert_allclose(R.mean(axis=0), target, atol=1e-10)
+    assert info.converged and np.abs(R.mean(axis=0) - w).sum() > 1e-3  # soft, not exact
+    # a huge penalty is the exact E-step
+    R_exact = sinkhorn_responsibilities(A, w, tol=1e-11)
+    R_stiff = sinkhorn_responsibilities(A, w, marginal_penalty=1e9, tol=1e-11)
+    np.testing.assert_allclose(R_stiff, R_exact, atol=1e-6)
+    with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
+        sinkhorn_responsibilities(A, w, marginal_penalty=-1.0)

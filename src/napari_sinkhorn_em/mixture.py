@@ -9,7 +9,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import _kernels as _k
-from .sinkhorn import _DUMMY_IDX, _as_sample_weight, _as_weights, _EStep
+from .sinkhorn import (
+    _DUMMY_IDX,
+    _as_sample_weight,
+    _as_weights,
+    _check_marginal_penalty,
+    _EStep,
+)
 
 __all__ = ["ConvergenceWarning", "SinkhornEM"]
 
@@ -314,13 +320,7 @@ class SinkhornEM:
             )
         if self.callback is not None and not callable(self.callback):
             raise ValueError("callback must be callable or None")
-        tau = self.marginal_penalty
-        if tau is not None and (
-            isinstance(tau, bool)
-            or not isinstance(tau, (int, float, np.integer, np.floating))
-            or not tau > 0
-        ):
-            raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
+        _check_marginal_penalty(self.marginal_penalty)
 
     def _check_means(self, means, D, name):
         K = self.n_components

@@ -42,6 +42,7 @@ from .io import atomic_write
 from .mixture import ConvergenceWarning, SinkhornEM
 from .peaks import detect_nuclei
 from .preprocess import preprocess
+from .sinkhorn import _check_marginal_penalty
 
 __all__ = [
     "SegmentationCancelled",
@@ -451,14 +452,7 @@ def segment_nuclei(
         raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
     if mahalanobis_radius <= 0:
         raise ValueError(f"mahalanobis_radius must be > 0, got {mahalanobis_radius}")
-    if marginal_penalty is not None and (
-        isinstance(marginal_penalty, bool)
-        or not isinstance(marginal_penalty, (int, float, np.integer, np.floating))
-        or not marginal_penalty > 0
-    ):
-        raise ValueError(
-            f"marginal_penalty must be a positive number or None, got {marginal_penalty!r}"
-        )
+    _check_marginal_penalty(marginal_penalty)
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**31))
     elif isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):

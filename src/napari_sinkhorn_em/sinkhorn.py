@@ -51,15 +51,18 @@ class SinkhornInfo:
     Attributes
     ----------
     potential : ndarray of shape (K,)
-        Column potential g (normalised to ``sum_k alpha_k g_k = sum_k alpha_k log alpha_k``).
+        Column potential g (normalised to ``sum_k alpha_k g_k = sum_k alpha_k log alpha_k``;
+        with ``marginal_penalty`` it is unique and not shifted).
     marginal_error : float
-        ``|| sum_i a_i r_i - alpha ||_1`` at return.
+        ``|| sum_i a_i r_i - alpha ||_1`` at return (with ``marginal_penalty``: the
+        distance to the soft target ``alpha exp(-(g - log alpha) / tau)``).
     n_iter : int
         Number of solver iterations (potential updates).
     objective : float
         ``sum_i a_i logsumexp_k(A_ik + g_k) - sum_k alpha_k (g_k - log alpha_k)``; equals the
         negative entropic-OT loss ``-L`` at the optimum (the weighted log-likelihood when
-        ``g = log alpha``).
+        ``g = log alpha``). With ``marginal_penalty=tau`` the second term is
+        ``-tau sum_k alpha_k (exp(-(g_k - log alpha_k) / tau) - 1)``.
     converged : bool
         Whether ``marginal_error < tol`` was reached.
     solver : str
@@ -476,6 +479,17 @@ class _EStep:
         return (*out, solver)
 
 
+def _check_marginal_penalty(tau):
+    """Validate a soft-marginal penalty: None or a positive number (returned as float)."""
+    if tau is None:
+        return None
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+        raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
+    if not tau > 0:
+        raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
+    return float(tau)
+
+
 def _validate_log_prob(log_prob, neighbors, K):
     A = np.asarray(log_prob, dtype=np.float64)
     if A.ndim != 2:
@@ -516,6 +530,7 @@ def sinkhorn_responsibilities(
     max_iter: int = 1000,
     init_potential=None,
     solver: str = "auto",
+    marginal_penalty: float | None = None,
     return_info: bool = False,
 ):
     """Responsibilities whose weighted column means equal prescribed mixing weights.
@@ -551,6 +566,12 @@ def sinkhorn_responsibilities(
         search, one K x K solve per step); ``"sinkhorn"``: log-domain Sinkhorn column
         updates. ``"auto"`` is Newton, which measured faster in every tested case (its
         Hessian pass costs at most a few times a plain pass, see ``_HESS_BUDGET``).
+    marginal_penalty : float, optional
+        ``None`` (default): the column means equal ``weights`` exactly. A positive
+        ``tau``: a soft marginal (unbalanced, semi-relaxed transport) penalising
+        ``tau * KL(column means | weights)``; the column means then reach
+        ``weights * exp(-(g - log weights) / tau)`` (``tol`` applies to that target).
+        Always solvable; ``tau -> 0`` gives the EM posteriors. See docs/method.md.
     return_info : bool, default False
         Also return a :class:`SinkhornInfo`.
 
@@ -572,7 +593,8 @@ def sinkhorn_responsibilities(
     N = A.shape[0]
     alpha = np.full(K, 1.0 / K) if weights is None else _as_weights(weights, K)
     a = _as_sample_weight(sample_weight, N)
-    if np.count_nonzero(a) < K:
+    tau = _check_marginal_penalty(marginal_penalty)
+    if tau is None and np.count_nonzero(a) < K:
         raise ValueError(
             f"only {np.count_nonzero(a)} point(s) have positive mass, fewer than the "
             f"{K} components: the column marginals cannot be met"
@@ -588,7 +610,7 @@ def sinkhorn_responsibilities(
         if g.shape != (K,) or not np.all(np.isfinite(g)):
             raise ValueError(f"init_potential must be a finite array of shape ({K},)")
     with _k.threads_for(A.size):
-        es = _EStep(A, idx, a, alpha, find_blocks=True)
+        es = _EStep(A, idx, a, alpha, find_blocks=True, tau=tau)
         g = es.normalise(g)
         g, _col, wlse, err, it, conv, used = es.solve(g, tol, int(max_iter), solver)
         R = es.responsibilities(g)
