@@ -317,7 +317,8 @@ class _EStep:
     def _factor(self, col, H, g):
         """Newton system at the point with column sums ``col`` and negative Hessian ``H``.
 
-        ``H`` is the (PSD) estimate of :func:`_kernels.estep_pass`. Returns
+        ``H`` is the (PSD) estimate of :func:`_kernels.estep_pass`; with a soft marginal
+        the penalty's curvature at ``g`` is added. Returns
         ``(L, H, active, block)``: the Cholesky factor of the gauge-fixed negative Hessian
         on the active components (None if it is not numerically positive definite), that
         matrix itself, the active mask and the component blocks it was gauge-fixed for
@@ -328,23 +329,19 @@ class _EStep:
         if not self.all_active:
             H = H[np.ix_(act, act)]
         Ka = H.shape[0]
+        diag = 1e-12 * max(col.max(), 1e-300)
         if self.tau is not None:
             # soft marginal: the penalty's curvature makes H definite; no gauge
-            H[np.diag_indices(Ka)] += self.target(g)[act] / self.tau + 1e-12 * max(
-                col.max(), 1e-300
-            )
-            H = np.ascontiguousarray(H)
-            L, ok = _k.cholesky_factor(H)
-            return (L if ok else None), H, act, self.block
-        # gauge: H 1 = 0 and grad is orthogonal to 1 (on each block); add a rank-one term
-        # on 1 (on each block's indicator)
-        if self.block is None:
+            diag = self.target(g)[act] / self.tau + diag
+        elif self.block is None:
+            # gauge: H 1 = 0 and grad is orthogonal to 1 (on each block); add a rank-one
+            # term on 1 (on each block's indicator)
             H += np.mean(col[act]) * np.ones((Ka, Ka)) / Ka
         else:
             b = self.block[act]
             same = (b[:, None] == b[None, :]).astype(np.float64)
             H += np.mean(col[act]) * same / np.bincount(b)[b][:, None]
-        H[np.diag_indices(Ka)] += 1e-12 * max(col.max(), 1e-300)
+        H[np.diag_indices(Ka)] += diag
         H = np.ascontiguousarray(H)
         L, ok = _k.cholesky_factor(H)
         return (L if ok else None), H, act, self.block
