@@ -51,7 +51,8 @@ import warnings
 import numba
 import numpy as np
 
-from napari_sinkhorn_em import SinkhornEM, _kernels
+from napari_sinkhorn_em import SinkhornEM
+from napari_sinkhorn_em.mixture import _kernels
 
 # kernels of each stage of an iteration (see --stages)
 STAGES = {

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_sinkhorn_em import segment_nuclei
-from napari_sinkhorn_em.baseline import log_watershed
-from napari_sinkhorn_em.metrics import average_precision, match_centres
+from napari_sinkhorn_em.evaluation.baseline import log_watershed
+from napari_sinkhorn_em.evaluation.metrics import average_precision, match_centres
 from napari_sinkhorn_em.synthetic import make_worm
 
 ROOT = Path(__file__).resolve().parents[1]

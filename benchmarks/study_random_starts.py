@@ -7,7 +7,7 @@ weights (uniform, or the Voronoi masses of random centres) are wrong.  This scri
 compares weight strategies from the *same* random starts (same features, initial
 means, covariances and covariance bounds as :func:`segment_nuclei` builds them; labels
 and centres from the pipeline's own label step), scored by centre F1 (Hungarian
-matching within 1.5 um, :func:`napari_sinkhorn_em.metrics.match_centres`).
+matching within 1.5 um, :func:`napari_sinkhorn_em.evaluation.metrics.match_centres`).
 
 Variants (``w`` = mixing weights, "round" = a short warm-started fit of ``INNER``
 iterations followed by a weight update):
@@ -51,12 +51,12 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from napari_sinkhorn_em.features import voxel_features
-from napari_sinkhorn_em.metrics import match_centres
+from napari_sinkhorn_em.evaluation.metrics import match_centres
 from napari_sinkhorn_em.mixture import ConvergenceWarning, SinkhornEM
-from napari_sinkhorn_em.peaks import detect_nuclei, detect_peaks
-from napari_sinkhorn_em.preprocess import preprocess
-from napari_sinkhorn_em.segmentation import (
+from napari_sinkhorn_em.pipeline.features import voxel_features
+from napari_sinkhorn_em.pipeline.peaks import detect_nuclei, detect_peaks
+from napari_sinkhorn_em.pipeline.preprocess import preprocess
+from napari_sinkhorn_em.pipeline.segment import (
     _add_seeds,
     _labels_from_components,
     _make_table,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sinkhorn_em import segment_nuclei
-from napari_sinkhorn_em.metrics import match_centres
+from napari_sinkhorn_em.evaluation.metrics import match_centres
 from napari_sinkhorn_em.synthetic import make_worm
 
 UNIFORM = {"voxel_mass": "uniform"}

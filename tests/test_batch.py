@@ -348,7 +348,7 @@ def test_good_files_segmented_bad_files_reported(first_run, worm_dir):
 
 @pytest.mark.parametrize("key", GOOD)
 def test_outputs_match_input_and_truth(first_run, worm_dir, key):
-    from napari_sinkhorn_em.metrics import match_centres
+    from napari_sinkhorn_em.evaluation.metrics import match_centres
 
     _, out, _ = first_run
     d, truth = worm_dir
@@ -550,7 +550,7 @@ def test_voxel_size_from_flag_metadata_or_error(worm_dir, tmp_path):
 
 def test_config_file_and_flags(worm_dir, tmp_path, capsys):
     from napari_sinkhorn_em.cli import main
-    from napari_sinkhorn_em.segmentation import save_params
+    from napari_sinkhorn_em.pipeline.segment import save_params
 
     d, _ = worm_dir
     config = tmp_path / "params.json"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sinkhorn_em._filters import box_filter, minmax_filter1d
+from napari_sinkhorn_em.pipeline._filters import box_filter, minmax_filter1d
 
 
 @pytest.mark.parametrize("shape", [(7, 13, 300), (50,), (5, 600), (3, 4, 5)])
@@ -26,7 +26,7 @@ def test_minmax_filter1d_matches_scipy(shape):
 
 
 def test_box_filter_and_grey_opening_match_scipy():
-    from napari_sinkhorn_em.preprocess import _grey_opening
+    from napari_sinkhorn_em.pipeline.preprocess import _grey_opening
 
     a = np.random.default_rng(1).random((9, 40, 70)).astype(np.float32)
     for size in [(2, 4, 4), (1, 3, 3), (3, 1, 5)]:

@@ -35,17 +35,20 @@ def test_manifest_declares_widget_reader_writers_and_samples(manifest):
     commands = {cmd.id: cmd.python_name for cmd in c.commands}
     [widget] = c.widgets
     assert widget.display_name == "Sinkhorn-EM nuclei"
-    assert commands[widget.command] == "napari_sinkhorn_em._widget:SinkhornEMWidget"
+    assert commands[widget.command] == "napari_sinkhorn_em._napari.widget:SinkhornEMWidget"
     segment_menu = manifest.contributions.menus["napari/layers/segment"]
     assert [item.command for item in segment_menu] == [widget.command]
 
     [reader] = c.readers
     assert set(reader.filename_patterns) == {"*.tif", "*.tiff"}
-    assert commands[reader.command] == "napari_sinkhorn_em._reader:get_reader"
+    assert commands[reader.command] == "napari_sinkhorn_em._napari._reader:get_reader"
 
     writers = {tuple(w.layer_types): w for w in c.writers}
     assert writers[("labels",)].filename_extensions[0] == ".tif"
-    assert commands[writers[("labels",)].command] == "napari_sinkhorn_em._writer:write_labels_tiff"
+    assert (
+        commands[writers[("labels",)].command]
+        == "napari_sinkhorn_em._napari._writer:write_labels_tiff"
+    )
     assert writers[("points",)].filename_extensions == [".csv"]
 
     assert {s.key for s in c.sample_data} == {"worm_head", "worm_head_labels"}

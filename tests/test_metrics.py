@@ -1,11 +1,11 @@
-"""Tests for napari_sinkhorn_em.metrics."""
+"""Tests for napari_sinkhorn_em.evaluation.metrics."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from napari_sinkhorn_em.metrics import average_precision, label_iou, match_centres
+from napari_sinkhorn_em.evaluation.metrics import average_precision, label_iou, match_centres
 
 
 def test_match_centres_counts_and_errors():

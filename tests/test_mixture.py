@@ -97,8 +97,8 @@ def test_predict_proba_sparse_and_fit_predict():
 )
 def test_grid_neighbors_are_exact(shape, m):
     """The grid search returns exactly the m nearest means (brute force), in any layout."""
-    from napari_sinkhorn_em import _kernels
-    from napari_sinkhorn_em.mixture import _NeighborGrid
+    from napari_sinkhorn_em.mixture import _kernels
+    from napari_sinkhorn_em.mixture.estimator import _NeighborGrid
 
     rng = np.random.default_rng(7)
     K = 40

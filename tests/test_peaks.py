@@ -1,12 +1,17 @@
-"""Tests for napari_sinkhorn_em.peaks and napari_sinkhorn_em.features."""
+"""Tests for napari_sinkhorn_em.pipeline.peaks and napari_sinkhorn_em.pipeline.features."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sinkhorn_em.features import voxel_features
-from napari_sinkhorn_em.metrics import match_centres
-from napari_sinkhorn_em.peaks import _suppress_close, detect_nuclei, detect_peaks, log_scales
+from napari_sinkhorn_em.evaluation.metrics import match_centres
+from napari_sinkhorn_em.pipeline.features import voxel_features
+from napari_sinkhorn_em.pipeline.peaks import (
+    _suppress_close,
+    detect_nuclei,
+    detect_peaks,
+    log_scales,
+)
 
 
 def _scene(ndim, n, seed, voxel_size, shape, radius=1.4, min_sep=3.0):

@@ -1,10 +1,10 @@
-"""Tests for napari_sinkhorn_em.preprocess."""
+"""Tests for napari_sinkhorn_em.pipeline.preprocess."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sinkhorn_em.preprocess import (
+from napari_sinkhorn_em.pipeline.preprocess import (
     auto_threshold,
     granule_mask,
     normalize_channels,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_sinkhorn_em._reader import get_reader, read_tiff
-from napari_sinkhorn_em._writer import points_table, write_labels_tiff, write_points_csv
+from napari_sinkhorn_em._napari._reader import get_reader, read_tiff
+from napari_sinkhorn_em._napari._writer import points_table, write_labels_tiff, write_points_csv
 from napari_sinkhorn_em.io import ImageReadError, read_image, write_image
 
 VOXEL = (0.8, 0.35, 0.3)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from skimage.measure import label as cc_label
 
-from napari_sinkhorn_em._regions import foreground_boxes
-from napari_sinkhorn_em.peaks import detect_peaks
-from napari_sinkhorn_em.segmentation import _labels_from_components
+from napari_sinkhorn_em.pipeline._regions import foreground_boxes
+from napari_sinkhorn_em.pipeline.peaks import detect_peaks
+from napari_sinkhorn_em.pipeline.segment import _labels_from_components
 
 
 def _balls(shape, centres, radius):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sinkhorn_em._sample_data import sample_path, worm_head, worm_head_labels
+from napari_sinkhorn_em._napari._sample_data import sample_path, worm_head, worm_head_labels
 
 VOXEL = (0.8, 0.35, 0.35)
 CHANNELS = ["mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear"]

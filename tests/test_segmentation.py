@@ -1,4 +1,4 @@
-"""Tests for napari_sinkhorn_em.segmentation (segment_nuclei and parameter files)."""
+"""Tests for napari_sinkhorn_em.pipeline.segment (segment_nuclei and parameter files)."""
 
 import json
 
@@ -12,8 +12,8 @@ from napari_sinkhorn_em import (
     save_params,
     segment_nuclei,
 )
-from napari_sinkhorn_em.metrics import average_precision, match_centres
-from napari_sinkhorn_em.segmentation import fit_iteration_budget
+from napari_sinkhorn_em.evaluation.metrics import average_precision, match_centres
+from napari_sinkhorn_em.pipeline.segment import fit_iteration_budget
 from napari_sinkhorn_em.synthetic import make_worm
 
 _CACHE: dict = {}

@@ -133,7 +133,7 @@ def test_bad_input(kwargs, match):
 
 def test_exp_table_matches_numpy_exp():
     """The E-step's own vectorised exp agrees with np.exp to 1 ulp; underflow gives 0."""
-    from napari_sinkhorn_em import _kernels
+    from napari_sinkhorn_em.mixture import _kernels
 
     rng = np.random.default_rng(0)
     A = -rng.exponential(30.0, size=(20000, 16))
@@ -151,7 +151,7 @@ def test_exp_table_matches_numpy_exp():
 @pytest.mark.parametrize("stride", [1, 3, 7])
 def test_hessian_estimate_is_psd_and_exact_without_sampling(stride):
     """The E-step pass's negative Hessian: exact for stride 1, PSD for any row sampling."""
-    from napari_sinkhorn_em import _kernels
+    from napari_sinkhorn_em.mixture import _kernels
 
     A, _, a = problem(5, N=3000, K=12, scale=2.0)
     a = a / a.sum()
@@ -203,7 +203,7 @@ def test_soft_marginal_newton_and_sinkhorn_steps_reach_the_same_potential(tau):
     """The soft-marginal E-step (marginal_penalty): Newton and the coordinate (Sinkhorn)
     step converge to one potential, at which the column sums equal the soft target
     alpha exp(-(g - log alpha) / tau), between EM's (tau -> 0) and alpha."""
-    from napari_sinkhorn_em.sinkhorn import _EStep
+    from napari_sinkhorn_em.mixture.estep import _EStep
 
     rng = np.random.default_rng(5)
     N, K = 300, 4

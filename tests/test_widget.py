@@ -13,12 +13,12 @@ napari = pytest.importorskip("napari")
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
-from napari_sinkhorn_em._reader import read_tiff  # noqa: E402
-from napari_sinkhorn_em._sample_data import sample_path  # noqa: E402
-from napari_sinkhorn_em._widget import SinkhornEMWidget, merge_label_edits  # noqa: E402
+from napari_sinkhorn_em._napari._reader import read_tiff  # noqa: E402
+from napari_sinkhorn_em._napari._sample_data import sample_path  # noqa: E402
+from napari_sinkhorn_em._napari.widget import SinkhornEMWidget, merge_label_edits  # noqa: E402
+from napari_sinkhorn_em.evaluation.metrics import match_centres  # noqa: E402
 from napari_sinkhorn_em.io import read_image  # noqa: E402
-from napari_sinkhorn_em.metrics import match_centres  # noqa: E402
-from napari_sinkhorn_em.segmentation import load_params  # noqa: E402
+from napari_sinkhorn_em.pipeline.segment import load_params  # noqa: E402
 
 VOXEL = (0.8, 0.35, 0.35)
 CHANNELS = ["mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear"]
@@ -391,7 +391,7 @@ def test_exported_parameters_give_the_same_result_in_batch(make_napari_viewer, q
 
 def test_open_as_one_multichannel_layer(make_napari_viewer, tmp_path):
     """File > IO Utilities > Open TIFF as one multichannel layer (channel axis kept)."""
-    from napari_sinkhorn_em._widget import open_multichannel
+    from napari_sinkhorn_em._napari.widget import open_multichannel
 
     viewer = make_napari_viewer()
     with sample_path("worm_head.tif") as p:
@@ -423,7 +423,7 @@ def test_multichannel_open_is_in_the_file_menu(make_napari_viewer):
     }
     assert command in menu_ids
     # napari resolves the command's annotations and injects the current viewer
-    from napari_sinkhorn_em._widget import open_multichannel
+    from napari_sinkhorn_em._napari.widget import open_multichannel
 
     injected = app.injection_store.inject(open_multichannel)
     with sample_path("worm_head.tif") as p:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "napari_sinkhorn_em"
 # Modules allowed to import napari / Qt; everything else is "core".
-GUI_MODULES = {"_widget"}
+GUI_MODULES = {"_napari.widget"}
 
 CORE_IMPORT_CHECK = f"""
 import importlib, pkgutil, sys
@@ -36,7 +36,9 @@ for banned in ("napari", "PyQt5", "PyQt6", "PySide2", "PySide6"):
         sys.exit(f"{{banned}} is importable: this venv should hold runtime deps only")
 import {PACKAGE}
 gui = {sorted(GUI_MODULES)!r}
-names = [m.name for m in pkgutil.iter_modules({PACKAGE}.__path__) if m.name not in gui]
+names = [m.name.split(".", 1)[1]
+         for m in pkgutil.walk_packages({PACKAGE}.__path__, "{PACKAGE}.")]
+names = [n for n in names if n not in gui]
 for name in names:
     importlib.import_module("{PACKAGE}." + name)
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in

@@ -19,7 +19,7 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_sinkhorn_em._widget import SinkhornEMWidget
+from napari_sinkhorn_em._napari.widget import SinkhornEMWidget
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Nuclei segmentation in C. elegans fluorescence stacks with Sinkhorn-EM.
 
-The core (this package minus the napari plugin modules ``_widget``) imports neither
+The core (this package minus the napari plugin, subpackage ``_napari``) imports neither
 napari nor Qt. The public names below are loaded on first use (PEP 562), so that
 ``import napari_sinkhorn_em`` and ``napari-sinkhorn-em --help`` stay fast and do not
 load Numba.
@@ -21,14 +21,15 @@ _EXPORTS = {
     "write_image": "io",
     "write_labels": "io",
     "write_table": "io",
-    "ConvergenceWarning": "mixture",
-    "SinkhornEM": "mixture",
-    "SegmentationCancelled": "segmentation",
-    "SegmentationResult": "segmentation",
-    "load_params": "segmentation",
-    "save_params": "segmentation",
-    "segment_nuclei": "segmentation",
-    "sinkhorn_responsibilities": "sinkhorn",
+    "ConvergenceWarning": "mixture.estimator",
+    "SinkhornEM": "mixture.estimator",
+    "SegmentationCancelled": "pipeline.segment",
+    "SegmentationResult": "pipeline.segment",
+    "SegmentationParams": "params",
+    "load_params": "pipeline.segment",
+    "save_params": "pipeline.segment",
+    "segment_nuclei": "pipeline.segment",
+    "sinkhorn_responsibilities": "mixture.estep",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ImageData",
     "ImageReadError",
     "SegmentationCancelled",
+    "SegmentationParams",
     "SegmentationResult",
     "SinkhornEM",
     "__version__",
@@ -72,12 +74,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         write_labels,
         write_table,
     )
-    from .mixture import ConvergenceWarning, SinkhornEM
-    from .segmentation import (
+    from .mixture.estep import sinkhorn_responsibilities
+    from .mixture.estimator import ConvergenceWarning, SinkhornEM
+    from .params import SegmentationParams
+    from .pipeline.segment import (
         SegmentationCancelled,
         SegmentationResult,
         load_params,
         save_params,
         segment_nuclei,
     )
-    from .sinkhorn import sinkhorn_responsibilities

@@ -273,7 +273,7 @@ def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     config = None
     if args.config is not None:
-        from .segmentation import load_params
+        from .pipeline.segment import load_params
 
         config = load_params(args.config)
     parameters = build_parameters(

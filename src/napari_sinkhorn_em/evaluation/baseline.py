@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .peaks import detect_peaks
-from .preprocess import preprocess
+from ..pipeline.peaks import detect_peaks
+from ..pipeline.preprocess import preprocess
 
 __all__ = ["log_watershed"]
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import _kernels as _k
-from .sinkhorn import (
+from .estep import (
     _DUMMY_IDX,
     _as_sample_weight,
     _as_weights,

@@ -52,7 +52,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from napari_sinkhorn_em.io import write_labels, write_table
-from napari_sinkhorn_em.segmentation import (
+from napari_sinkhorn_em.pipeline.segment import (
     SegmentationCancelled,
     SegmentationResult,
     fit_iteration_budget,
@@ -931,7 +931,7 @@ def open_multichannel(viewer: napari.viewer.Viewer, path: str | Path | None = No
     list of napari.layers.Layer
         The layers added (none when the dialog was cancelled or the file is unreadable).
     """
-    from napari_sinkhorn_em._reader import read_tiff
+    from napari_sinkhorn_em._napari._reader import read_tiff
     from napari_sinkhorn_em.io import ImageReadError
 
     if path is None:

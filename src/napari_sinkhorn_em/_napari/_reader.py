@@ -6,7 +6,7 @@ one layer per channel (named after the channel, additive blending, one colour ea
 :func:`read_tiff` with ``split_channels=False`` keeps the channel axis in a single layer
 instead (the widget reads the axis from the layer metadata), e.g. in napari's console::
 
-    from napari_sinkhorn_em._reader import read_tiff
+    from napari_sinkhorn_em._napari._reader import read_tiff
     for data, kwargs, _ in read_tiff("worm.tif", split_channels=False):
         viewer.add_image(data, **kwargs)
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._json import jsonable
+from .. import __version__
+from .._json import jsonable
 
 __all__ = [
     "RUN_JSON",
@@ -418,8 +418,8 @@ def process_file(
         "shape", "voxel_size", "voxel_size_source", "channel_axis",
         "parameters_used", "outputs": {"labels": {"name", "size"}, "table": {...}}}``.
     """
-    from .io import read_image, write_labels, write_table
-    from .segmentation import segment_nuclei
+    from ..io import read_image, write_labels, write_table
+    from ..pipeline.segment import segment_nuclei
 
     t0 = time.perf_counter()
     params = task["parameters"]
@@ -491,7 +491,7 @@ def _now() -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    from .io import atomic_write
+    from ..io import atomic_write
 
     text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
     with atomic_write(path, "w", encoding="utf-8") as fh:
@@ -1066,8 +1066,8 @@ def write_synthetic_worms(
     list of pathlib.Path
         The image files written.
     """
-    from .io import write_image, write_labels, write_table
-    from .synthetic import make_worm
+    from ..io import write_image, write_labels, write_table
+    from ..synthetic import make_worm
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise BatchError(f"n must be a positive integer, got {n!r}")

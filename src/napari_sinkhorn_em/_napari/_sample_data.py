@@ -12,7 +12,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
-from napari_sinkhorn_em._reader import read_tiff
+from napari_sinkhorn_em._napari._reader import read_tiff
 from napari_sinkhorn_em.io import read_image
 
 __all__ = ["sample_path", "worm_head", "worm_head_labels"]
