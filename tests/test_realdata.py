@@ -99,3 +99,22 @@ def test_qcanet_crop_end_to_end():
     assert r.labels.shape == img.shape
     m = match_centres(r.centres, [c - lo], voxel_size=s.voxel_size, max_distance=5.0)
     assert m.tp == 1
+
+
+@needs_tt
+def test_targettrack_gt_points_offset_in_z_is_real():
+    # the documented correction: gt points sampled 0.75 plane higher hit brighter signal,
+    # tar points are already on their nuclei
+    from scipy import ndimage as ndi
+
+    def gain(f, dz):
+        im = ndi.gaussian_filter(f.nuclei.astype(float), (0.5, 1.0, 1.0))
+        c = f.centres
+        v0 = ndi.map_coordinates(im, c.T, order=1).mean()
+        return ndi.map_coordinates(im, (c + np.array([dz, 0.0, 0.0])).T, order=1).mean() / v0
+
+    gt, tar = rd.targettrack_pair(4)
+    assert gain(gt, rd.TARGETTRACK_GT_Z_OFFSET) > 1.2
+    assert gain(tar, rd.TARGETTRACK_GT_Z_OFFSET) < 1.0
+    shifted = rd.load_targettrack(4, "gt", z_offset=-0.75)
+    np.testing.assert_allclose(shifted.centres[:, 0], gt.centres[:, 0] - 0.75)
