@@ -289,6 +289,14 @@ def _git_rev() -> str:
         return "unknown"
 
 
+def _write_json(path, rows: list[dict], failed: list[dict]) -> None:
+    from napari_sinkhorn_em.io import atomic_write
+
+    text = json.dumps({"code": _git_rev(), "rows": rows, "failed": failed}, indent=1, default=float)
+    with atomic_write(Path(path), "w") as fh:
+        fh.write(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one row per kind (a few minutes)")
@@ -322,6 +330,8 @@ def main(argv=None) -> int:
             failed.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
         rows.append(row)
+        if args.json:  # after every row, so that an interrupted run keeps what it measured
+            _write_json(args.json, rows, failed)
         o, b = row["ours"], row["baseline"]
         print(
             f"{name}: n={row['n_true']} ours F1 {o['f1']:.3f} AP50 {_f(o['ap50'], 3)} "
@@ -342,11 +352,7 @@ def main(argv=None) -> int:
     for f in failed:
         print(f"FAILED {f['name']}: {f['error']}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"code": _git_rev(), "rows": rows, "failed": failed}, indent=1, default=float
-            )
-        )
+        _write_json(args.json, rows, failed)
         print(f"wrote {args.json}")
     return 1 if failed else 0
 
