@@ -62,6 +62,13 @@ def _positive_float(value: str) -> float:
     return x
 
 
+def _diameter(text: str) -> float | None:
+    """``--nucleus-diameter``: a positive number, or "auto" (None = the default, auto)."""
+    if text.strip().lower() == "auto":
+        return None
+    return _positive_float(text)
+
+
 def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
@@ -115,10 +122,13 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--nucleus-diameter",
-        type=_positive_float,
+        type=_diameter,
         default=None,
         metavar="UM",
-        help="typical nucleus diameter in micrometres",
+        help=(
+            "typical nucleus diameter in micrometres, or 'auto' (default): estimated from "
+            "each image (the value used is in each result's info.nucleus_diameter_um)"
+        ),
     )
     p.add_argument(
         "--config",

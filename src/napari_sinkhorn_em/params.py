@@ -40,7 +40,12 @@ class SegmentationParams:
     channel_axis: int | None = _p(None, "axis holding the channels (None = one channel)")
     channel_names: tuple[str, ...] | None = _p(None, "names for the mean_<name> columns")
     n_nuclei: int | str | None = _p(None, "number of nuclei; None / 'auto' = estimated")
-    nucleus_diameter: float | str = _p(3.0, "typical nucleus diameter (um)")
+    nucleus_diameter: float | str = _p(
+        "auto", "typical nucleus diameter (um); 'auto' = estimated from the image"
+    )
+    local_contrast: bool | None = _p(
+        None, "scale/contrast-adaptive detection; None = on with an 'auto' diameter"
+    )
     method: str = _p("sinkhorn", "sinkhorn, em (same fixed weights) or em-learned")
     init: Any = _p("peaks", "peaks, k-means++, random, or (K, ndim) centres in voxels")
     n_init: int = _p(1, "number of random starts (best kept)")

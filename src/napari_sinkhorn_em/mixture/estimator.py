@@ -163,8 +163,9 @@ class SinkhornEM:
         variances of those features are clipped; for "spherical" the single variance.
         Clipping the eigenvalues of the scatter is the exact maximiser of the Gaussian
         M-step under these bounds, so the objective stays monotone.
-    reg_covar : float, default 1e-6
-        Added to the diagonal of every covariance.
+    reg_covar : float or array_like of shape (D,), default 1e-6
+        Added to the diagonal of every covariance; per feature for "full" and "diag"
+        (e.g. the quantisation variance ``step**2 / 12`` of a coarsely sampled axis).
     tol : float, default 1e-3
         Stop when the objective changes by less than ``tol`` between iterations.
     max_iter : int, default 100
@@ -289,8 +290,16 @@ class SinkhornEM:
                 "covariance_type must be 'full', 'diag' or 'spherical', "
                 f"got {self.covariance_type!r}"
             )
-        if not (np.isfinite(self.reg_covar) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar}")
+        reg = np.asarray(self.reg_covar, dtype=np.float64)
+        if reg.ndim > 1 or (
+            reg.ndim == 1 and (reg.size != D or self.covariance_type == "spherical")
+        ):
+            raise ValueError(
+                f"reg_covar must be a number or (full/diag) one number per feature ({D}), "
+                f"got {self.reg_covar!r}"
+            )
+        if not (np.all(np.isfinite(reg)) and np.all(reg >= 0)):
+            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
         if not (np.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
@@ -362,7 +371,7 @@ class SinkhornEM:
         bounds = self.covariance_bounds
         ct = self.covariance_type
         if ct == "full":
-            cov += self.reg_covar * np.eye(D)
+            cov += np.asarray(self.reg_covar) * np.eye(D)
             if d is not None and d < D:
                 cov[:, :d, d:] = 0.0
                 cov[:, d:, :d] = 0.0
@@ -374,7 +383,7 @@ class SinkhornEM:
                 w = np.clip(w, lo, hi)
                 cov[:, :db, :db] = np.einsum("kij,kj,klj->kil", V, w, V)
         else:
-            cov += self.reg_covar
+            cov += np.asarray(self.reg_covar)
             if bounds is not None:
                 lo, hi = bounds
                 if ct == "diag":

@@ -244,6 +244,8 @@ def detect_nuclei(
     small_scale_factor: float = 0.6,
     separation: float = 0.55,
     fill_separation: float = 0.4,
+    local: bool = False,
+    min_contrast: float = 0.5,
 ) -> Peaks:
     """Nucleus centres from two LoG passes: the nucleus scale, then a smaller scale.
 
@@ -273,6 +275,16 @@ def detect_nuclei(
     separation, fill_separation : float
         Minimum distance of an accepted small-scale peak to every accepted peak, in
         units of ``nucleus_diameter``, without and with a requested count.
+    local : bool
+        Scale- and contrast-adaptive mode (``nucleus_diameter="auto"``): the nuclei are
+        the scale-space blobs of :func:`~napari_sinkhorn_em.pipeline.scale.scale_space_blobs`
+        over 0.5-2x the nucleus diameter (each with its own scale; significant, round,
+        prominent, local contrast >= ``min_contrast``), suppressed within half of each
+        pair's mean diameter; no second pass. ``sigma_um`` holds 0.8x each blob's
+        scale, the convention of the fixed-scale pass.
+    min_contrast : float
+        Local contrast a blob needs in the local mode.
+
 
     Returns
     -------
@@ -284,6 +296,8 @@ def detect_nuclei(
             f"need 0 < fill_separation <= separation, got {fill_separation} and {separation}"
         )
     vs = np.asarray(voxel_size, dtype=np.float64)
+    if local:
+        return _detect_local(signal, vs, nucleus_diameter, foreground, min_contrast)
     primary = detect_peaks(signal, vs, nucleus_diameter=nucleus_diameter, foreground=foreground)
     small = detect_peaks(
         signal,
@@ -326,16 +340,61 @@ def detect_nuclei(
     )
 
 
-def _suppress_close(points: np.ndarray, response: np.ndarray, min_distance: float) -> np.ndarray:
+def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
+    """Local mode of :func:`detect_nuclei` (see there)."""
+    from .scale import _MIN_SIGMA_VOX, scale_space_blobs
+
+    sig = np.asarray(signal, dtype=np.float32)
+    ndim = sig.ndim
+    blobs = scale_space_blobs(sig, vs, diameter_range=(0.5 * diameter, 2.0 * diameter))
+    ok = blobs.contrast >= max(min_contrast, 1e-12)
+    coords = np.round(blobs.coords[ok]).astype(np.int64)
+    coords = np.clip(coords, 0, np.array(sig.shape) - 1)
+    sigma, resp = blobs.sigma_um[ok], blobs.response[ok]
+    if foreground is not None and coords.size:
+        inside = np.asarray(foreground)[tuple(coords.T)]
+        coords, sigma, resp = coords[inside], sigma[inside], resp[inside]
+    if coords.shape[0] == 0:
+        return _empty(ndim)
+    d_i = 2.0 * np.sqrt(ndim) * sigma
+    keep = _suppress_close(coords * vs, resp, 0.5 * diameter, scale=d_i / diameter)
+    coords, sigma, resp = coords[keep], sigma[keep], resp[keep]
+    order = np.argsort(-resp, kind="stable")
+    coords, sigma, resp = coords[order], sigma[order], resp[order]
+    # each nucleus' level: the signal smoothed at its own scale, at its centre
+    inten = np.empty(coords.shape[0])
+    for s in np.unique(sigma):
+        sel = sigma == s
+        sm = ndi.gaussian_filter(sig, np.maximum(s / vs, _MIN_SIGMA_VOX), mode="nearest")
+        inten[sel] = sm[tuple(coords[sel].T)]
+    return Peaks(
+        coords=coords.astype(np.float64),
+        sigma_um=0.8 * sigma,
+        intensity=inten,
+        response=resp,
+        threshold=0.0,
+    )
+
+
+def _suppress_close(
+    points: np.ndarray, response: np.ndarray, min_distance: float, scale=None
+) -> np.ndarray:
     """Non-maximum suppression: visit peaks by decreasing response, drop any peak closer
-    than ``min_distance`` to one already kept. Returns a boolean keep mask."""
+    than ``min_distance`` to one already kept. With ``scale`` (one factor per peak) the
+    limit of a pair is ``min_distance`` times the mean of their factors. Returns a
+    boolean keep mask."""
     from scipy.spatial import cKDTree
 
     n = points.shape[0]
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
-    pairs = cKDTree(points).query_pairs(min_distance, output_type="ndarray")
+    reach = min_distance if scale is None else min_distance * float(np.max(scale))
+    pairs = cKDTree(points).query_pairs(reach, output_type="ndarray")
+    if scale is not None and pairs.size:
+        lim = min_distance * 0.5 * (scale[pairs[:, 0]] + scale[pairs[:, 1]])
+        dist = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+        pairs = pairs[dist < lim]
     if pairs.size == 0:
         return keep
     order = np.argsort(-response, kind="stable")

@@ -39,10 +39,12 @@ from .._json import jsonable
 from ..io import atomic_write
 from ..mixture import ConvergenceWarning, SinkhornEM
 from ..mixture.estep import _check_marginal_penalty
+from . import adaptive
 from ._regions import foreground_boxes
 from .features import voxel_features
 from .peaks import detect_nuclei
 from .preprocess import preprocess
+from .scale import resolve_diameter
 
 __all__ = [
     "SegmentationCancelled",
@@ -284,7 +286,8 @@ def segment_nuclei(
     channel_axis=None,
     channel_names=None,
     n_nuclei=None,
-    nucleus_diameter: float = 3.0,
+    nucleus_diameter: float | str = "auto",
+    local_contrast: bool | None = None,
     method: str = "sinkhorn",
     init="peaks",
     n_init: int = 1,
@@ -324,9 +327,20 @@ def segment_nuclei(
         Number of nuclei; None / "auto" = the number of LoG peaks found (two scales, see
         :func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei`). A given count takes the strongest
         peaks, or all of them plus k-means++-style seeds when there are fewer.
-    nucleus_diameter : float
+    nucleus_diameter : float or "auto"
         Typical nucleus diameter in micrometres: sets the LoG scale, the minimum peak
-        distance, the covariance bounds and the fragment size.
+        distance, the covariance bounds and the fragment size. "auto" (default)
+        estimates it from the image by scale-space blob detection
+        (:func:`~napari_sinkhorn_em.pipeline.scale.estimate_nucleus_diameter`); the
+        value used is ``info["nucleus_diameter_um"]`` (``params`` keeps "auto": the
+        estimate is deterministic, so a rerun reproduces the result).
+    local_contrast : bool or None
+        Scale- and contrast-adaptive detection (:mod:`~napari_sinkhorn_em.pipeline.adaptive`):
+        peaks at each nucleus' own scale accepted by local contrast, a per-nucleus
+        (half-maximum) foreground added to the global one, covariance bounds from the
+        spread of the detected sizes, the component count capped by the foreground
+        volume. None (default) = on when ``nucleus_diameter="auto"``, off for a given
+        number (the fixed-scale pipeline of earlier versions).
     method : {"sinkhorn", "em", "em-learned"}
         Sinkhorn-EM with fixed weights, EM with the same fixed weights, or classic EM with
         learned weights.
@@ -427,10 +441,10 @@ def segment_nuclei(
             init_array = np.asarray(init, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"init must be a string or an array of centres: {exc}") from exc
-    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
-        raise ValueError(
-            f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
-        )
+    d_given = resolve_diameter(nucleus_diameter)
+    if local_contrast is not None and not isinstance(local_contrast, (bool, np.bool_)):
+        raise ValueError(f"local_contrast must be True, False or None, got {local_contrast!r}")
+    local = bool(d_given is None if local_contrast is None else local_contrast)
     if n_nuclei is not None and n_nuclei != "auto":
         if isinstance(n_nuclei, bool) or not isinstance(n_nuclei, (int, np.integer)):
             raise ValueError(
@@ -465,7 +479,7 @@ def segment_nuclei(
         image,
         voxel_size=voxel_size,
         channel_axis=channel_axis,
-        nucleus_diameter=nucleus_diameter,
+        nucleus_diameter="auto" if d_given is None else d_given,
         background_scale=background_scale,
         foreground_threshold=foreground_threshold,
         threshold_method=threshold_method,
@@ -484,23 +498,8 @@ def segment_nuclei(
                 f"channel_names has {len(channel_names)} names but the image has {n_ch} channels"
             )
     timings["preprocess"] = time.perf_counter() - t0
-
-    # ---- features
-    t = time.perf_counter()
-    feats = voxel_features(
-        pre.data,
-        pre.foreground,
-        vs,
-        intensity_weight=intensity_weight,
-        mass=voxel_mass,
-        signal=pre.signal,
-    )
-    n_points = feats.n_points
-    # The full normalised stack (C float32 copies of the volume) is not needed any more:
-    # free it (and the granule mask) before the peaks and the fit, the larger stages.
-    pre.data = None
-    pre.granules = None
-    timings["features"] = time.perf_counter() - t
+    nucleus_diameter = pre.info["nucleus_diameter_um"]
+    notes: list[str] = []
 
     # ---- peaks / number of nuclei
     report("peaks")
@@ -509,14 +508,20 @@ def segment_nuclei(
         init == "peaks" or n_nuclei in (None, "auto") or weights == "nuclei"
     )
     peaks = None
-    if need_peaks:
+    local_info = None
+    if need_peaks or local:
         peaks = detect_nuclei(
             pre.signal,
             vs,
             nucleus_diameter=nucleus_diameter,
-            foreground=pre.foreground,
+            foreground=adaptive.search_mask(pre) if local else pre.foreground,
             n_nuclei=None if n_nuclei in (None, "auto") else int(n_nuclei),
+            local=local,
         )
+    if local:
+        # per-nucleus foreground, component cap (adaptive.py)
+        peaks, local_info = adaptive.refine(pre, peaks, vs, nucleus_diameter, notes)
+    timings["peaks"] = time.perf_counter() - t
     if init_array is not None:
         if init_array.ndim != 2 or init_array.shape[1] != ndim:
             raise ValueError(
@@ -534,13 +539,31 @@ def segment_nuclei(
             raise ValueError("no nuclei detected (no LoG peaks in the foreground)")
     else:
         K = int(n_nuclei)
+    # ---- features
+    t = time.perf_counter()
+    feats = voxel_features(
+        pre.data,
+        pre.foreground,
+        vs,
+        intensity_weight=intensity_weight,
+        mass=voxel_mass,
+        signal=pre.signal,
+    )
+    n_points = feats.n_points
+    # The full normalised stack (C float32 copies of the volume) is not needed any more:
+    # free it (and the granule mask) before the fit, the larger stage.
+    pre.data = None
+    pre.granules = None
+    pre.signal = pre.foreground = None  # only the peak detection needed them
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     if n_points < K:
         raise ValueError(
             f"n_nuclei={K} is larger than the number of foreground voxels ({n_points}); "
             "lower n_nuclei or foreground_threshold"
         )
-    pre.signal = pre.foreground = None  # only the peak detection needed them
-    timings["peaks"] = time.perf_counter() - t
+    timings["peaks"] += time.perf_counter() - t
 
     # ---- initial means
     report("init")
@@ -569,6 +592,9 @@ def segment_nuclei(
     # ---- covariance bounds from the nucleus diameter
     var_nominal = (nucleus_diameter / 2.0) ** 2 / 5.0
     bounds = (lo_s * var_nominal, hi_s * var_nominal)
+    reg_covar = 1e-6
+    if local:
+        bounds, reg_covar = adaptive.covariance_model(local_info, vs, D, lo_s, hi_s)
     cov0 = None
     if means0 is not None:
         cov0 = np.zeros((K, D, D))
@@ -624,6 +650,7 @@ def segment_nuclei(
                 n_neighbors=min(int(n_neighbors), Kb),
                 random_state=random_state,
                 position_dims=ndim,
+                reg_covar=reg_covar,
                 callback=callback if progress is not None else None,
                 marginal_penalty=marginal_penalty if method == "sinkhorn" else None,
             )
@@ -674,6 +701,8 @@ def segment_nuclei(
     # ---- labels
     report("labels")
     t = time.perf_counter()
+    # fragments are measured against the smallest detected nuclei in the local mode
+    d_small = nucleus_diameter if local_info is None else local_info["d_small_um"]
     labels, comp_ids = _labels_from_components(
         feats.indices,
         pos,
@@ -684,9 +713,11 @@ def segment_nuclei(
         ndim,
         vs,
         mahalanobis_radius,
-        min_size * (np.pi / 6.0) * nucleus_diameter**3 * (1 if ndim == 3 else 0)
-        + min_size * (np.pi / 4.0) * nucleus_diameter**2 * (1 if ndim == 2 else 0),
+        min_size * (np.pi / 6.0) * d_small**3 * (1 if ndim == 3 else 0)
+        + min_size * (np.pi / 4.0) * d_small**2 * (1 if ndim == 2 else 0),
     )
+    if local:
+        labels = adaptive.clean(labels)
     timings["labels"] = time.perf_counter() - t
 
     # ---- table
@@ -703,7 +734,8 @@ def segment_nuclei(
         "channel_axis": pre.channel_axis,
         "channel_names": channel_names,
         "n_nuclei": "auto" if n_nuclei in (None, "auto") else int(n_nuclei),
-        "nucleus_diameter": float(nucleus_diameter),
+        "nucleus_diameter": "auto" if d_given is None else float(d_given),
+        "local_contrast": local,
         "method": method,
         "init": init if isinstance(init, str) else init_array.tolist(),
         "n_init": int(n_init),
@@ -727,7 +759,17 @@ def segment_nuclei(
         "suppress_granules": bool(suppress_granules),
         "max_components_per_tile": int(max_components_per_tile),
     }
+    if not converged:
+        notes.append(
+            f"the fit did not converge within max_iter={int(max_iter)} iterations "
+            f"({int(n_iter)} run); the result is usable but may improve with a larger max_iter"
+        )
     info = {
+        "nucleus_diameter_um": float(nucleus_diameter),
+        "nucleus_diameter": "auto" if d_given is None else float(d_given),
+        "local_contrast": local,
+        "adaptive": local_info,
+        "warnings": notes,
         "timings": timings,
         "n_components": K,
         "n_nuclei": len(table),

@@ -1,0 +1,205 @@
+"""Automatic nucleus scale, local contrast, sampling, clean labels, component cap (issue 12)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_sinkhorn_em import segment_nuclei
+from napari_sinkhorn_em.evaluation.metrics import match_centres
+from napari_sinkhorn_em.params import SegmentationParams
+from napari_sinkhorn_em.pipeline.cleanup import clean_labels
+from napari_sinkhorn_em.pipeline.contrast import component_cap
+from napari_sinkhorn_em.pipeline.scale import estimate_nucleus_diameter, resolve_diameter
+
+
+def _blob_field(diameter, voxel_size, n_side=3, seed=0, blur=0.1, brightness=None, noise=0.03):
+    """Balls of ``diameter`` um on a jittered grid (spacing 1.6 d), blurred, with noise.
+
+    Returns the image, the true centres (voxel coordinates) and the true labels.
+    """
+    rng = np.random.default_rng(seed)
+    vs = np.asarray(voxel_size, dtype=np.float64)
+    nd = vs.size
+    spacing = 1.6 * diameter
+    extent = (n_side + 0.6) * spacing
+    shape = tuple(int(np.ceil(extent / v)) for v in vs)
+    grids = np.meshgrid(*[np.arange(n) * v for n, v in zip(shape, vs, strict=True)], indexing="ij")
+    img = np.zeros(shape, dtype=np.float32)
+    lab = np.zeros(shape, dtype=np.int32)
+    centres = []
+    for k, idx in enumerate(np.ndindex(*(n_side,) * nd)):
+        c = (np.array(idx) + 0.8) * spacing + rng.uniform(-0.1, 0.1, nd) * diameter
+        d2 = sum((g - c[i]) ** 2 for i, g in enumerate(grids))
+        inside = d2 <= (diameter / 2) ** 2
+        b = 1.0 if brightness is None else brightness(k, c)
+        img[inside] = b
+        lab[inside] = k + 1
+        centres.append(c / vs)
+    img = ndi.gaussian_filter(img, blur * diameter / vs)
+    img += rng.normal(0.0, noise, shape).astype(np.float32) + 0.1
+    return img, np.array(centres), lab
+
+
+@pytest.mark.parametrize(
+    ("diameter", "voxel_size"),
+    [
+        (2.0, (0.4, 0.2, 0.2)),
+        (2.0, (2.0, 0.27, 0.27)),  # whole-brain sampling: a nucleus spans 1-2 planes
+        (5.0, (1.0, 0.5, 0.5)),
+        (10.0, (2.5, 1.0, 1.0)),
+        (20.0, (2.5, 1.0, 1.0)),
+        (8.0, (0.5, 0.5)),
+        (20.0, (1.0, 1.0)),
+    ],
+)
+def test_scale_estimate_recovers_known_diameters(diameter, voxel_size):
+    img, _, _ = _blob_field(diameter, voxel_size, n_side=3 if len(voxel_size) == 3 else 5)
+    est = estimate_nucleus_diameter(img, voxel_size)
+    assert est.n_blobs >= 3
+    assert abs(est.diameter_um - diameter) <= 0.2 * diameter, est.diameter_um
+
+
+def test_scale_estimate_rejects_flat_noise():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="nucleus_diameter"):
+        estimate_nucleus_diameter(np.full((20, 40, 40), 5.0, np.float32), (1.0, 0.5, 0.5))
+    img = rng.normal(1.0, 0.01, (20, 40, 40)).astype(np.float32)
+    # pure noise: either no estimate or, if blobs pass, no crash; the pipeline reports it
+    try:
+        estimate_nucleus_diameter(img, (1.0, 0.5, 0.5))
+    except ValueError as exc:
+        assert "nucleus_diameter" in str(exc)
+
+
+def test_resolve_diameter_validation():
+    assert resolve_diameter("auto") is None
+    assert resolve_diameter(None) is None
+    assert resolve_diameter(3) == 3.0
+    for bad in ("big", -1.0, 0.0, float("nan"), True, [3.0]):
+        with pytest.raises(ValueError, match="nucleus_diameter"):
+            resolve_diameter(bad)
+
+
+def test_auto_is_the_default_everywhere():
+    assert SegmentationParams().nucleus_diameter == "auto"
+    import inspect
+
+    sig = inspect.signature(segment_nuclei)
+    assert sig.parameters["nucleus_diameter"].default == "auto"
+    with pytest.raises(ValueError, match="nucleus_diameter"):
+        segment_nuclei(np.ones((8, 8)) + np.eye(8), nucleus_diameter="huge")
+
+
+def test_auto_diameter_recorded_and_rerun_reproduces():
+    img, centres, _ = _blob_field(6.0, (1.0, 0.5, 0.5), n_side=3, seed=1)
+    r = segment_nuclei(img, voxel_size=(1.0, 0.5, 0.5), random_state=0)
+    assert r.params["nucleus_diameter"] == "auto"
+    assert r.params["local_contrast"] is True
+    d = r.info["nucleus_diameter_um"]
+    assert abs(d - 6.0) < 1.2
+    m = match_centres(r.centres, centres, voxel_size=(1.0, 0.5, 0.5), max_distance=2.0)
+    assert m.f1 >= 0.95
+    again = segment_nuclei(img, **r.params)
+    assert np.array_equal(again.labels, r.labels)
+    # the resolved number with the local mode gives the same segmentation
+    same = segment_nuclei(img, **{**r.params, "nucleus_diameter": d})
+    assert np.array_equal(same.labels, r.labels)
+
+
+def test_given_number_keeps_the_fixed_scale_pipeline():
+    img, _, _ = _blob_field(6.0, (1.0, 0.5, 0.5), n_side=2, seed=2)
+    r = segment_nuclei(img, voxel_size=(1.0, 0.5, 0.5), nucleus_diameter=6.0, random_state=0)
+    assert r.params["nucleus_diameter"] == 6.0
+    assert r.params["local_contrast"] is False
+    assert r.info["nucleus_diameter_um"] == 6.0
+    assert r.info["adaptive"] is None
+
+
+def test_dim_nuclei_next_to_bright_ones_are_found():
+    # every other nucleus 8x dimmer (and a depth gradient of 2x on top): one global
+    # threshold drops the dim ones, the local contrast keeps them
+    vs = (1.0, 0.5, 0.5)
+
+    def bright(k, c):
+        return (1.0 if k % 2 == 0 else 0.125) * (1.0 - 0.5 * c[0] / 40.0)
+
+    img, centres, _ = _blob_field(6.0, vs, n_side=3, seed=3, brightness=bright, noise=0.005)
+    r = segment_nuclei(img, voxel_size=vs, random_state=0)
+    m = match_centres(r.centres, centres, voxel_size=vs, max_distance=2.5)
+    dim = np.arange(len(centres)) % 2 == 1
+    found = np.zeros(len(centres), dtype=bool)
+    found[m.true_index] = True
+    assert found[dim].mean() >= 0.9, found
+    assert m.f1 >= 0.9
+
+
+def test_labels_are_clean_objects():
+    vs = (1.0, 0.5, 0.5)
+    img, _, _ = _blob_field(6.0, vs, n_side=3, seed=4, noise=0.15)
+    r = segment_nuclei(img, voxel_size=vs, random_state=0)
+    labels = r.labels
+    assert labels.max() >= 20
+    for v, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == v
+        assert ndi.label(mask)[1] == 1, f"label {v} is not one piece"
+        for z in range(mask.shape[0]):
+            filled = ndi.binary_fill_holes(mask[z])
+            assert np.array_equal(filled, mask[z]), f"label {v} has a hole in plane {z}"
+
+
+def test_clean_labels_removes_hairs_speckle_and_holes():
+    lab = np.zeros((12, 30, 30), dtype=np.int32)
+    zz, yy, xx = np.mgrid[:12, :30, :30]
+    ball = (zz - 6) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= 25
+    lab[ball] = 3
+    lab[6, 15, 15] = 0  # pinhole
+    lab[6, 15, 21:27] = 3  # one-voxel hair
+    lab[1, 2, 2] = 3  # speckle
+    out = clean_labels(lab.copy())
+    assert out[6, 15, 15] == 3
+    assert not out[6, 15, 23:27].any()
+    assert out[1, 2, 2] == 0
+    assert ndi.label(out == 3)[1] == 1
+    assert abs(int((out == 3).sum()) - int(ball.sum())) <= 0.05 * ball.sum()
+
+
+def test_component_cap_follows_foreground_volume():
+    # a nucleus of half the diameter (radius d/4) sets the cap
+    d = 4.0
+    v_small = 4.0 / 3.0 * np.pi * (d / 4) ** 3
+    assert component_cap(10 * v_small, d, 3) == 10
+    assert component_cap(0.1, d, 3) == 1
+    assert component_cap(np.pi * (d / 4) ** 2 * 7.5, d, 2) == 7
+
+
+def test_component_count_never_exceeds_the_foreground_cap():
+    # a textured plateau: many small LoG maxima on few voxels of foreground
+    rng = np.random.default_rng(5)
+    img = np.zeros((10, 60, 60), dtype=np.float32)
+    img[3:7, 20:40, 20:40] = 1.0
+    img += rng.normal(0, 0.2, img.shape).astype(np.float32) * (img > 0)
+    img += rng.normal(0, 0.01, img.shape).astype(np.float32)
+    r = segment_nuclei(img, voxel_size=(1.0, 0.5, 0.5), random_state=0)
+    cap = r.info["adaptive"]["component_cap"]
+    assert r.info["n_components"] <= cap
+    fg_vol = r.info["n_foreground_voxels"] * 0.25
+    assert cap <= component_cap(fg_vol, r.info["nucleus_diameter_um"], 3)
+
+
+def test_coarse_z_sampling_converges():
+    # 2.5 um nuclei sampled with 2 um z-steps: the quantisation variance keeps the fit
+    # from collapsing onto planes
+    vs = (2.0, 0.27, 0.27)
+    img, centres, _ = _blob_field(2.5, vs, n_side=4, seed=6, noise=0.02)
+    r = segment_nuclei(img, voxel_size=vs, random_state=0)
+    assert r.info["converged"], r.info["n_iter"]
+    assert r.info["warnings"] == []
+    m = match_centres(r.centres, centres, voxel_size=vs, max_distance=1.5)
+    # measured 0.78: z-neighbours 2 planes apart are partly merged by the detection (the
+    # fit converges in 3 iterations and keeps every component)
+    assert m.f1 >= 0.75
+    assert r.info["n_iter"] < 50
