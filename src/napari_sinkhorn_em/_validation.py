@@ -76,7 +76,7 @@ def check_float(
 ) -> float:
     """A finite real number (not a bool, not a string) in the given range; returns it as
     ``float``. ``min_inclusive=False`` asks for ``value > min``."""
-    u = f" {unit}" if unit else ""
+    u = f" ({unit})" if unit else ""
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (Real, np.integer, np.floating)
     ):
@@ -87,9 +87,9 @@ def check_float(
         raise ValueError(f"{_prefix(where)}{name} must be a finite number{u}, got {v}")
     if min is not None and (v < min or (not min_inclusive and v == min)):
         op = ">=" if min_inclusive else ">"
-        raise ValueError(f"{_prefix(where)}{name} must be {op} {min:g}{u}, got {v:g}")
+        raise ValueError(f"{_prefix(where)}{name}{u} must be {op} {min:g}, got {v:g}")
     if max is not None and v > max:
-        raise ValueError(f"{_prefix(where)}{name} must be <= {max:g}{u}, got {v:g}")
+        raise ValueError(f"{_prefix(where)}{name}{u} must be <= {max:g}, got {v:g}")
     return v
 
 
@@ -156,9 +156,9 @@ def check_voxel_size(
         )
     if isinstance(ndim, tuple) and len(vs) not in ndim:
         allowed = " or ".join(f"{n} ({'Z Y X' if n == 3 else 'Y X'})" for n in ndim)
-        raise ValueError(f"{p}{name} must have {allowed} entries, got {len(vs)}: {vs}")
+        raise ValueError(f"{p}{name} must have {allowed} values, got {len(vs)}: {vs}")
     if not all(math.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"{p}{name} values must be finite and > 0 (um), got {vs}")
+        raise ValueError(f"{p}{name} values must be positive and finite (> 0 um), got {vs}")
     lo, hi = VOXEL_SIZE_RANGE_UM
     for v in vs:
         if not lo <= v <= hi:
@@ -175,6 +175,9 @@ def check_marginal_penalty(tau: Any) -> float | None:
         return None
     if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
         raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
-    if not tau > 0:
-        raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(
+            f"marginal_penalty must be a positive number or None (finite; None = exact "
+            f"marginals), got {tau!r}"
+        )
     return float(tau)

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_choice, check_int
 from ..mixture import ConvergenceWarning, SinkhornEM
+from ..params import METHODS
 from .starts import Start, draw_start
 from .tiling import merge_slabs, n_slabs, plan_slabs
 from .weights import ReferenceNuclei, mixing_weights
@@ -35,7 +37,6 @@ __all__ = [
     "resolve_refits",
 ]
 
-METHODS = ("sinkhorn", "em", "em-learned")
 # weight_refits="auto" for Sinkhorn-EM from random / k-means++ starts: 19 re-estimations of
 # the weights, each after at most REFIT_ITER iterations (docs/study_random_starts.md)
 AUTO_REFITS = 19
@@ -59,15 +60,10 @@ def resolve_refits(weight_refits: int | str, init: str, method: str) -> int:
     method : str
     """
     if isinstance(weight_refits, str):
-        if weight_refits != "auto":
-            raise ValueError(f"weight_refits must be one of 'auto'; got {weight_refits!r}")
+        check_choice("weight_refits", weight_refits, ("auto",))
         random_start = init in ("random", "k-means++")
         return AUTO_REFITS if (random_start and method == "sinkhorn") else 0
-    if isinstance(weight_refits, bool) or not isinstance(weight_refits, (int, np.integer)):
-        raise ValueError(f"weight_refits must be an int >= 0 or 'auto', got {weight_refits!r}")
-    if weight_refits < 0:
-        raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
-    return int(weight_refits)
+    return check_int("weight_refits", weight_refits, min=0)
 
 
 def fit_iteration_budget(

@@ -22,7 +22,7 @@ The steps (see docs/pipeline.md for the reasoning and the measured effect of eac
 
 from __future__ import annotations
 
-import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,24 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._json import jsonable
-from .._validation import check_marginal_penalty
 from ..io import atomic_write
+from ..params import SegmentationParams, parse_json
 from .features import VoxelFeatures, voxel_features
-from .fit import (
-    METHODS,
-    FitCancelled,
-    FitSettings,
-    fit_iteration_budget,
-    fit_mixture,
-    resolve_refits,
-)
+from .fit import FitCancelled, FitSettings, fit_iteration_budget, fit_mixture, resolve_refits
 from .labels import labels_from_components, min_label_volume
 from .peaks import Peaks, detect_nuclei
 from .preprocess import preprocess
 from .progress import SegmentationCancelled, StageClock
 from .starts import (
-    INITS,
     Start,
     array_start,
     covariance_bounds,
@@ -57,16 +48,27 @@ from .starts import (
     peak_start,
 )
 from .table import channels_last, nucleus_table
-from .weights import WEIGHT_MODES, reference_nuclei
+from .weights import reference_nuclei
 
 __all__ = [
     "SegmentationCancelled",
     "SegmentationResult",
+    "SegmentationWarning",
     "fit_iteration_budget",
     "load_params",
     "save_params",
     "segment_nuclei",
 ]
+
+
+# a result with fewer labels than this fraction of the fitted components gets a warning
+LOW_COUNT_FRACTION = 0.5
+
+
+class SegmentationWarning(UserWarning):
+    """The segmentation ran but its result looks wrong: no nuclei, or far fewer (below
+    half) than the components fitted (``n_nuclei`` requested or detected). Also recorded
+    in ``result.info["warnings"]``."""
 
 
 @dataclass
@@ -91,7 +93,10 @@ class SegmentationResult:
     centres : numpy.ndarray
         ``(K, ndim)`` float voxel coordinates of the nuclei, in table order.
     info : dict
-        Diagnostics: timings per stage, counts, threshold, convergence, weights.
+        Diagnostics: timings per stage, counts, threshold, convergence, weights;
+        ``low_count`` (True when no nuclei, or fewer than half the fitted components,
+        were found; a :class:`SegmentationWarning` was issued) and ``warnings`` (their
+        messages).
     """
 
     labels: np.ndarray
@@ -105,36 +110,32 @@ class SegmentationResult:
 # --------------------------------------------------------------------------- params
 
 
-def _param_defaults() -> dict:
-    import inspect
-
-    sig = inspect.signature(segment_nuclei)
-    return {
-        k: v.default
-        for k, v in sig.parameters.items()
-        if v.kind is inspect.Parameter.KEYWORD_ONLY and k != "progress"
-    }
-
-
-def save_params(path, params: dict) -> None:
+def save_params(path, params: dict | SegmentationParams) -> None:
     """Write segmentation parameters as JSON, atomically.
 
-    The file holds ``{"napari_sinkhorn_em_version": ..., "parameters": {...}}``.
+    The file holds ``{"napari_sinkhorn_em_version": ..., "parameters": {...}}`` with the
+    given parameters (checked and normalised by :class:`SegmentationParams`).
 
     Parameters
     ----------
     path : str or os.PathLike
         Destination file.
-    params : dict
+    params : dict or SegmentationParams
         Keyword arguments of :func:`segment_nuclei` (e.g. ``result.params``).
-    """
-    from .. import __version__
 
-    _check_param_keys(params, str(path))
-    doc = {"napari_sinkhorn_em_version": __version__, "parameters": jsonable(params)}
-    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    Raises
+    ------
+    ValueError
+        Naming the file, for unknown parameter names or invalid values.
+    """
+    if isinstance(params, SegmentationParams):
+        p, keys = params, SegmentationParams.names()
+    else:
+        p, keys = SegmentationParams.from_dict(params, where=str(path)), list(params)
+    # only the given keys (as before the parameter object), in the normalised form
+    text = p.to_json(keys=keys)
     with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+        fh.write(text)
 
 
 def load_params(path) -> dict:
@@ -147,49 +148,24 @@ def load_params(path) -> dict:
     Returns
     -------
     dict
-        Keyword arguments for :func:`segment_nuclei`.
+        Keyword arguments for :func:`segment_nuclei`: the parameters in the file, checked
+        and normalised by :class:`SegmentationParams`.
 
     Raises
     ------
     ValueError
-        Naming the file, for unreadable or invalid JSON, a non-object document or
-        unknown parameter names.
+        Naming the file, for unreadable or invalid JSON, a non-object document, unknown
+        parameter names or invalid values.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read parameter file {path}: {exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"parameter file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"parameter file {path} must hold a JSON object")
-    params = doc.get("parameters", doc) if "parameters" in doc else doc
-    if not isinstance(params, dict):
-        raise ValueError(f"parameter file {path}: 'parameters' must be a JSON object")
-    params = {k: v for k, v in params.items() if k != "napari_sinkhorn_em_version"}
-    _check_param_keys(params, str(path))
-    return params
-
-
-def _check_param_keys(params: dict, where: str) -> None:
-    known = _param_defaults()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown segmentation parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    where = f"parameter file {path}"
+    values = parse_json(text, where=where)
+    full = SegmentationParams.from_dict(values, where=where).to_dict()
+    return {k: full[k] for k in values}
 
 
 # --------------------------------------------------------------------------- main
@@ -238,6 +214,8 @@ def segment_nuclei(
         Axis of ``image`` holding channels (None = single channel).
     channel_names : list of str, optional
         Names for the ``mean_<name>`` table columns; default ``ch0``, ``ch1``, ...
+        A repeated name gets a suffix (``GFP``, ``GFP_2``) so that no channel's column is
+        lost.
     n_nuclei : int, "auto" or None
         Number of nuclei; None / "auto" = the number of LoG peaks found (two scales, see
         :func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei`). A given count takes the strongest
@@ -322,63 +300,65 @@ def segment_nuclei(
     Raises
     ------
     ValueError
-        For invalid images or parameters (specific messages).
+        For invalid images or parameters (specific messages naming the parameter; see
+        :class:`~napari_sinkhorn_em.SegmentationParams`), a voxel size outside 1 nm ..
+        100 um, a ``nucleus_diameter`` larger than the image, or an implausible
+        ``channel_axis`` (more than 32 channels, or a long channel axis next to a short
+        one).
     SegmentationCancelled
         When ``progress`` returned True.
+
+    Warns
+    -----
+    SegmentationWarning
+        When no nuclei, or fewer than half the fitted components, were found.
     """
+    args = dict(locals())  # the keyword arguments, checked as one SegmentationParams
+    # one validation step: the keywords become the checked, normalised parameter object
+    p = SegmentationParams.from_dict({n: args[n] for n in SegmentationParams.names()})
     clock = StageClock(progress)
-    init_array, n_refits, random_state = _check_arguments(
-        method=method, weights=weights, voxel_mass=voxel_mass, init=init,
-        nucleus_diameter=nucleus_diameter, n_nuclei=n_nuclei, n_init=n_init,
-        max_iter=max_iter, n_neighbors=n_neighbors, weight_refits=weight_refits,
-        covariance_scale=covariance_scale, mahalanobis_radius=mahalanobis_radius,
-        marginal_penalty=marginal_penalty, random_state=random_state,
-    )  # fmt: skip
+    init_array = None if isinstance(p.init, str) else np.asarray(p.init, dtype=np.float64)
+    init_name = p.init if init_array is None else "array"
+    n_refits = resolve_refits(p.weight_refits, init_name, p.method)
+    seed = p.random_state
+    if seed is None:  # drawn here and recorded, so that the run can be repeated
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    d = p.nucleus_diameter
+
     # preprocess -> features -> peaks; the image-sized arrays live only in there
-    found = _find_nuclei(
-        image, clock, voxel_size=voxel_size, channel_axis=channel_axis,
-        channel_names=channel_names, nucleus_diameter=nucleus_diameter,
-        background_scale=background_scale, foreground_threshold=foreground_threshold,
-        threshold_method=threshold_method, suppress_granules=suppress_granules,
-        intensity_weight=intensity_weight, voxel_mass=voxel_mass, n_nuclei=n_nuclei,
-        need_peaks=init_array is None
-        and (init == "peaks" or n_nuclei in (None, "auto") or weights == "nuclei"),
-        init_array=init_array,
-    )  # fmt: skip
+    found = _find_nuclei(image, p, clock, init_array)
     feats, peaks, vs, K = found.features, found.peaks, found.voxel_size, found.n_components
     X, a, pos = feats.X, feats.sample_weight, feats.positions
     ndim = vs.size
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed)
 
     with clock.stage("init"):
         if init_array is not None:
-            start = array_start(X, pos, init_array * vs, nucleus_diameter)
-        elif init == "peaks":
-            start = peak_start(X, pos, a, peaks, vs, K, nucleus_diameter, rng)
+            start = array_start(X, pos, init_array * vs, d)
+        elif p.init == "peaks":
+            start = peak_start(X, pos, a, peaks, vs, K, d, rng)
         else:
-            start = init  # drawn by the estimator in the fit, n_init times
+            start = p.init  # drawn by the estimator in the fit, n_init times
 
     settings = FitSettings(
-        method=method, weights=weights, n_refits=n_refits,
-        covariance_bounds=covariance_bounds(nucleus_diameter, covariance_scale),
-        max_iter=max_iter, tol=tol, n_neighbors=n_neighbors,
-        marginal_penalty=marginal_penalty, random_state=random_state, position_dims=ndim,
+        method=p.method, weights=p.weights, n_refits=n_refits,
+        covariance_bounds=covariance_bounds(d, p.covariance_scale), max_iter=p.max_iter,
+        tol=p.tol, n_neighbors=p.n_neighbors, marginal_penalty=p.marginal_penalty,
+        random_state=seed, position_dims=ndim,
     )  # fmt: skip
     with clock.stage("fit", report=False):
         reference = None
-        if weights == "nuclei":
-            # the reference nuclei: the start centres of a peak or array start (e.g.
-            # hand-corrected centres), else the peak start (detected nuclei, plus D^2
-            # seeds when the count exceeds them)
+        if p.weights == "nuclei":
+            # the start centres of a peak or array start (e.g. hand-corrected centres),
+            # else the peak start (detected nuclei, plus D^2 seeds beyond them)
             ref_um = start.centres_um if isinstance(start, Start) else None
-            if ref_um is None:
-                ref_um = peak_centres(pos, a, peaks, vs, K, rng)
+            ref_um = peak_centres(pos, a, peaks, vs, K, rng) if ref_um is None else ref_um
             reference = reference_nuclei(pos, a, ref_um)
         try:
             fit = fit_mixture(
-                X, a, pos, start, settings, n_components=K, n_init=n_init,
-                reference=reference, max_components_per_tile=max_components_per_tile,
-                tile_margin=2.0 * nucleus_diameter, callback=clock.iteration_callback("fit"),
+                X, a, pos, start, settings, n_components=K, n_init=p.n_init,
+                reference=reference, max_components_per_tile=p.max_components_per_tile,
+                tile_margin=2.0 * d, callback=clock.iteration_callback("fit"),
             )  # fmt: skip
         except FitCancelled:
             raise clock.cancelled("fit") from None
@@ -386,8 +366,7 @@ def segment_nuclei(
     with clock.stage("labels"):
         lab = labels_from_components(
             feats.indices, pos, fit.components, fit.means, fit.covariances, found.shape, vs,
-            radius=mahalanobis_radius,
-            min_volume=min_label_volume(nucleus_diameter, ndim, min_size),
+            radius=p.mahalanobis_radius, min_volume=min_label_volume(d, ndim, p.min_size),
         )  # fmt: skip
 
     with clock.stage("table"):
@@ -395,53 +374,17 @@ def segment_nuclei(
             lab.labels, lab.component_ids, fit.means[:, :ndim] / vs,
             channels_last(image, found.channel_axis), vs, found.channel_names,
         )  # fmt: skip
-    timings = clock.finish()
 
-    params = {
-        "voxel_size": [float(v) for v in vs],
-        "channel_axis": found.channel_axis,
-        "channel_names": found.channel_names,
-        "n_nuclei": "auto" if n_nuclei in (None, "auto") else int(n_nuclei),
-        "nucleus_diameter": float(nucleus_diameter),
-        "method": method,
-        "init": init if isinstance(init, str) else init_array.tolist(),
-        "n_init": int(n_init),
-        "max_iter": int(max_iter),
-        "tol": float(tol),
-        "intensity_weight": float(intensity_weight),
-        "n_neighbors": int(n_neighbors),
-        "foreground_threshold": None
-        if foreground_threshold is None
-        else float(foreground_threshold),
-        "random_state": random_state,
-        "weights": weights,
-        "weight_refits": weight_refits if isinstance(weight_refits, str) else n_refits,
-        "marginal_penalty": None if marginal_penalty is None else float(marginal_penalty),
-        "voxel_mass": voxel_mass,
-        "covariance_scale": [float(v) for v in covariance_scale],
-        "mahalanobis_radius": float(mahalanobis_radius),
-        "min_size": float(min_size),
-        "background_scale": None if background_scale is None else float(background_scale),
-        "threshold_method": threshold_method,
-        "suppress_granules": bool(suppress_granules),
-        "max_components_per_tile": int(max_components_per_tile),
-    }
-    info = {
-        "timings": timings,
-        "n_components": K,
-        "n_nuclei": len(tab.table),
-        "n_peaks": None if peaks is None else len(peaks),
-        "n_foreground_voxels": feats.n_points,
-        "threshold": found.threshold,
-        "converged": bool(fit.converged),
-        "n_iter": int(fit.n_iter),
-        "objective": float(fit.objective),
-        "n_tiles": fit.n_tiles,
-        "weight_refits": n_refits,
-        "weights": None if fit.weights is None else np.asarray(fit.weights).tolist(),
-        "preprocess": found.preprocess_info,
-    }
-    return SegmentationResult(lab.labels, tab.table, fit.model, params, tab.centres, info)
+    used = p.replace(
+        voxel_size=tuple(vs.tolist()), channel_axis=found.channel_axis,
+        channel_names=found.channel_names, random_state=seed,
+        weight_refits=p.weight_refits if isinstance(p.weight_refits, str) else n_refits,
+    )  # fmt: skip
+    warn = _count_warnings(len(tab.table), K, p.n_nuclei)
+    for message in warn:
+        warnings.warn(message, SegmentationWarning, stacklevel=2)
+    info = _diagnostics(clock, found, fit, len(tab.table), n_refits, warn)
+    return SegmentationResult(lab.labels, tab.table, fit.model, used.to_dict(), tab.centres, info)
 
 
 @dataclass
@@ -454,65 +397,60 @@ class _Found:
     voxel_size: np.ndarray
     shape: tuple[int, ...]
     channel_axis: int | None
-    channel_names: list[str]
+    channel_names: tuple[str, ...]
     threshold: float
     preprocess_info: dict
 
 
-def _find_nuclei(image, clock, *, need_peaks, init_array, n_nuclei, **kw) -> _Found:
+def _find_nuclei(image, p: SegmentationParams, clock: StageClock, init_array) -> _Found:
     """Preprocess -> features -> peaks. The normalised stack dies with
     :func:`_features` (before the peaks), the signal and the foreground mask here (before
     the fit): only the voxel features and the peaks go on."""
-    feats, signal, foreground, meta = _features(image, clock, **kw)
+    feats, signal, foreground, meta = _features(image, p, clock)
     vs = meta["voxel_size"]
+    auto = p.n_nuclei == "auto"
     with clock.stage("peaks"):
         peaks = None
-        if need_peaks:
+        if init_array is None and (p.init == "peaks" or auto or p.weights == "nuclei"):
             peaks = detect_nuclei(
                 signal,
                 vs,
-                nucleus_diameter=kw["nucleus_diameter"],
+                nucleus_diameter=p.nucleus_diameter,
                 foreground=foreground,
-                n_nuclei=None if n_nuclei in (None, "auto") else int(n_nuclei),
+                n_nuclei=None if auto else p.n_nuclei,
             )
         if init_array is not None and (init_array.ndim != 2 or init_array.shape[1] != vs.size):
             raise ValueError(
                 f"init array must have shape (K, {vs.size}) (centres in voxel coordinates), "
                 f"got {init_array.shape}"
             )
-        if init_array is not None and not np.all(np.isfinite(init_array)):
-            raise ValueError("init array contains NaN or infinite centres")
-        K = n_components(n_nuclei, peaks, init_array, feats.n_points)
+        K = n_components(p.n_nuclei, peaks, init_array, feats.n_points)
     return _Found(feats, peaks, K, shape=foreground.shape, **meta)
 
 
-def _features(
-    image, clock, *, voxel_size, channel_axis, channel_names, nucleus_diameter,
-    background_scale, foreground_threshold, threshold_method, suppress_granules,
-    intensity_weight, voxel_mass,
-):  # fmt: skip
+def _features(image, p: SegmentationParams, clock: StageClock):
     """Preprocess and voxel features; returns the features, the signal, the foreground
     mask and the image metadata (the normalised stack is dropped on return)."""
     with clock.stage("preprocess"):
         pre = preprocess(
             image,
-            voxel_size=voxel_size,
-            channel_axis=channel_axis,
-            nucleus_diameter=nucleus_diameter,
-            background_scale=background_scale,
-            foreground_threshold=foreground_threshold,
-            threshold_method=threshold_method,
-            suppress_granules=suppress_granules,
+            voxel_size=p.voxel_size,
+            channel_axis=p.channel_axis,
+            nucleus_diameter=p.nucleus_diameter,
+            background_scale=p.background_scale,
+            foreground_threshold=p.foreground_threshold,
+            threshold_method=p.threshold_method,
+            suppress_granules=p.suppress_granules,
         )
         vs = np.asarray(pre.voxel_size)
-        names = _channel_names(channel_names, pre.data.shape[-1])
+        names = _channel_names(p.channel_names, pre.data.shape[-1])
     with clock.stage("features", report=False):
         feats = voxel_features(
             pre.data,
             pre.foreground,
             vs,
-            intensity_weight=intensity_weight,
-            mass=voxel_mass,
+            intensity_weight=p.intensity_weight,
+            mass=p.voxel_mass,
             signal=pre.signal,
         )
     meta = {
@@ -525,61 +463,48 @@ def _features(
     return feats, pre.signal, pre.foreground, meta
 
 
-def _channel_names(channel_names, n_ch: int) -> list[str]:
+def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]) -> dict:
+    """``result.info``: timings, counts, threshold, convergence, weights, warnings."""
+    return {
+        "timings": clock.finish(),
+        "n_components": found.n_components,
+        "n_nuclei": n_found,
+        "n_peaks": None if found.peaks is None else len(found.peaks),
+        "n_foreground_voxels": found.features.n_points,
+        "threshold": found.threshold,
+        "converged": bool(fit.converged),
+        "n_iter": int(fit.n_iter),
+        "objective": float(fit.objective),
+        "n_tiles": fit.n_tiles,
+        "weight_refits": n_refits,
+        "weights": None if fit.weights is None else np.asarray(fit.weights).tolist(),
+        "preprocess": found.preprocess_info,
+        "low_count": bool(warn),
+        "warnings": warn,
+    }
+
+
+def _count_warnings(n_found: int, n_components: int, n_nuclei) -> list[str]:
+    """Messages for a result with no nuclei or fewer than half the components fitted."""
+    asked = "requested" if n_nuclei != "auto" else "detected"
+    if n_found == 0:
+        return [
+            f"no nuclei found ({n_components} {asked}): check nucleus_diameter, the voxel "
+            "size and mahalanobis_radius / min_size"
+        ]
+    if n_found < LOW_COUNT_FRACTION * n_components:
+        return [
+            f"only {n_found} nuclei found for {n_components} {asked} (below "
+            f"{LOW_COUNT_FRACTION:.0%}): check n_nuclei, nucleus_diameter and the voxel size"
+        ]
+    return []
+
+
+def _channel_names(channel_names, n_ch: int) -> tuple[str, ...]:
     if channel_names is None:
-        return [f"ch{i}" for i in range(n_ch)]
-    names = [str(c) for c in channel_names]
-    if len(names) != n_ch:
-        raise ValueError(f"channel_names has {len(names)} names but the image has {n_ch} channels")
-    return names
-
-
-def _check_arguments(
-    *, method, weights, voxel_mass, init, nucleus_diameter, n_nuclei, n_init, max_iter,
-    n_neighbors, weight_refits, covariance_scale, mahalanobis_radius, marginal_penalty,
-    random_state,
-):  # fmt: skip
-    """Parameter checks before any heavy work; returns the init array (or None), the
-    number of weight refits and the seed (drawn when None)."""
-    _check_choice("method", method, METHODS)
-    _check_choice("weights", weights, WEIGHT_MODES)
-    _check_choice("voxel_mass", voxel_mass, ("intensity", "uniform"))
-    init_array = None
-    if isinstance(init, str):
-        _check_choice("init", init, INITS)
-    else:
-        try:
-            init_array = np.asarray(init, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"init must be a string or an array of centres: {exc}") from exc
-    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
+        return tuple(f"ch{i}" for i in range(n_ch))
+    if len(channel_names) != n_ch:
         raise ValueError(
-            f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
+            f"channel_names has {len(channel_names)} names but the image has {n_ch} channels"
         )
-    if n_nuclei is not None and n_nuclei != "auto":
-        if isinstance(n_nuclei, bool) or not isinstance(n_nuclei, (int, np.integer)):
-            raise ValueError(
-                f"n_nuclei must be a positive integer, 'auto' or None, got {n_nuclei!r}"
-            )
-        if n_nuclei < 1:
-            raise ValueError(f"n_nuclei must be >= 1, got {n_nuclei}")
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    n_refits = resolve_refits(weight_refits, init if init_array is None else "array", method)
-    lo_s, hi_s = (float(v) for v in covariance_scale)
-    if not 0 < lo_s <= hi_s:
-        raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
-    if mahalanobis_radius <= 0:
-        raise ValueError(f"mahalanobis_radius must be > 0, got {mahalanobis_radius}")
-    check_marginal_penalty(marginal_penalty)
-    if random_state is None:
-        random_state = int(np.random.SeedSequence().entropy % (2**31))
-    elif isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
-        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
-    return init_array, n_refits, int(random_state)
+    return channel_names

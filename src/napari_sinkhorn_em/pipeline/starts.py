@@ -13,6 +13,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..mixture import SinkhornEM
+from ..params import INITS
 from .peaks import Peaks
 
 __all__ = [
@@ -29,8 +30,6 @@ __all__ = [
     "peak_centres",
     "peak_start",
 ]
-
-INITS = ("peaks", "k-means++", "random")
 
 
 @dataclass

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..params import WEIGHT_MODES
+
 __all__ = [
     "WEIGHT_MODES",
     "ReferenceNuclei",
@@ -20,8 +22,6 @@ __all__ = [
     "voronoi_mass",
     "weights_from_mass",
 ]
-
-WEIGHT_MODES = ("nuclei", "voronoi", "uniform")
 
 
 def voronoi_mass(positions: np.ndarray, mass: np.ndarray, centres_um: np.ndarray) -> np.ndarray:
