@@ -283,3 +283,37 @@ def test_nucleus_table_snaps_centres_and_measures_channels():
     np.testing.assert_array_equal(t.centres, centres[[0, 2]])  # inside their labels
     t = nucleus_table(labels, np.array([1, 2]), centres, raw_last, (0.5, 0.25), ["a", "b"])
     np.testing.assert_array_equal(t.centres[0], [1.0, 1.0])  # snapped into label 1
+
+
+def test_no_private_names_imported_across_subpackages():
+    """Outside a subpackage nobody imports its private modules or names (the studies and
+    benchmarks call the public stages; ``bench_mixture`` times the kernels themselves)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pkg = root / "src" / "napari_sinkhorn_em"
+    offenders = []
+    files = [*pkg.rglob("*.py"), *(root / "benchmarks").glob("*.py")]
+    for path in files:
+        if path.name == "bench_mixture.py":
+            continue
+        here = path.relative_to(pkg).parts[:-1] if pkg in path.parents else ("<outside>",)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or (node.module is None and node.level == 0):
+                continue
+            if node.level:  # relative: resolve against the file's package
+                base = list(here)[: len(here) - (node.level - 1)] if node.level > 1 else list(here)
+                parts = base + (node.module.split(".") if node.module else [])
+            elif node.module.startswith("napari_sinkhorn_em"):
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            sub = parts[0] if parts and not parts[0].endswith(".py") else None
+            if sub is None or sub.startswith("_") or here[:1] == (sub,):
+                continue  # package-level private modules (_validation, _json), own subpackage
+            private = [p for p in parts[1:] if p.startswith("_") and p != "__init__"]
+            private += [a.name for a in node.names if a.name.startswith("_")]
+            if private:
+                offenders.append(f"{path.relative_to(root)}: {'.'.join(parts)} {private}")
+    assert offenders == []
