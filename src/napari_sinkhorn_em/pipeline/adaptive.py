@@ -24,10 +24,18 @@ import numpy as np
 
 from .cleanup import clean_labels
 from .contrast import component_cap, local_foreground
-from .peaks import Peaks
+from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold
 
-__all__ = ["clean", "covariance_model", "refine", "search_mask"]
+__all__ = [
+    "clean",
+    "convergence_notes",
+    "covariance_model",
+    "detect",
+    "diagnostics",
+    "refine",
+    "search_mask",
+]
 
 
 def search_mask(pre) -> np.ndarray:
@@ -148,3 +156,32 @@ def covariance_model(info: dict, vs, n_features: int, lo_s: float, hi_s: float):
 def clean(labels: np.ndarray) -> np.ndarray:
     """One compact, smooth object per label (see :func:`.cleanup.clean_labels`)."""
     return clean_labels(labels)
+
+
+def detect(pre, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
+    """Local-mode detection: blobs in :func:`search_mask`, then :func:`refine`."""
+    peaks = detect_nuclei(
+        pre.signal, vs, nucleus_diameter=diameter, foreground=search_mask(pre), local=True
+    )
+    return refine(pre, peaks, np.asarray(vs, dtype=np.float64), diameter, notes)
+
+
+def diagnostics(diameter: float, requested, local: bool, local_info: dict | None) -> dict:
+    """Entries of ``result.info`` about the scale and the mode."""
+    return {
+        "nucleus_diameter_um": float(diameter),
+        "nucleus_diameter": requested,
+        "local_contrast": bool(local),
+        "adaptive": local_info,
+    }
+
+
+def convergence_notes(fit, max_iter: int) -> list[str]:
+    """A message for ``info["warnings"]`` when the fit stopped at ``max_iter``."""
+    if fit.converged:
+        return []
+    return [
+        f"the fit did not converge within max_iter={int(max_iter)} iterations "
+        f"({int(fit.n_iter)} run in all); the result is usable, a larger max_iter may "
+        "refine it"
+    ]
