@@ -197,14 +197,25 @@ class SinkhornEMWidget(QWidget):
         )
         self.n_nuclei.enabled = not self.n_auto.value
         self.n_auto.changed.connect(lambda auto: setattr(self.n_nuclei, "enabled", not auto))
+        d_default = d.get("nucleus_diameter", "auto")
         self.nucleus_diameter = FloatSpinBox(
             label="nucleus diameter (µm)",
             min=0.1,
             max=1000.0,
             step=0.1,
-            value=float(d.get("nucleus_diameter", 3.0)),
-            tooltip="Typical nucleus diameter; sets the peak detection scale and the "
-            "bounds of the nucleus shapes.",
+            value=3.0 if isinstance(d_default, str) else float(d_default),
+            tooltip="Typical nucleus diameter (used when 'auto' is unticked); sets the "
+            "peak detection scale and the bounds of the nucleus shapes.",
+        )
+        self.diameter_auto = CheckBox(
+            text="auto",
+            value=isinstance(d_default, str),
+            tooltip="Estimate the nucleus diameter from the image (the value used is "
+            "shown here after a run).",
+        )
+        self.nucleus_diameter.enabled = not self.diameter_auto.value
+        self.diameter_auto.changed.connect(
+            lambda auto: setattr(self.nucleus_diameter, "enabled", not auto)
         )
         self.method = ComboBox(
             label="method",
@@ -290,7 +301,12 @@ class SinkhornEMWidget(QWidget):
                     labels=False,
                     label="number of nuclei",
                 ),
-                self.nucleus_diameter,
+                Container(
+                    widgets=[self.nucleus_diameter, self.diameter_auto],
+                    layout="horizontal",
+                    labels=False,
+                    label="nucleus diameter (µm)",
+                ),
                 self.method,
                 self.seed,
             ]
@@ -500,7 +516,9 @@ class SinkhornEMWidget(QWidget):
                 ) from None
         return {
             "n_nuclei": None if self.n_auto.value else int(self.n_nuclei.value),
-            "nucleus_diameter": float(self.nucleus_diameter.value),
+            "nucleus_diameter": "auto"
+            if self.diameter_auto.value
+            else float(self.nucleus_diameter.value),
             "method": self.method.value,
             "init": self.init.value,
             "n_init": int(self.n_init.value),
@@ -695,6 +713,9 @@ class SinkhornEMWidget(QWidget):
         return max(1.0, 0.5 * diameter / float(np.mean(inp.voxel_size[-2:])))
 
     def _apply_run(self, result: SegmentationResult, inp: _Input) -> None:
+        if self.diameter_auto.value and "nucleus_diameter_um" in result.info:
+            # show the estimated diameter (used for the points' size too)
+            self.nucleus_diameter.value = round(float(result.info["nucleus_diameter_um"]), 2)
         labels = result.labels
         centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, labels.ndim)
         table = result.table.reset_index(drop=True)

@@ -339,6 +339,10 @@ def detect_nuclei(
     )
 
 
+# smallest blob response, relative to the 95th percentile of the blobs' responses
+_MIN_RELATIVE_RESPONSE = 0.1
+
+
 def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
     from .scale import _MIN_SIGMA_VOX, scale_space_blobs
@@ -350,6 +354,12 @@ def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
     coords = np.round(blobs.coords[ok]).astype(np.int64)
     coords = np.clip(coords, 0, np.array(sig.shape) - 1)
     sigma, resp = blobs.sigma_um[ok], blobs.response[ok]
+    if resp.size and _MIN_RELATIVE_RESPONSE > 0:
+        # an absolute floor relative to the strong nuclei: where the background is exactly
+        # zero (DoG-filtered recordings) the noise level is ~0 and texture would pass
+        strong = float(np.percentile(resp, 95))
+        bright = resp >= _MIN_RELATIVE_RESPONSE * strong
+        coords, sigma, resp = coords[bright], sigma[bright], resp[bright]
     if foreground is not None and coords.size:
         inside = np.asarray(foreground)[tuple(coords.T)]
         coords, sigma, resp = coords[inside], sigma[inside], resp[inside]
