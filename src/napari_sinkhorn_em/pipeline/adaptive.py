@@ -89,18 +89,21 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
         The first ``cap`` peaks when there were more.
     info : dict
         ``d_small_um``, ``d_large_um`` (10th / 90th percentile of the per-peak diameters,
-        clipped to 0.5-2x the typical one), ``n_local_foreground`` (voxels added),
-        ``component_cap``.
+        clipped to 0.5-2x the typical one), ``n_foreground_global`` (voxels above the
+        global threshold), ``n_foreground_local`` (voxels of the per-nucleus foregrounds),
+        ``n_foreground`` (the union used), ``component_cap``.
     """
     ndim = len(vs)
     d_i = np.clip(_peak_diameters(peaks, diameter, ndim), 0.5 * diameter, 2.0 * diameter)
-    n_before = int(pre.foreground.sum())
+    n_global = int(pre.foreground.sum())
+    n_local = 0
     if len(peaks):
         loc = local_foreground(pre.signal, vs, peaks.coords, 0.5 * d_i, peaks.intensity)
         # every detected nucleus brings its own foreground; the global threshold only
         # adds voxels near a nucleus (on a noisy sparse stack Otsu's level sits in the
         # noise, and components spread over it: measured F1 0.12 instead of 0.8)
         pre.foreground &= _near(pre.foreground.shape, peaks.coords, vs, 0.75 * d_i)
+        n_local = int(loc.sum())
         pre.foreground |= loc
     n_fg = int(pre.foreground.sum())
     cap = component_cap(n_fg * float(np.prod(vs)), diameter, ndim)
@@ -126,7 +129,9 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
     info = {
         "d_small_um": min(d_small, float(diameter)),
         "d_large_um": max(d_large, float(diameter)),
-        "n_local_foreground": n_fg - n_before,
+        "n_foreground_global": n_global,
+        "n_foreground_local": n_local,
+        "n_foreground": n_fg,
         "component_cap": cap,
     }
     return peaks, info

@@ -345,7 +345,7 @@ _MIN_RELATIVE_RESPONSE = 0.1
 
 def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
-    from .scale import _MIN_SIGMA_VOX, scale_space_blobs
+    from .scale import scale_space_blobs
 
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
@@ -353,29 +353,23 @@ def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
     ok = blobs.contrast >= max(min_contrast, 1e-12)
     coords = np.round(blobs.coords[ok]).astype(np.int64)
     coords = np.clip(coords, 0, np.array(sig.shape) - 1)
-    sigma, resp = blobs.sigma_um[ok], blobs.response[ok]
+    # each nucleus' level: the signal smoothed at its own scale, at its centre
+    sigma, resp, inten = blobs.sigma_um[ok], blobs.response[ok], blobs.intensity[ok]
     if resp.size and _MIN_RELATIVE_RESPONSE > 0:
         # an absolute floor relative to the strong nuclei: where the background is exactly
         # zero (DoG-filtered recordings) the noise level is ~0 and texture would pass
         strong = float(np.percentile(resp, 95))
         bright = resp >= _MIN_RELATIVE_RESPONSE * strong
-        coords, sigma, resp = coords[bright], sigma[bright], resp[bright]
+        coords, sigma, resp, inten = coords[bright], sigma[bright], resp[bright], inten[bright]
     if foreground is not None and coords.size:
         inside = np.asarray(foreground)[tuple(coords.T)]
-        coords, sigma, resp = coords[inside], sigma[inside], resp[inside]
+        coords, sigma, resp, inten = coords[inside], sigma[inside], resp[inside], inten[inside]
     if coords.shape[0] == 0:
         return _empty(ndim)
     d_i = 2.0 * np.sqrt(ndim) * sigma
     keep = _suppress_close(coords * vs, resp, 0.5 * diameter, scale=d_i / diameter)
-    coords, sigma, resp = coords[keep], sigma[keep], resp[keep]
-    order = np.argsort(-resp, kind="stable")
-    coords, sigma, resp = coords[order], sigma[order], resp[order]
-    # each nucleus' level: the signal smoothed at its own scale, at its centre
-    inten = np.empty(coords.shape[0])
-    for s in np.unique(sigma):
-        sel = sigma == s
-        sm = ndi.gaussian_filter(sig, np.maximum(s / vs, _MIN_SIGMA_VOX), mode="nearest")
-        inten[sel] = sm[tuple(coords[sel].T)]
+    order = np.flatnonzero(keep)[np.argsort(-resp[keep], kind="stable")]
+    coords, sigma, resp, inten = coords[order], sigma[order], resp[order], inten[order]
     return Peaks(
         coords=coords.astype(np.float64),
         sigma_um=0.8 * sigma,

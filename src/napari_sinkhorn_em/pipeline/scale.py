@@ -65,12 +65,15 @@ class Blobs:
     contrast : numpy.ndarray, shape (n,)
         ``response`` divided by the local mean absolute response plus the noise level
         (see :func:`local_contrast`); dimensionless.
+    intensity : numpy.ndarray, shape (n,)
+        The image smoothed at each blob's own scale, at the blob (its brightness).
     """
 
     coords: np.ndarray
     sigma_um: np.ndarray
     response: np.ndarray
     contrast: np.ndarray
+    intensity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -336,7 +339,7 @@ def scale_space_blobs(
              for s, (f, _, _, _) in zip(sigmas, levels, strict=True)]  # fmt: skip
     pixel_noise = _noise_level(levels[0][1]) / norms[0]
 
-    coords, sig, resp, con = [], [], [], []
+    coords, sig, resp, con, inten = [], [], [], [], []
     for k in range(1, len(sigmas) - 1):
         factor, r, rmax, sm = levels[k]
         cand = np.argwhere((r == rmax) & (r > 0))
@@ -367,14 +370,15 @@ def scale_space_blobs(
         prom = _prominence(sm, cand, np.maximum(1, np.round(0.6 * d_um / (vs * factor))))
         c = np.where(prom >= _MIN_PROMINENCE, c, 0.0)
         coords.append(centre_vox)
+        inten.append(sm[tuple(cand.T)].astype(np.float64))
         sig.append(np.full(cand.shape[0], sigmas[k]))
         resp.append(val.astype(np.float64))
         con.append(c.astype(np.float64))
     if not coords:
         z = np.zeros(0)
-        return Blobs(np.zeros((0, ndim)), z, z.copy(), z.copy())
+        return Blobs(np.zeros((0, ndim)), z, z.copy(), z.copy(), z.copy())
     return Blobs(np.concatenate(coords), np.concatenate(sig), np.concatenate(resp),
-                 np.concatenate(con))  # fmt: skip
+                 np.concatenate(con), np.concatenate(inten))  # fmt: skip
 
 
 def estimate_nucleus_diameter(
