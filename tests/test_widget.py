@@ -190,7 +190,9 @@ def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
     # in the greyed number box
     params = labels.metadata["sinkhorn_em_params"]
     summary = widget.summary.value
-    assert summary.startswith(f"{k_before} nuclei (number estimated) · fit converged in ")
+    lines = summary.splitlines()
+    assert lines[0] == f"{k_before} nuclei (number estimated)"
+    assert lines[1].startswith("fit converged in ")
     assert "threshold" in summary and "(auto)" in summary
     assert f"nucleus diameter {params['nucleus_diameter']:.3g} µm" in summary
     n_control = widget.form["n_nuclei"]
@@ -434,10 +436,11 @@ def test_summary_says_when_the_fit_did_not_converge(make_napari_viewer, qtbot):
     params = viewer.layers["crop nuclei"].metadata["sinkhorn_em_params"]
     assert params["max_iter"] == 2
     k = len(viewer.layers["crop centres"].data)
-    assert widget.summary.value.startswith(
-        f"{k} nuclei (number estimated) · fit did NOT converge in 2 iterations"
-    )
-    assert "nucleus diameter 2.8 µm ·" in widget.summary.value  # given, not estimated
+    assert widget.summary.value.splitlines()[:3] == [
+        f"{k} nuclei (number estimated)",
+        "fit did NOT converge in 2 iterations (raise max iterations)",
+        "nucleus diameter 2.8 µm",  # given, not estimated
+    ]
     assert "(estimated)" not in widget.summary.value
 
 
@@ -489,3 +492,32 @@ def test_pipeline_warnings_reach_the_user(make_napari_viewer, qtbot):
     assert warned, new
     assert any("150" in m for m in warned)
     assert "warning: " in widget.summary.value
+
+
+def test_run_warnings_become_notifications_once(make_napari_viewer, qtbot):
+    """The display half of the warning path: UserWarnings of a run (and texts the pipeline
+    recorded in ``info["warnings"]``) are napari notifications and summary lines, each
+    once; other categories are re-issued as Python warnings."""
+    import warnings
+
+    from napari_sinkhorn_em._napari.runner import run_segmentation
+
+    viewer, widget = _crop_viewer(make_napari_viewer, width=30)
+    inp = widget._input()
+    kwargs = {**widget.form.values(), "voxel_size": inp.voxel_size, "channel_axis": 0}
+    outcome = run_segmentation(7, inp.array, kwargs)
+    assert outcome.result is not None and outcome.warnings == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("only 3 nuclei found, 40 requested", UserWarning, stacklevel=1)
+        warnings.warn("only 3 nuclei found, 40 requested", UserWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    outcome.warnings = list(caught)
+    outcome.result.info["warnings"] = ["the fit did not converge"]
+    n_records = len(notification_manager.records)
+    with pytest.warns(DeprecationWarning, match="old API"):
+        shown = widget._report_warnings(outcome)
+    assert shown == ["only 3 nuclei found, 40 requested", "the fit did not converge"]
+    new = [str(r.message) for r in notification_manager.records[n_records:]]
+    assert new == [f"Sinkhorn-EM: {t}" for t in shown]
+    assert len(viewer.layers) == 1  # reporting alone changes no layer

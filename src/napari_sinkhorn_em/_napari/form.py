@@ -66,7 +66,7 @@ class FieldLook:
     choices: tuple[tuple[str, Any], ...] = ()
     integer: bool = False
     minimum: float = 0.0
-    maximum: float = 1e9
+    maximum: float = 1e6
     step: float = 1.0
     decimals: int = 2
     auto: str | None = None
@@ -144,7 +144,7 @@ LOOKS: dict[str, FieldLook] = {
     ),
     "marginal_penalty": FieldLook(
         "marginal penalty",
-        maximum=1e12,
+        maximum=1e7,
         step=100.0,
         auto="exact",
         auto_value=None,
@@ -158,7 +158,7 @@ LOOKS: dict[str, FieldLook] = {
     "min_size": FieldLook("minimum size", maximum=1000.0, step=0.05),
     "background_scale": FieldLook(
         "background scale (µm)",
-        maximum=1e6,
+        maximum=1e4,
         step=1.0,
         auto="auto",
         placeholder=15.0,

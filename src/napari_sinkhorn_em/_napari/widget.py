@@ -79,12 +79,14 @@ def _file_stem(name: str) -> str:
     return stem or "image"
 
 
-def result_summary(result: Any) -> str:
+def result_summary(result: Any, sep: str = " · ") -> str:
     """A short account of a run: nuclei found, convergence, estimated parameters.
 
     Parameters
     ----------
     result : SegmentationResult
+    sep : str
+        Separator of the parts (the widget shows one part per line).
 
     Returns
     -------
@@ -115,7 +117,7 @@ def result_summary(result: Any) -> str:
     threshold = info.get("threshold")
     if params.get("foreground_threshold") is None and isinstance(threshold, int | float):
         parts.append(f"threshold {threshold:.3g} (auto)")
-    return " · ".join(parts)
+    return sep.join(parts)
 
 
 @dataclass
@@ -199,10 +201,12 @@ class SinkhornEMWidget(QWidget):
         self.export_button = PushButton(text="Export labels + table + parameters")
         self.status = Label(value="")
         #: what the last run found (nuclei, convergence, estimated parameters, warnings)
+        # one part per line: a word-wrapped label gets too little height in the form
         self.summary = Label(value="")
-        self.summary.native.setWordWrap(True)
 
-        inputs = Container(widgets=[self.image_layers, self.channel_axis, self.voxel_size])
+        # the input controls head the main section, so that the label columns line up
+        for i, control in enumerate((self.image_layers, self.channel_axis, self.voxel_size)):
+            self.form.main.insert(i, control)
         actions = Container(
             widgets=[
                 self.keep_previous,
@@ -220,9 +224,8 @@ class SinkhornEMWidget(QWidget):
         )
         self.advanced = QCollapsible("Advanced settings")
         self.advanced.addWidget(self.form.advanced.native)
-        self._containers = (inputs, actions)  # keep the magicgui wrappers alive
+        self._containers = (self.form.main, actions)  # keep the magicgui wrappers alive
         layout = QVBoxLayout(self)
-        layout.addWidget(inputs.native)
         layout.addWidget(self.form.main.native)
         layout.addWidget(self.advanced)
         layout.addWidget(actions.native)
@@ -446,8 +449,13 @@ class SinkhornEMWidget(QWidget):
         n = len(result.table)
         self.status.value = f"{n} nuclei" + (" (refined)" if refine else "")
         self.summary.value = "\n".join(
-            [result_summary(result)] + [f"warning: {m}" for m in messages]
+            [result_summary(result, sep="\n")] + [f"warning: {m}" for m in messages]
         )
+        # the summary grew by some lines: without this the dock keeps its old layout and
+        # squeezes the button row (seen in the screenshot under Xvfb)
+        for container in self._containers:
+            container.native.adjustSize()
+        self.adjustSize()
 
     def _report_warnings(self, outcome: Outcome) -> list[str]:
         """Show the run's warnings as napari warnings (each text once).
