@@ -480,18 +480,24 @@ def _segmentation_warning():
 
 
 def test_pipeline_warnings_reach_the_user(make_napari_viewer, qtbot):
-    """Far fewer nuclei than requested: the pipeline's warning is a napari notification."""
+    """A run that finds no nuclei: the pipeline's warning is a napari notification and a
+    summary line, and the empty result is shown (empty layers), not an error."""
     _segmentation_warning()
-    _, widget = _crop_viewer(make_napari_viewer)
-    widget.form.set_value("n_nuclei", 150)  # the 14 um crop holds about 15 nuclei
+    viewer, widget = _crop_viewer(make_napari_viewer)
+    # every label is smaller than 1000 nominal nucleus volumes: all are removed
+    widget.form.set_value("min_size", 1000.0)
     n_records = len(notification_manager.records)
     widget.run()
     _wait(qtbot, widget)
+    assert _n_labels(viewer.layers["crop nuclei"].data) == 0
+    assert len(viewer.layers["crop centres"].data) == 0
+    assert widget.status.value == "0 nuclei"
     new = [str(r.message) for r in notification_manager.records[n_records:]]
     warned = [m for m in new if m.startswith("Sinkhorn-EM: ")]
-    assert warned, new
-    assert any("150" in m for m in warned)
-    assert "warning: " in widget.summary.value
+    assert len(warned) == 1 and "no nuclei" in warned[0], new
+    lines = widget.summary.value.splitlines()
+    assert lines[0] == "0 nuclei (number estimated)"
+    assert lines[-1] == "warning: " + warned[0].removeprefix("Sinkhorn-EM: ")
 
 
 def test_run_warnings_become_notifications_once(make_napari_viewer, qtbot):
