@@ -21,13 +21,21 @@ from napari.qt.threading import create_worker
 from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 
+from napari_sinkhorn_em._napari.layers import estimated_diameter
 from napari_sinkhorn_em.pipeline.segment import (
     SegmentationCancelled,
     fit_iteration_budget,
     segment_nuclei,
 )
 
-__all__ = ["STAGES", "Outcome", "Progress", "SegmentationRunner", "run_segmentation"]
+__all__ = [
+    "STAGES",
+    "Outcome",
+    "Progress",
+    "SegmentationRunner",
+    "result_summary",
+    "run_segmentation",
+]
 
 #: the stages segment_nuclei reports, in order (an unknown stage is shown by name)
 STAGES = ("preprocess", "peaks", "init", "fit", "labels", "table")
@@ -115,6 +123,47 @@ def run_segmentation(
             # a user-facing problem (bad image or parameter): a message, not a traceback
             return Outcome(run_id, error=str(exc), warnings=list(caught))
     return Outcome(run_id, result=result, warnings=list(caught))
+
+
+def result_summary(result: Any, sep: str = " · ") -> str:
+    """A short account of a run: nuclei found, convergence, estimated parameters.
+
+    Parameters
+    ----------
+    result : SegmentationResult
+    sep : str
+        Separator of the parts (the widget shows one part per line).
+
+    Returns
+    -------
+    str
+        E.g. ``"75 nuclei (number estimated) · fit converged in 23 iterations ·
+        nucleus diameter 3 µm · threshold 0.21 (auto)"``.
+    """
+    params, info = result.params, result.info
+    n = len(result.table)
+    parts = []
+    if params.get("n_nuclei") in (None, "auto"):
+        parts.append(f"{n} nuclei (number estimated)")
+    else:
+        parts.append(f"{n} nuclei ({params['n_nuclei']} requested)")
+    converged, n_iter = info.get("converged"), info.get("n_iter")
+    if converged is not None:
+        its = f" in {n_iter} iterations" if n_iter is not None else ""
+        if converged:
+            parts.append(f"fit converged{its}")
+        else:
+            parts.append(f"fit did NOT converge{its} (raise max iterations)")
+    diameter = estimated_diameter(result)
+    if diameter is not None:
+        auto = params.get("nucleus_diameter") in (None, "auto") or (
+            info.get("nucleus_diameter_um") is not None
+        )
+        parts.append(f"nucleus diameter {diameter:.3g} µm" + (" (estimated)" if auto else ""))
+    threshold = info.get("threshold")
+    if params.get("foreground_threshold") is None and isinstance(threshold, int | float):
+        parts.append(f"threshold {threshold:.3g} (auto)")
+    return sep.join(parts)
 
 
 class SegmentationRunner(QObject):

@@ -65,59 +65,23 @@ from napari_sinkhorn_em._napari.layers import (
     spatial_axes,
     update_points,
 )
-from napari_sinkhorn_em._napari.runner import Outcome, Progress, SegmentationRunner
+from napari_sinkhorn_em._napari.runner import (
+    Outcome,
+    Progress,
+    SegmentationRunner,
+    result_summary,
+)
 from napari_sinkhorn_em.io import write_labels, write_table
 from napari_sinkhorn_em.pipeline.edits import merge_label_edits
 from napari_sinkhorn_em.pipeline.segment import save_params
 
-__all__ = ["SinkhornEMWidget", "open_multichannel", "result_summary"]
+__all__ = ["SinkhornEMWidget", "open_multichannel"]
 
 
 def _file_stem(name: str) -> str:
     """A file-name-safe version of a layer name."""
     stem = re.sub(r"[^\w.-]+", "_", name).strip("._")
     return stem or "image"
-
-
-def result_summary(result: Any, sep: str = " · ") -> str:
-    """A short account of a run: nuclei found, convergence, estimated parameters.
-
-    Parameters
-    ----------
-    result : SegmentationResult
-    sep : str
-        Separator of the parts (the widget shows one part per line).
-
-    Returns
-    -------
-    str
-        E.g. ``"75 nuclei (number estimated) · fit converged in 23 iterations ·
-        nucleus diameter 3 µm · threshold 0.21 (auto)"``.
-    """
-    params, info = result.params, result.info
-    n = len(result.table)
-    parts = []
-    if params.get("n_nuclei") in (None, "auto"):
-        parts.append(f"{n} nuclei (number estimated)")
-    else:
-        parts.append(f"{n} nuclei ({params['n_nuclei']} requested)")
-    converged, n_iter = info.get("converged"), info.get("n_iter")
-    if converged is not None:
-        its = f" in {n_iter} iterations" if n_iter is not None else ""
-        if converged:
-            parts.append(f"fit converged{its}")
-        else:
-            parts.append(f"fit did NOT converge{its} (raise max iterations)")
-    diameter = estimated_diameter(result)
-    if diameter is not None:
-        auto = params.get("nucleus_diameter") in (None, "auto") or (
-            info.get("nucleus_diameter_um") is not None
-        )
-        parts.append(f"nucleus diameter {diameter:.3g} µm" + (" (estimated)" if auto else ""))
-    threshold = info.get("threshold")
-    if params.get("foreground_threshold") is None and isinstance(threshold, int | float):
-        parts.append(f"threshold {threshold:.3g} (auto)")
-    return sep.join(parts)
 
 
 @dataclass
