@@ -57,7 +57,7 @@ def test_layout_tooltips_and_sections(form):
 def test_auto_or_number_fields(form):
     n = form["n_nuclei"]
     assert isinstance(n.box, SpinBox) and n.auto.value and not n.box.enabled
-    assert form.value("n_nuclei") == SegmentationParams().n_nuclei
+    assert form.value("n_nuclei") == SegmentationParams.defaults()["n_nuclei"]
     n.auto.value = False  # the user unticks auto: the number box counts
     assert n.box.enabled and form.value("n_nuclei") == n.box.value
     n.box.value = 42

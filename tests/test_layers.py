@@ -48,10 +48,12 @@ def test_layers_as_channels_and_voxel_size_text():
     assert inp.geometry()["translate"] == (1.0, 2.0, 3.0)
     with pytest.raises(ValueError, match="select an image layer"):
         image_input([], None, "1")
-    with pytest.raises(ValueError, match="voxel size needs 3 values"):
+    with pytest.raises(ValueError, match="voxel size must have 3 entries"):
         parse_voxel_size("1, 2", 3)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="voxel size values must be positive"):
         parse_voxel_size("1, -2, 3", 3)
+    with pytest.raises(ValueError, match="looks like metres"):
+        parse_voxel_size("0.8e-6, 0.35e-6, 0.35e-6", 3)
 
 
 def test_the_estimated_diameter_is_preferred_and_sizes_the_points():

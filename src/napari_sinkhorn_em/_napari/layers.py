@@ -14,13 +14,14 @@ Used only by the widget (imports napari, not Qt).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points
+
+from napari_sinkhorn_em._validation import check_voxel_size
 
 __all__ = [
     "PARAMS_KEY",
@@ -100,7 +101,8 @@ def parse_voxel_size(text: str, n_axes: int) -> tuple[float, ...]:
     Raises
     ------
     ValueError
-        Naming the text and the problem: not numbers, wrong count, not positive/finite.
+        Naming the text and the problem: not numbers, wrong count, not finite, outside
+        1 nm .. 100 um (:func:`napari_sinkhorn_em._validation.check_voxel_size`).
     """
     text = text.strip()
     try:
@@ -109,11 +111,8 @@ def parse_voxel_size(text: str, n_axes: int) -> tuple[float, ...]:
         raise ValueError(
             f"voxel size {text!r} is not a list of numbers; write e.g. '0.8, 0.35, 0.35'"
         ) from None
-    if len(vs) != n_axes:
-        raise ValueError(f"voxel size needs {n_axes} values (one per spatial axis), got {len(vs)}")
-    if not all(math.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"voxel size values must be positive, got {vs}")
-    return vs
+    # the package's one voxel-size check: count, finiteness, 1 nm .. 100 um, unit hints
+    return check_voxel_size(vs, n_axes, name="voxel size")
 
 
 def image_input(layers: list[Image], channel_axis: int | None, voxel_size_text: str) -> ImageInput:
