@@ -15,6 +15,7 @@ from napari_sinkhorn_em._napari.form import (
     MAIN_FIELDS,
     FieldLook,
     ParameterForm,
+    _accepts,
     _Control,
 )
 from napari_sinkhorn_em.params import SegmentationParams
@@ -65,14 +66,27 @@ def test_auto_or_number_fields(form):
     form.set_value("n_nuclei", "auto")
     assert n.auto.value and not n.box.enabled
 
+    # a field whose default is a number gets an 'auto' box only where the parameters
+    # accept the automatic value: marginal_penalty None = exact marginals
+    m = form["marginal_penalty"]
+    assert isinstance(m.box, FloatSpinBox) and m.auto.text == "exact" and not m.auto.value
+    assert form.value("marginal_penalty") == 1000.0
+    m.auto.value = True
+    assert form.value("marginal_penalty") is None and not m.box.enabled
+    form.set_value("marginal_penalty", 500.0)
+    assert form.value("marginal_penalty") == 500.0 and m.box.enabled
+
     d = form["nucleus_diameter"]
-    assert isinstance(d.box, FloatSpinBox) and d.auto is not None
+    assert isinstance(d.box, FloatSpinBox)
+    assert (d.auto is not None) == _accepts("nucleus_diameter", "auto")
     form.set_value("nucleus_diameter", 4.5)
-    assert form.value("nucleus_diameter") == 4.5 and not d.auto.value
-    d.auto.value = True
-    assert form.value("nucleus_diameter") in (None, "auto")
-    d.show_estimate(2.71)  # an estimate is shown without leaving 'auto'
-    assert d.auto.value and d.box.value == pytest.approx(2.71)
+    assert form.value("nucleus_diameter") == 4.5
+    if d.auto is not None:
+        assert not d.auto.value
+        d.auto.value = True
+        assert form.value("nucleus_diameter") == "auto"
+        d.show_estimate(2.71)  # an estimate is shown without leaving 'auto'
+        assert d.auto.value and d.box.value == pytest.approx(2.71)
 
     # random_state: ticked 'random' = None (a seed is drawn); a number unticks it
     form.set_value("random_state", 5)

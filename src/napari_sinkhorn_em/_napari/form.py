@@ -52,6 +52,7 @@ class FieldLook:
     auto : str, optional
         Adds a checkbox with this text; ticked means the automatic value (None or
         ``"auto"``: the field's default when that is automatic, else ``auto_value``).
+        Dropped when SegmentationParams refuses ``auto_value`` for the field.
     auto_value : object
         The automatic value when the default is a number.
     placeholder : float
@@ -174,10 +175,22 @@ LOOKS: dict[str, FieldLook] = {
 }
 
 
+def _accepts(name: str, value: Any) -> bool:
+    """Whether SegmentationParams takes ``value`` for ``name``."""
+    try:
+        SegmentationParams(**{name: value})
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _look(f: dataclasses.Field) -> FieldLook:
     """The look of a field: :data:`LOOKS`, with the allowed values of the field's
     ``choices`` metadata when it has them (display texts from LOOKS where given)."""
     look = LOOKS.get(f.name) or FieldLook(f.name.replace("_", " "))
+    if look.auto is not None and f.default not in _AUTO and not _accepts(f.name, look.auto_value):
+        # no 'auto' checkbox for a value the parameters refuse (it would only fail the run)
+        look = dataclasses.replace(look, auto=None)
     allowed = f.metadata.get("choices")
     if allowed:
         texts = {v: t for t, v in look.choices}
@@ -312,7 +325,7 @@ class _Control:
                 self.box.value = value
         elif isinstance(self.box, LineEdit):
             self.box.value = _format(value)
-        else:
+        elif value not in _AUTO:  # no automatic value here: the box keeps its number
             self.box.value = value
 
     def show_estimate(self, value: float) -> None:

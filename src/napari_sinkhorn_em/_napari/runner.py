@@ -125,7 +125,7 @@ def run_segmentation(
     return Outcome(run_id, result=result, warnings=list(caught))
 
 
-def result_summary(result: Any, sep: str = " · ") -> str:
+def result_summary(result: Any, sep: str = " · ", requested: dict | None = None) -> str:
     """A short account of a run: nuclei found, convergence, estimated parameters.
 
     Parameters
@@ -133,6 +133,10 @@ def result_summary(result: Any, sep: str = " · ") -> str:
     result : SegmentationResult
     sep : str
         Separator of the parts (the widget shows one part per line).
+    requested : dict, optional
+        The keyword arguments the run was started with: a setting asked as None /
+        ``"auto"`` there is reported as estimated even when ``result.params`` records the
+        estimate as a number. Default: ``result.params``.
 
     Returns
     -------
@@ -141,12 +145,13 @@ def result_summary(result: Any, sep: str = " · ") -> str:
         nucleus diameter 3 µm · threshold 0.21 (auto)"``.
     """
     params, info = result.params, result.info
+    asked = {**params, **(requested or {})}
     n = len(result.table)
     parts = []
-    if params.get("n_nuclei") in (None, "auto"):
+    if asked.get("n_nuclei") in (None, "auto"):
         parts.append(f"{n} nuclei (number estimated)")
     else:
-        parts.append(f"{n} nuclei ({params['n_nuclei']} requested)")
+        parts.append(f"{n} nuclei ({asked['n_nuclei']} requested)")
     converged, n_iter = info.get("converged"), info.get("n_iter")
     if converged is not None:
         its = f" in {n_iter} iterations" if n_iter is not None else ""
@@ -156,12 +161,10 @@ def result_summary(result: Any, sep: str = " · ") -> str:
             parts.append(f"fit did NOT converge{its} (raise max iterations)")
     diameter = estimated_diameter(result)
     if diameter is not None:
-        auto = params.get("nucleus_diameter") in (None, "auto") or (
-            info.get("nucleus_diameter_um") is not None
-        )
+        auto = asked.get("nucleus_diameter") in (None, "auto")
         parts.append(f"nucleus diameter {diameter:.3g} µm" + (" (estimated)" if auto else ""))
     threshold = info.get("threshold")
-    if params.get("foreground_threshold") is None and isinstance(threshold, int | float):
+    if asked.get("foreground_threshold") is None and isinstance(threshold, int | float):
         parts.append(f"threshold {threshold:.3g} (auto)")
     return sep.join(parts)
 

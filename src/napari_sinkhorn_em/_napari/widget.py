@@ -96,6 +96,7 @@ class _State:
     displayed: np.ndarray  # the labels array the widget last put in the layer
     centres: np.ndarray  # the centres the widget last put in the points layer
     edits: np.ndarray | None = field(default=None)  # voxels painted by the user (kept)
+    diameter: float | None = None  # nucleus diameter (um) the fit used, estimated or given
 
 
 class SinkhornEMWidget(QWidget):
@@ -122,7 +123,8 @@ class SinkhornEMWidget(QWidget):
         self.runner.progressed.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
         self._state: _State | None = None
-        self._pending: tuple[ImageInput, bool] | None = None  # input and refine? of the run
+        # the input, keyword arguments and kind (refine?) of the running segmentation
+        self._pending: tuple[ImageInput, dict[str, Any], bool] | None = None
         self._auto_select = True  # pick the layers until the user chooses
 
         # --- input (from the layers) ------------------------------------------------
@@ -344,11 +346,9 @@ class SinkhornEMWidget(QWidget):
                 )
             kwargs = self.form.values()
             kwargs.update(init=centres, n_nuclei=len(centres), n_init=1)
-            if kwargs.get("nucleus_diameter") in (None, "auto"):
-                # refit at the scale the run estimated (and shows), not a new estimate
-                diameter = state.params.get("nucleus_diameter")
-                if isinstance(diameter, int | float):
-                    kwargs["nucleus_diameter"] = float(diameter)
+            # refit at the scale the run estimated (and shows), not a new estimate
+            if kwargs.get("nucleus_diameter") in (None, "auto") and state.diameter is not None:
+                kwargs["nucleus_diameter"] = state.diameter
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return
@@ -363,7 +363,7 @@ class SinkhornEMWidget(QWidget):
         }
         if self.runner.start(inp.array, kwargs) is None:
             return
-        self._pending = (inp, refine)
+        self._pending = (inp, kwargs, refine)
         self._set_busy(True, "refining…" if refine else "segmenting…")
 
     def cancel(self) -> None:
@@ -390,7 +390,7 @@ class SinkhornEMWidget(QWidget):
             self.status.value = p.text()
 
     def _on_finished(self, outcome: Outcome) -> None:
-        inp, refine = self._pending or (None, False)
+        inp, kwargs, refine = self._pending or (None, {}, False)
         self._pending = None
         self._set_busy(False)
         if outcome.cancelled:
@@ -409,11 +409,12 @@ class SinkhornEMWidget(QWidget):
             self._apply_refine(result)
         else:
             self._apply_run(result, inp)
-        self._show_estimates(result)
+        self._show_estimates(result, kwargs)
         n = len(result.table)
         self.status.value = f"{n} nuclei" + (" (refined)" if refine else "")
         self.summary.value = "\n".join(
-            [result_summary(result, sep="\n")] + [f"warning: {m}" for m in messages]
+            [result_summary(result, sep="\n", requested=kwargs)]
+            + [f"warning: {m}" for m in messages]
         )
         # the summary grew by some lines: without this the dock keeps its old layout and
         # squeezes the button row (seen in the screenshot under Xvfb)
@@ -442,12 +443,12 @@ class SinkhornEMWidget(QWidget):
             show_warning(f"Sinkhorn-EM: {text}")
         return shown
 
-    def _show_estimates(self, result: Any) -> None:
+    def _show_estimates(self, result: Any, requested: dict[str, Any]) -> None:
         """Put the numbers the run estimated into the greyed 'auto' boxes."""
-        if self.form.value("n_nuclei") in (None, "auto"):
+        if requested.get("n_nuclei") in (None, "auto"):
             self.form["n_nuclei"].show_estimate(len(result.table) or 1)
         diameter = estimated_diameter(result)
-        if diameter is not None and self.form.value("nucleus_diameter") in (None, "auto"):
+        if diameter is not None and requested.get("nucleus_diameter") in (None, "auto"):
             self.form["nucleus_diameter"].show_estimate(diameter)
 
     # ----------------------------------------------------------------------------------
@@ -472,6 +473,7 @@ class SinkhornEMWidget(QWidget):
             points_layer=points_layer,
             displayed=np.array(result.labels, copy=True),
             centres=np.array(points_layer.data, dtype=np.float64, copy=True),
+            diameter=estimated_diameter(result),
         )
 
     def _apply_refine(self, result: Any) -> None:
@@ -499,6 +501,7 @@ class SinkhornEMWidget(QWidget):
         layer.metadata[PARAMS_KEY] = result.params
         state.labels_layer = layer
         state.params = result.params
+        state.diameter = estimated_diameter(result) or state.diameter
         state.table = result.table.reset_index(drop=True)
         state.displayed = np.array(merged, copy=True)
         state.centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, new.ndim).copy()
