@@ -245,11 +245,21 @@ def _setup_logging(quiet: bool) -> logging.Handler:
 
 def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .batch import build_parameters, run_batch
-    from .batch.executors import handle_interrupts
+    from .batch.executors import handle_interrupts, ignore_further_interrupts
 
-    # Ctrl-C / SIGTERM from here on: the run stops, records the interruption, exits 130/143
-    with handle_interrupts():
-        return _segment(args, argv, build_parameters, run_batch)
+    # Ctrl-C / SIGTERM from here on: the run stops, records the interruption and exits
+    # 130 / 143; once run_batch has returned, the run is recorded and its exit code final
+    # (called from Python, e.g. in tests, the previous handlers come back afterwards)
+    console = getattr(args, "console_script", False)
+    with handle_interrupts(restore=not console):
+        try:
+            return _segment(args, argv, build_parameters, run_batch)
+        finally:
+            if console:
+                # the run is recorded (finished or interrupted): a late signal must not
+                # change the exit code, also while the interpreter shuts down (signals
+                # ignored at the OS level stay ignored there)
+                ignore_further_interrupts(for_good=True)
 
 
 def _segment(args: argparse.Namespace, argv: Sequence[str], build_parameters, run_batch) -> int:
@@ -307,9 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments, no inputs, unreadable config, missing optional dependency), 130
     interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    console_script = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.console_script = console_script
     if args.command is None:
         parser.print_help()
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,6 +34,7 @@ __all__ = [
     "deferred",
     "execute",
     "handle_interrupts",
+    "ignore_further_interrupts",
     "interrupt_signal",
     "raise_if_interrupted",
 ]
@@ -70,20 +72,35 @@ def _exception_for(signum: int) -> BaseException:
     return Terminated(signum)
 
 
-def _handler(signum: int, frame: object) -> None:
+# Python code that C calls back into (Numba's dispatcher, llvmlite's object cache): an
+# exception raised there is printed as "Exception ignored in ..." with a traceback and
+# lost, so a signal landing there only sets the flag; the next check raises it.
+_NO_RAISE_IN = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
+
+
+def _handler(signum: int, frame: Any) -> None:
     _State.signals.append(int(signum))
     if _State.defer:
         return  # raised when the critical step ends
+    filename = getattr(getattr(frame, "f_code", None), "co_filename", "")
+    if any(part in filename for part in _NO_RAISE_IN):
+        return  # raised at the next check_interrupt()
     _State.raised = True
     raise _exception_for(_State.signals[0])
 
 
 @contextlib.contextmanager
-def handle_interrupts() -> Iterator[None]:
+def handle_interrupts(restore: bool = True) -> Iterator[None]:
     """Within the block, SIGINT / SIGTERM set the interrupt flag and raise.
 
-    Only in the main thread (elsewhere it does nothing). Nested use is a no-op; the
-    previous handlers are restored on exit.
+    Only in the main thread (elsewhere it does nothing). Nested use is a no-op.
+
+    Parameters
+    ----------
+    restore : bool, default True
+        Restore the previous handlers on exit. The command line passes False (after
+        :func:`ignore_further_interrupts`) so that a signal arriving while the process
+        exits cannot change the exit code of a run that is already recorded.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -97,9 +114,23 @@ def handle_interrupts() -> Iterator[None]:
         yield
     finally:
         _State.depth -= 1
-        if _State.depth == 0:
+        if _State.depth == 0 and restore:
             for s, h in _State.previous.items():
                 signal.signal(s, h)
+            _State.defer = 0
+            _State.signals = []
+
+
+def ignore_further_interrupts(for_good: bool = False) -> None:
+    """From now on Ctrl-C / SIGTERM are only recorded, never raised (the run is over).
+
+    ``for_good=True`` (the command line, just before exiting) ignores them at the OS
+    level, which also holds while the interpreter shuts down.
+    """
+    _State.defer += 1
+    if for_good and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 def interrupt_signal() -> int | None:
@@ -327,17 +358,21 @@ def _run_pool(tasks: Sequence[FileTask], work: Work, events: Events, jobs: int) 
     try:
         while queue or any(w.task is not None for w in workers):
             # hand out work; start workers lazily, at most `jobs`, never more than needed
-            for w in workers:
-                if w.task is None and queue:
-                    w.task = queue.popleft()
-                    w.conn.send(w.task)
-                    events.started(w.task, f"pid:{w.process.pid}")
-            while queue and len(workers) < jobs:
-                w = _Worker(ctx, work)
-                workers.append(w)
-                w.task = queue.popleft()
-                w.conn.send(w.task)
-                events.started(w.task, f"pid:{w.process.pid}")
+            while queue:
+                idle = next((w for w in workers if w.task is None), None)
+                if idle is None:
+                    if len(workers) >= jobs:
+                        break
+                    idle = _Worker(ctx, work)
+                    workers.append(idle)
+                try:
+                    idle.conn.send(queue[0])
+                except OSError:  # it died while idle: replace it, the file is untouched
+                    workers.remove(idle)
+                    idle.stop(kill=True)
+                    continue
+                idle.task = queue.popleft()
+                events.started(idle.task, f"pid:{idle.process.pid}")
             busy = [w for w in workers if w.task is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             check_interrupt()

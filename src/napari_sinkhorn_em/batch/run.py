@@ -551,9 +551,15 @@ def run_batch(
             with deferred():
                 if bar is not None:
                     bar.close()
+                if failure is None and interrupt_signal() is not None:
+                    # the signal came after the last file: still record it (and raise
+                    # it below), so that the exit code and run.json agree
+                    sig = interrupt_signal()
+                    failure = KeyboardInterrupt() if sig == signal.SIGINT else Terminated(sig)
                 if rec.log.data.get("last_run") is not None:
                     rec.end_run(failure)
-                remove_stale_temporaries(outputs)  # of workers stopped mid-write
+                # of workers stopped mid-write (we hold the lock: every temporary is ours)
+                remove_stale_temporaries([*outputs, out / RUN_JSON])
     logger.info(
         "%d segmented, %d skipped, %d failed; outputs and run.json in %s",
         len(report.ok),
