@@ -119,6 +119,17 @@ def test_mistyped_voxel_size_is_refused_before_anything_is_touched(
     assert _snapshot(out) == before  # outputs and run.json byte for byte
 
 
+def test_channel_axis_out_of_range_is_refused_before_anything_is_touched(
+    worms, reference, tmp_path, capsys
+):
+    out = _complete_copy(reference, tmp_path / "R")
+    before = _snapshot(out)
+    assert main(["segment", str(worms), "-o", str(out), *SEGMENT, "--channel-axis", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"--channel-axis 5 is not an axis of {N_WORMS} input(s): worm_000.tif (shape" in err
+    assert _snapshot(out) == before
+
+
 def test_failing_overwrite_keeps_the_earlier_outputs(worms, reference, tmp_path, capsys):
     out = _complete_copy(reference, tmp_path / "R")
     before = _outputs(out)

@@ -157,10 +157,11 @@ def check_parameters_against_inputs(
 ) -> None:
     """Refuse a run whose parameters cannot fit its inputs, before any file is touched.
 
-    Reads only the TIFF headers (no pixels). Checked now: a ``--voxel-size`` override
-    must have one value per spatial axis of every input (e.g. ``0.8 0.35`` for 3-D
-    stacks is refused). Files whose header cannot be read are left to fail on their own
-    during the run (a bad file never stops the others).
+    Reads only the TIFF headers (no pixels). Checked: a ``--channel-axis`` override must
+    be an axis of every input, and a ``--voxel-size`` override must have one value per
+    spatial axis of every input (e.g. ``0.8 0.35`` for 3-D stacks is refused). Files
+    whose header cannot be read are left to fail on their own during the run (a bad
+    file never stops the others).
 
     Raises
     ------
@@ -170,24 +171,38 @@ def check_parameters_against_inputs(
     from ..io import ImageReadError, read_image_axes
 
     vs = parameters.get("voxel_size")
-    if vs is None:
-        return
     channel_axis = parameters.get("channel_axis")
-    wrong: list[str] = []
+    if vs is None and channel_axis is None:
+        return
+    wrong_axis: list[str] = []
+    wrong_vs: list[str] = []
     for inp in items:
         try:
             axes, shape = read_image_axes(inp.path, channel_axis=channel_axis)
-        except (ImageReadError, OSError):
+        except ImageReadError as exc:
+            if channel_axis is not None and f"channel_axis={channel_axis} is out" in str(exc):
+                wrong_axis.append(f"{inp.path.name} ({str(exc).rsplit('for ', 1)[-1]})")
+            continue
+        except OSError:
             continue
         spatial = axes.replace("C", "")
-        if len(spatial) != len(vs):
-            wrong.append(f"{inp.path.name} ({len(spatial)}-D {spatial}, shape {list(shape)})")
-    if wrong:
-        listed = ", ".join(wrong[:max_listed])
-        more = f" and {len(wrong) - max_listed} more" if len(wrong) > max_listed else ""
+        if vs is not None and len(spatial) != len(vs):
+            wrong_vs.append(f"{inp.path.name} ({len(spatial)}-D {spatial}, shape {list(shape)})")
+
+    def listed(names: list[str]) -> str:
+        more = f" and {len(names) - max_listed} more" if len(names) > max_listed else ""
+        return ", ".join(names[:max_listed]) + more
+
+    if wrong_axis:
+        raise BatchError(
+            f"--channel-axis {channel_axis} is not an axis of {len(wrong_axis)} input(s): "
+            f"{listed(wrong_axis)}; give the index of the channel axis in the stored array "
+            "(0 = first), or leave it to the metadata. Nothing was written."
+        )
+    if wrong_vs:
         want = "Z Y X for 3-D stacks" if len(vs) == 2 else "Y X for 2-D images"
         raise BatchError(
-            f"--voxel-size has {len(vs)} values {list(vs)} but {len(wrong)} input(s) have "
-            f"another number of spatial axes: {listed}{more}; give one value per spatial "
-            f"axis ({want}), or run 2-D and 3-D inputs separately. Nothing was written."
+            f"--voxel-size has {len(vs)} values {list(vs)} but {len(wrong_vs)} input(s) have "
+            f"another number of spatial axes: {listed(wrong_vs)}; give one value per "
+            f"spatial axis ({want}), or run 2-D and 3-D inputs separately. Nothing was written."
         )
