@@ -454,3 +454,17 @@ def test_ctrl_c_and_sigterm_at_many_timings(worms, reference, tmp_path, jobs):
             assert rerun["last_run"]["n_ok"] == N_WORMS - len(done), case
             assert _outputs(out) == expected and not _temporaries(out), case
     assert interrupted >= n_cases // 2, f"only {interrupted} of {n_cases} signals landed mid-run"
+
+    # kill -9 (no chance to clean up) at three moments: every output still complete, the
+    # record says the run never finished, and the rerun cleans up and completes
+    for delay in (0.2 * duration, 0.5 * duration, 0.8 * duration) if jobs == 1 else ():
+        code, err, _ = _signal_run(overwrite, out, signal.SIGKILL, delay, group=False)
+        case = f"SIGKILL after {delay:.2f} s"
+        if code == 0:
+            continue  # finished before the kill
+        assert code == -signal.SIGKILL, case
+        assert _run_json(out)["last_run"]["status"] == "running", case
+        assert _outputs(out) == expected, case
+        r = subprocess.run(base, capture_output=True, text=True, timeout=300, env=_env())
+        assert r.returncode == 0, (case, r.stderr)
+        assert _outputs(out) == expected and not _temporaries(out), case
