@@ -315,8 +315,10 @@ def test_few_or_no_nuclei_are_warnings_in_the_log_and_run_json(worm2d, tmp_path,
     err = capsys.readouterr().err
     rec = _run_json(out)["files"]["worm2d"]
     assert rec["status"] == "ok" and rec["n_nuclei"] < 65
-    assert any("far fewer than the 130 requested" in w for w in rec["warnings"]), rec
-    assert "WARNING worm2d.tif:" in err and "far fewer than the 130 requested" in err
+    # (the message is segment_nuclei's SegmentationWarning, or the batch's own count check)
+    assert any(" 130 requested" in w for w in rec["warnings"]), rec
+    assert len(rec["warnings"]) == 1  # one message, not one per source
+    assert "WARNING worm2d.tif:" in err and " 130 requested" in err
     # no nuclei at all (every label below min_size)
     config = tmp_path / "params.json"
     save_params(config, {"n_nuclei": 12, "min_size": 50.0})

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._json import jsonable
+from .._validation import check_voxel_size
 from .inputs import BatchError, BatchInput, derive_seed
 
 __all__ = ["build_parameters", "check_parameters_against_inputs", "resolve_voxel_size"]
@@ -27,17 +28,22 @@ def _normalise(value: Any) -> Any:
 
 
 def _check_voxel_size(value: Any, what: str) -> list[float] | None:
-    if value is None:
-        return None
     try:
-        vs = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise BatchError(f"{what} must be a list of 2 or 3 numbers, got {value!r}") from None
-    if len(vs) not in (2, 3):
-        raise BatchError(f"{what} must have 2 (Y X) or 3 (Z Y X) values, got {len(vs)}")
-    if not all(math.isfinite(v) and v > 0 for v in vs):
-        raise BatchError(f"{what} must be positive and finite, got {vs}")
-    return vs
+        vs = check_voxel_size(value, (2, 3), name=what)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from None
+    return None if vs is None else list(vs)
+
+
+def _check_segment_parameters(seg: Mapping[str, Any]) -> None:
+    """Validate the segmentation parameters now (not once per file, after files were
+    touched): unknown names, types, ranges, as :class:`SegmentationParams` does."""
+    from ..params import SegmentationParams
+
+    try:
+        SegmentationParams.from_dict(dict(seg), where="segmentation parameters")
+    except (TypeError, ValueError) as exc:
+        raise BatchError(str(exc)) from None
 
 
 def build_parameters(
@@ -104,6 +110,7 @@ def build_parameters(
         isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer))
     ):
         raise BatchError(f"channel axis must be an integer, got {channel_axis!r}")
+    _check_segment_parameters(seg)
     return _normalise(
         {
             "segment": seg,

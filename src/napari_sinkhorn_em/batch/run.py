@@ -115,15 +115,22 @@ def count_warning(n_found: int, n_requested: Any) -> str | None:
 def _result_warnings(result: Any, n_requested: Any, caught: list) -> list[str]:
     """Warnings of one segmentation: from ``segment_nuclei`` and the nucleus count."""
     out: list[str] = []
+    seen: set[str] = set()
     for w in caught:
-        text = f"{w.category.__name__}: {w.message}"
-        if text not in out:
-            out.append(text)
-    info_warnings = (getattr(result, "info", None) or {}).get("warnings") or []
-    out += [str(w) for w in info_warnings if str(w) not in out]
-    if not any(w.category.__name__ == "SegmentationWarning" for w in caught):
+        message = str(w.message)
+        if message in seen:
+            continue
+        seen.add(message)
+        category = w.category.__name__
+        out.append(message if category == "SegmentationWarning" else f"{category}: {message}")
+    info = getattr(result, "info", None) or {}
+    for message in map(str, info.get("warnings") or ()):
+        if message not in seen:
+            seen.add(message)
+            out.append(message)
+    if not info.get("low_count"):  # (segment_nuclei flags no / few nuclei itself)
         own = count_warning(len(result.table), n_requested)
-        if own is not None:
+        if own is not None and not out:
             out.append(own)
     return out
 

@@ -21,6 +21,8 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from .._validation import check_voxel_size
+
 __all__ = [
     "CentreMatch",
     "average_precision",
@@ -156,9 +158,7 @@ def match_centres(
             f"pred and true have different dimensionality ({p.shape[1]} vs {t.shape[1]})"
         )
     if voxel_size is not None:
-        vs = np.asarray(voxel_size, dtype=np.float64)
-        if vs.shape != (p.shape[1],):
-            raise ValueError(f"voxel_size must have {p.shape[1]} entries, got {vs.shape}")
+        vs = np.asarray(check_voxel_size(voxel_size, p.shape[1]), dtype=np.float64)
         p = p * vs
         t = t * vs
     # Candidate pairs within max_distance (KD-tree), then the Hungarian assignment on
