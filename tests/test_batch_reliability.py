@@ -130,6 +130,22 @@ def test_channel_axis_out_of_range_is_refused_before_anything_is_touched(
     assert _snapshot(out) == before
 
 
+def test_bad_segmentation_parameter_is_refused_before_anything_is_touched(
+    worms, reference, tmp_path, capsys
+):
+    out = _complete_copy(reference, tmp_path / "R")
+    before = _snapshot(out)
+    with pytest.raises(BatchError, match="max_components_per_tile must be >= 1, got 0"):
+        build_parameters({"max_components_per_tile": 0})
+    with pytest.raises(BatchError, match=r"unknown segmentation parameter.*bogus"):
+        build_parameters({"bogus": 1})
+    config = tmp_path / "params.json"
+    config.write_text(json.dumps({"n_nuclei": 20, "max_components_per_tile": 0}))
+    assert main(["segment", str(worms), "-o", str(out), "-q", "--config", str(config)]) == 2
+    assert "max_components_per_tile" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
 def test_failing_overwrite_keeps_the_earlier_outputs(worms, reference, tmp_path, capsys):
     out = _complete_copy(reference, tmp_path / "R")
     before = _outputs(out)
