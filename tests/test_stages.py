@@ -313,7 +313,9 @@ def test_no_private_names_imported_across_subpackages():
             if sub is None or sub.startswith("_") or here[:1] == (sub,):
                 continue  # package-level private modules (_validation, _json), own subpackage
             private = [p for p in parts[1:] if p.startswith("_") and p != "__init__"]
-            private += [a.name for a in node.names if a.name.startswith("_")]
+            private += [
+                a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")
+            ]
             if private:
                 offenders.append(f"{path.relative_to(root)}: {'.'.join(parts)} {private}")
     assert offenders == []
