@@ -28,6 +28,7 @@ from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold
 
 __all__ = [
+    "cap_count",
     "clean",
     "convergence_notes",
     "covariance_model",
@@ -190,3 +191,16 @@ def convergence_notes(fit, max_iter: int) -> list[str]:
         f"({int(fit.n_iter)} run in all); the result is usable, a larger max_iter may "
         "refine it"
     ]
+
+
+def cap_count(K: int, info: dict | None, init_array, notes: list) -> int:
+    """A requested count capped like the detected one (:func:`refine`): never more
+    components than the foreground can hold. Given centres (``init_array``) are kept."""
+    if info is None or init_array is not None or info["component_cap"] >= K:
+        return K
+    cap = int(info["component_cap"])
+    notes.append(
+        f"only {cap} components fitted for the {K} requested: the foreground holds at "
+        f"most {cap} nuclei of half the typical diameter"
+    )
+    return cap

@@ -388,7 +388,7 @@ def segment_nuclei(
             feats.indices, pos, fit.components, fit.means, fit.covariances, found.shape, vs,
             radius=p.mahalanobis_radius,
             min_volume=min_label_volume(
-                found.local["d_small_um"] if local else d, ndim, p.min_size
+                d, ndim, p.min_size
             ),
         )  # fmt: skip
         if local:
@@ -459,6 +459,7 @@ def _find_nuclei(image, p: SegmentationParams, clock: StageClock, init_array, lo
                 f"got {init_array.shape}"
             )
         K = n_components(p.n_nuclei, peaks, init_array, feats.n_points)
+        K = adaptive.cap_count(K, meta["local"], init_array, meta["notes"])
     return _Found(feats, peaks, K, shape=foreground.shape, **meta)
 
 
