@@ -1,0 +1,928 @@
+"""Nucleus tracking through a time-lapse: the mixture of frame t starts frame t + 1.
+
+:func:`track_nuclei` segments a reference frame with :func:`.segment.segment_nuclei`, then
+walks forward (and backward from the reference) one frame at a time:
+
+1. preprocess the frame and build its voxel features (the public
+   :func:`.preprocess.preprocess` and :func:`.features.voxel_features`), detect its nuclei
+   as LoG peaks (:func:`.peaks.detect_nuclei`);
+2. estimate the global motion from the previous frame: a translation by phase
+   correlation of the (downsampled) signals, then a trimmed rigid ICP (rotation +
+   translation, Kabsch) of the previous fitted centres onto the new peaks, and
+   optionally (``motion="deformable"``) a smooth non-rigid correction (the matched
+   displacements averaged with a Gaussian kernel over neighbouring centres, so a bending
+   head moves coherently);
+3. move the previous mixture (means, position covariances rotated) and refit it with
+   Sinkhorn-EM, the weights fixed at each track's share of the previous frame's mass: a
+   component cannot give its nucleus away to a neighbour or take a second one;
+4. bookkeeping: a component whose nucleus has left the field, or that ends up on top of
+   another one, ends its track; a LoG peak far from every fitted component starts a new
+   track; a component with two peaks on opposite sides of it, each about half a nucleus
+   away, divides into two children (``parent_id``); if anything changed the mixture is
+   refitted;
+5. labels (each voxel to its most responsible component within ``mahalanobis_radius``)
+   carry the track id, so a nucleus keeps its label value through time.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from ..mixture import ConvergenceWarning, SinkhornEM
+from .features import voxel_features
+from .peaks import detect_nuclei
+from .preprocess import preprocess
+from .segment import SegmentationCancelled, segment_nuclei
+
+__all__ = ["TrackingCancelled", "TrackingResult", "track_nuclei"]
+
+MOTIONS = ("none", "translation", "rigid", "deformable")
+METHODS = ("sinkhorn", "em")
+
+
+class TrackingCancelled(SegmentationCancelled):
+    """Raised by :func:`track_nuclei` when the progress callback asks to stop."""
+
+
+@dataclass
+class TrackingResult:
+    """Output of :func:`track_nuclei`.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        ``(T, [Z,] Y, X)`` label image; the value of a nucleus is its ``track_id`` in
+        every frame (0 = background). uint16 when the ids fit, else uint32.
+    tracks : pandas.DataFrame
+        One row per nucleus per frame: ``track_id``, ``t``, ``z`` (3-D only), ``y``, ``x``
+        (voxel coordinates), ``z_um`` (3-D), ``y_um``, ``x_um``, ``parent_id`` (0 = none;
+        a division ends the parent's track and starts two tracks whose ``parent_id`` is
+        the parent's id), then the per-nucleus columns of
+        :func:`~napari_sinkhorn_em.segment_nuclei`: ``label`` (= ``track_id``),
+        ``volume_um3``, ``mean_<channel>``. Sorted by ``track_id`` then ``t``: the
+        layout of a napari Tracks layer (``tracks[["track_id", "t", "z", "y", "x"]]``).
+    params : dict
+        Every keyword argument used (JSON-serialisable).
+    frames : list of dict
+        Per-frame fit information, in time order: ``t``, ``n_tracks``, ``new``,
+        ``ended``, ``divided`` (track ids), ``motion`` (translation and rotation of the
+        global estimate, residual after it), ``n_iter``, ``converged``, ``objective``,
+        ``timings`` (s). The reference frame holds ``segment_nuclei``'s info.
+    """
+
+    labels: np.ndarray
+    tracks: pd.DataFrame
+    params: dict
+    frames: list = field(default_factory=list)
+
+    @property
+    def graph(self) -> dict[int, list[int]]:
+        """``{track_id: [parent_id]}`` for the tracks with a parent (napari Tracks graph)."""
+        first = self.tracks.drop_duplicates("track_id")
+        return {
+            int(r.track_id): [int(r.parent_id)]
+            for r in first.itertuples(index=False)
+            if int(r.parent_id) > 0
+        }
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    """The mixture carried from frame to frame (position block in micrometres)."""
+
+    ids: np.ndarray  # (K,) track ids
+    means: np.ndarray  # (K, D) features: position um, then weighted intensities
+    covs: np.ndarray  # (K, D, D)
+    mass: np.ndarray  # (K,) relative mass (nucleus volume share) from the last frame
+    peaks_um: np.ndarray  # (P, ndim) LoG peaks of the last frame (um)
+    signal: np.ndarray  # downsampled signal of the last frame (phase correlation)
+
+
+# --------------------------------------------------------------------------- motion
+
+
+def _kabsch(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
+    """Rotation R and translation t minimising sum w |R src + t - dst|^2."""
+    if w is None:
+        w = np.ones(src.shape[0])
+    w = w / w.sum()
+    cs = (w[:, None] * src).sum(0)
+    cd = (w[:, None] * dst).sum(0)
+    H = ((src - cs) * w[:, None]).T @ (dst - cd)
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0
+    S = np.eye(src.shape[1])
+    S[-1, -1] = d
+    R = Vt.T @ S @ U.T
+    return R, cd - R @ cs
+
+
+def _downsample(signal: np.ndarray, vs: np.ndarray, target_um: float):
+    """Block-mean the signal to voxels of about ``target_um`` (phase correlation input)."""
+    f = np.maximum(1, np.floor(target_um / vs).astype(int))
+    shape = tuple(int(s // k) for s, k in zip(signal.shape, f, strict=True))
+    if min(shape) < 2:
+        f = np.ones_like(f)
+        shape = signal.shape
+    crop = signal[tuple(slice(0, s * k) for s, k in zip(shape, f, strict=True))]
+    red = crop.reshape([x for s, k in zip(shape, f, strict=True) for x in (s, k)])
+    out = red.mean(axis=tuple(range(1, 2 * len(shape), 2)))
+    return out.astype(np.float32), f * vs
+
+
+def _phase_shift(prev: np.ndarray, cur: np.ndarray, cell_um: np.ndarray) -> np.ndarray:
+    """Translation (um) that moves ``prev`` onto ``cur`` (phase correlation)."""
+    from skimage.registration import phase_cross_correlation
+
+    if prev.shape != cur.shape or prev.max() <= 0 or cur.max() <= 0:
+        return np.zeros(cur.ndim)
+    shift, _, _ = phase_cross_correlation(cur, prev, normalization=None)
+    return np.asarray(shift, dtype=np.float64) * cell_um
+
+
+def _estimate_motion(
+    src_um: np.ndarray,
+    peaks_um: np.ndarray,
+    shift_um: np.ndarray,
+    diameter: float,
+    motion: str,
+    max_motion: float,
+):
+    """Move the previous centres onto the new frame's peaks.
+
+    Returns the moved centres, the rotation of the rigid part and a summary dict.
+    """
+    ndim = src_um.shape[1]
+    R = np.eye(ndim)
+    t = np.zeros(ndim) if motion == "none" else shift_um.copy()
+    info: dict[str, Any] = {"phase_shift_um": shift_um.tolist()}
+    moved = src_um + t
+    if motion in ("rigid", "deformable") and peaks_um.shape[0] >= ndim + 1 and src_um.shape[0]:
+        tree = cKDTree(peaks_um)
+        centre = src_um.mean(axis=0)
+        # trimmed ICP: the matching radius shrinks from the allowed motion to one
+        # diameter; only mutual nearest pairs count (a peak claimed by two centres is
+        # ambiguous)
+        R_cur, t_cur = np.eye(ndim), t.copy()
+        n_it = 30
+        for it in range(n_it):
+            cur = (src_um - centre) @ R_cur.T + centre + t_cur
+            cutoff = max(diameter, max_motion * (1.0 - it / (n_it / 2)))
+            d, j = tree.query(cur, k=1)
+            back = cKDTree(cur).query(peaks_um[j], k=1)[1]
+            ok = (d <= cutoff) & (back == np.arange(cur.shape[0]))
+            if ok.sum() < ndim + 1:
+                break
+            R_new, t_new = _kabsch(src_um[ok] - centre, peaks_um[j[ok]] - centre)
+            change = np.abs(R_new - R_cur).max() + np.abs(t_new - t_cur).max()
+            R_cur, t_cur = R_new, t_new
+            if change < 1e-6 and cutoff <= diameter:
+                break
+        R, t = R_cur, t_cur
+        moved = (src_um - centre) @ R.T + centre + t
+        info["rotation"] = R.tolist()
+        info["translation_um"] = t.tolist()
+        info["rotation_deg"] = float(
+            np.degrees(np.arccos(np.clip((np.trace(R) - (ndim - 2)) / 2.0, -1, 1)))
+        )
+    if motion == "deformable" and peaks_um.shape[0] >= 2 and src_um.shape[0] >= 2:
+        # smooth non-rigid correction: each centre moves by the Gaussian-weighted mean of
+        # its neighbours' displacements to their mutual-nearest peaks (width 2 diameters)
+        tree = cKDTree(peaks_um)
+        width = 2.0 * diameter
+        src_tree = cKDTree(src_um)
+        pairs = src_tree.sparse_distance_matrix(src_tree, 3.0 * width, output_type="coo_matrix")
+        wmat = pairs.copy()
+        wmat.data = np.exp(-0.5 * (pairs.data / width) ** 2)
+        wmat = wmat.tocsr()
+        wmat.setdiag(1.0)
+        for _ in range(5):
+            d, j = tree.query(moved, k=1)
+            back = cKDTree(moved).query(peaks_um[j], k=1)[1]
+            ok = (d <= diameter) & (back == np.arange(moved.shape[0]))
+            if not ok.any():
+                break
+            disp = np.where(ok[:, None], peaks_um[j] - moved, 0.0)
+            num = wmat @ disp
+            den = wmat @ ok.astype(np.float64)
+            step = np.where(den[:, None] > 0.5, num / np.maximum(den, 1e-12)[:, None], 0.0)
+            moved = moved + step
+            if np.abs(step).max() < 0.01 * diameter:
+                break
+    if motion != "none":
+        d = cKDTree(peaks_um).query(moved, k=1)[0] if peaks_um.shape[0] else np.zeros(0)
+        info["median_residual_um"] = float(np.median(d)) if d.size else None
+    return moved, R, info
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _weights(mass: np.ndarray) -> np.ndarray:
+    m = np.asarray(mass, dtype=np.float64)
+    med = float(np.median(m[m > 0])) if np.any(m > 0) else 1.0
+    m = np.where(m > 0, m, med)
+    m = np.maximum(m, 0.05 * med)
+    return m / m.sum()
+
+
+def _nominal_cov(D, ndim, var_pos, X):
+    cov = np.zeros((D, D))
+    cov[np.arange(ndim), np.arange(ndim)] = var_pos
+    if ndim < D:
+        ivar = np.maximum(np.var(X[:, ndim:], axis=0), 1e-6) / 4.0
+        cov[np.arange(ndim, D), np.arange(ndim, D)] = ivar
+    return cov
+
+
+def _intensity_at(X, tree, c_um, ndim, k=8):
+    """Mean feature vector of the ``k`` voxels nearest each centre (a new component)."""
+    kq = min(k, X.shape[0])
+    _, nn = tree.query(c_um, k=kq)
+    nn = np.asarray(nn).reshape(len(c_um), kq)
+    out = X[nn].mean(axis=1)
+    out[:, :ndim] = c_um
+    return out
+
+
+def _label_frame(feats, comp, means, covs, ids, shape, ndim, vs, radius, min_vox):
+    """Label image (values = track ids) and per-component voxel counts."""
+    fitted = comp >= 0
+    comp = np.where(fitted, comp, 0)
+    pos = feats.positions
+    prec = np.linalg.inv(covs[:, :ndim, :ndim])
+    d = pos - means[comp, :ndim]
+    d2 = np.einsum("ni,nij,nj->n", d, prec[comp], d)
+    keep = (d2 <= radius**2) & fitted
+    K = means.shape[0]
+    counts = np.bincount(comp[keep], minlength=K)
+    good = counts >= min_vox
+    keep &= good[comp]
+    dtype = np.uint16 if (ids.max(initial=0) <= np.iinfo(np.uint16).max) else np.uint32
+    out = np.zeros(shape, dtype=dtype)
+    out[tuple(feats.indices[keep].T)] = ids[comp[keep]]
+    return out, np.where(good, counts, 0)
+
+
+def _frame_rows(t, ids, parents, means, labels, raw, vs, channel_names, counts):
+    """Rows of the tracks table for one frame."""
+    ndim = vs.size
+    centres = means[:, :ndim] / vs
+    axes = ("z", "y", "x")[-ndim:]
+    cols: dict[str, Any] = {
+        "track_id": ids.astype(np.int64),
+        "t": np.full(ids.size, t, dtype=np.int64),
+    }
+    for i, ax in enumerate(axes):
+        cols[ax] = centres[:, i]
+    for i, ax in enumerate(axes):
+        cols[f"{ax}_um"] = centres[:, i] * vs[i]
+    cols["parent_id"] = np.array([parents.get(int(i), 0) for i in ids], dtype=np.int64)
+    cols["label"] = ids.astype(np.int64)
+    cols["volume_um3"] = counts * float(np.prod(vs))
+    mask = labels > 0
+    lab = labels[mask].astype(np.int64)
+    pos = np.searchsorted(np.sort(ids), lab)
+    order = np.argsort(ids)
+    row_of = order[np.clip(pos, 0, ids.size - 1)]
+    n_in = np.bincount(row_of, minlength=ids.size) if lab.size else np.zeros(ids.size)
+    for c, name in enumerate(channel_names):
+        vals = raw[..., c][mask].astype(np.float64)
+        sums = np.bincount(row_of, weights=vals, minlength=ids.size) if lab.size else 0.0
+        cols[f"mean_{name}"] = np.where(n_in > 0, sums / np.maximum(n_in, 1), np.nan)
+    return pd.DataFrame(cols)
+
+
+def _find_divisions(centres, peaks, diam):
+    """``[(component, (peak_a, peak_b)), ...]`` for the components that look divided.
+
+    A component divides when two LoG peaks whose nearest component it is lie on opposite
+    sides of it (cosine of the angle between them < -0.3), each 0.25-1 diameters from
+    it and the two at least 0.8 diameters apart, and no other component is within 0.6
+    diameters of either peak.
+    """
+    K = centres.shape[0]
+    dk, owner = cKDTree(centres).query(peaks, k=min(2, K))
+    dk = dk.reshape(len(peaks), -1)
+    owner = owner.reshape(len(peaks), -1)
+    alone = dk[:, -1] > 0.6 * diam if K > 1 else np.ones(len(peaks), dtype=bool)
+    ok = (dk[:, 0] >= 0.25 * diam) & (dk[:, 0] <= 1.0 * diam) & alone
+    out = []
+    for k in np.unique(owner[ok, 0]):
+        sel = np.flatnonzero(ok & (owner[:, 0] == k))
+        if sel.size < 2:
+            continue
+        v = peaks[sel] - centres[k]
+        best = None
+        for i in range(sel.size):
+            for j in range(i + 1, sel.size):
+                sep = float(np.linalg.norm(peaks[sel[i]] - peaks[sel[j]]))
+                cos = v[i] @ v[j] / (np.linalg.norm(v[i]) * np.linalg.norm(v[j]))
+                if sep >= 0.8 * diam and cos < -0.3 and (best is None or sep > best[0]):
+                    best = (sep, int(sel[i]), int(sel[j]))
+        if best is not None:
+            out.append((int(k), (best[1], best[2])))
+    return out
+
+
+def _find_duplicates(centres, ids, peaks, diam):
+    """Indices of components that share a nucleus with another one (see track_nuclei)."""
+    pairs = cKDTree(centres).query_pairs(0.6 * diam, output_type="ndarray")
+    if len(pairs) == 0:
+        return []
+    ptree = cKDTree(peaks) if len(peaks) else None
+    drop: list[int] = []
+    gap = np.linalg.norm(centres[pairs[:, 0]] - centres[pairs[:, 1]], axis=1)
+    for i, j in pairs[np.argsort(gap)]:
+        if i in drop or j in drop:
+            continue
+        near = set()
+        if ptree is not None:
+            for q in (i, j):
+                near.update(ptree.query_ball_point(centres[q], 0.5 * diam))
+        if len(near) >= 2:
+            continue  # two nuclei close together, one component each
+        if len(near) == 1:
+            p = peaks[next(iter(near))]
+            far = i if np.linalg.norm(centres[i] - p) > np.linalg.norm(centres[j] - p) else j
+        else:
+            far = i if ids[i] > ids[j] else j
+        drop.append(int(far))
+    return drop
+
+
+def _check_int(name, value, lo=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def track_nuclei(
+    stack,
+    *,
+    time_axis: int = 0,
+    voxel_size=None,
+    channel_axis=None,
+    channel_names=None,
+    reference_frame: int = 0,
+    n_nuclei=None,
+    nucleus_diameter: float = 3.0,
+    method: str = "sinkhorn",
+    max_iter: int = 100,
+    tol: float = 1e-5,
+    intensity_weight: float = 1.0,
+    n_neighbors: int = 16,
+    foreground_threshold: float | None = None,
+    random_state: int | None = None,
+    marginal_penalty: float | None = 1000.0,
+    voxel_mass: str = "uniform",
+    covariance_scale: tuple[float, float] = (0.25, 4.0),
+    mahalanobis_radius: float = 3.0,
+    min_size: float = 0.1,
+    background_scale: float | None = None,
+    threshold_method: str = "otsu",
+    suppress_granules: bool = True,
+    motion: str = "deformable",
+    max_motion: float | None = None,
+    new_tracks: bool = True,
+    divisions: bool = True,
+    weights: str = "voronoi",
+    weight_refits: int = 0,
+    progress: Callable[[str, int, int], bool | None] | None = None,
+) -> TrackingResult:
+    """Segment and track nuclei through a time-lapse; labels keep their value in time.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Time series of 2-D or 3-D (multichannel) images: a time axis plus the axes that
+        :func:`~napari_sinkhorn_em.segment_nuclei` accepts.
+    time_axis : int
+        Axis of ``stack`` holding time (negative values count from the end).
+    voxel_size : sequence of float, optional
+        Spatial voxel lengths in micrometres (``(z, y, x)`` or ``(y, x)``); None = 1 um.
+    channel_axis : int, optional
+        Axis of ``stack`` (counted in ``stack``, including the time axis) holding the
+        channels; None = single channel.
+    channel_names : list of str, optional
+        Names for the ``mean_<channel>`` columns (default ``ch0``, ``ch1``, ...).
+    reference_frame : int
+        Frame segmented from scratch with :func:`~napari_sinkhorn_em.segment_nuclei`;
+        tracking runs forward from it to the last frame and backward to the first.
+    n_nuclei, nucleus_diameter, intensity_weight, n_neighbors, foreground_threshold, \
+voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
+threshold_method, suppress_granules, marginal_penalty, tol, max_iter
+        As for :func:`~napari_sinkhorn_em.segment_nuclei` (``n_nuclei`` applies to the
+        reference frame; later frames keep their tracks plus the new ones).
+    method : {"sinkhorn", "em"}
+        Refit each frame with Sinkhorn-EM or with EM with the same fixed weights and the
+        same warm starts (the comparison of docs/tracking.md).
+    random_state : int, optional
+        Seed (None draws one and records it in ``params``).
+    motion : {"deformable", "rigid", "translation", "none"}
+        Global motion model between consecutive frames: phase-correlation translation,
+        then a trimmed rigid ICP of the previous centres onto the new LoG peaks, then a
+        smooth non-rigid correction (see the module docstring).
+    max_motion : float, optional
+        Largest expected displacement of a nucleus between frames after the phase
+        correlation, micrometres (the first ICP matching radius); default 3 nucleus
+        diameters.
+    new_tracks : bool
+        Start tracks for nuclei that appear (LoG peaks farther than 0.8 nucleus
+        diameters from every fitted component) and end tracks whose component left the
+        field or lies on top of another one (closer than 0.4 diameters).
+    divisions : bool
+        Detect divisions: a component with a LoG peak on each side, at least 0.3
+        diameters from it and 0.8 diameters apart, and no other component closer to
+        those peaks, is replaced by two children with ``parent_id`` = its track.
+    progress : callable, optional
+        ``progress(stage, frame, n_frames)`` with stage ``"frame"`` after each frame
+        (``frame`` = frames done) and ``"fit"`` during each fit; returning True cancels
+        with :class:`TrackingCancelled`.
+
+    Returns
+    -------
+    TrackingResult
+
+    Raises
+    ------
+    ValueError
+        For an invalid stack or parameters (specific messages).
+    TrackingCancelled
+        When ``progress`` returned True.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(motion, str) or motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {', '.join(map(repr, MOTIONS))}; got {motion!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be 'sinkhorn' or 'em' for tracking; got {method!r}")
+    arr = np.asarray(stack)
+    if arr.ndim < 3:
+        raise ValueError(
+            f"stack must have a time axis plus 2 or 3 spatial axes (and optionally channels); "
+            f"got {arr.ndim} dimension(s)"
+        )
+    time_axis = _check_int("time_axis", time_axis)
+    if not -arr.ndim <= time_axis < arr.ndim:
+        raise ValueError(f"time_axis={time_axis} is out of range for a {arr.ndim}-D stack")
+    time_axis %= arr.ndim
+    frame_ch = None
+    if channel_axis is not None:
+        channel_axis = _check_int("channel_axis", channel_axis)
+        if not -arr.ndim <= channel_axis < arr.ndim:
+            raise ValueError(
+                f"channel_axis={channel_axis} is out of range for a {arr.ndim}-D stack"
+            )
+        channel_axis %= arr.ndim
+        if channel_axis == time_axis:
+            raise ValueError(f"time_axis and channel_axis are the same axis ({time_axis})")
+        frame_ch = channel_axis - (1 if channel_axis > time_axis else 0)
+    n_spatial = arr.ndim - 1 - (frame_ch is not None)
+    if n_spatial not in (2, 3):
+        raise ValueError(
+            f"stack of shape {arr.shape} with time_axis={time_axis} and "
+            f"channel_axis={channel_axis} leaves {n_spatial} spatial axes; need 2 or 3"
+        )
+    T = arr.shape[time_axis]
+    if T < 1:
+        raise ValueError("stack has no frames (time axis of length 0)")
+    ref = _check_int("reference_frame", reference_frame)
+    if not 0 <= ref < T:
+        raise ValueError(f"reference_frame={ref} is outside the {T} frames")
+    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
+        raise ValueError(
+            f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
+        )
+    if max_motion is not None and not (np.isfinite(max_motion) and max_motion > 0):
+        raise ValueError(f"max_motion must be a positive number of um, got {max_motion}")
+    _check_int("max_iter", max_iter, 0)
+    if random_state is None:
+        random_state = int(np.random.SeedSequence().entropy % (2**31))
+    random_state = _check_int("random_state", random_state)
+    frames = np.moveaxis(arr, time_axis, 0)
+    diam = float(nucleus_diameter)
+    max_motion_um = 3.0 * diam if max_motion is None else float(max_motion)
+    fit_radius = 1.0 * diam
+
+    def report(stage, k):
+        if progress is not None and progress(stage, k, T):
+            raise TrackingCancelled(f"tracking cancelled during {stage!r} (frame {k} of {T})")
+
+    pre_kw = {
+        "voxel_size": voxel_size,
+        "channel_axis": frame_ch,
+        "nucleus_diameter": diam,
+        "background_scale": background_scale,
+        "foreground_threshold": foreground_threshold,
+        "threshold_method": threshold_method,
+        "suppress_granules": suppress_granules,
+    }
+    seg_kw = {
+        **{k: v for k, v in pre_kw.items() if k != "channel_axis"},
+        "n_nuclei": n_nuclei,
+        "method": method,
+        "max_iter": max_iter,
+        "tol": tol,
+        "intensity_weight": intensity_weight,
+        "n_neighbors": n_neighbors,
+        "random_state": random_state,
+        "marginal_penalty": marginal_penalty,
+        "voxel_mass": voxel_mass,
+        "covariance_scale": covariance_scale,
+        "mahalanobis_radius": mahalanobis_radius,
+        "min_size": min_size,
+        "max_components_per_tile": 1 << 30,
+    }
+
+    # ---- reference frame: the ordinary segmentation
+    t0 = time.perf_counter()
+    try:
+        seg = segment_nuclei(
+            frames[ref],
+            channel_axis=frame_ch,
+            channel_names=channel_names,
+            progress=None if progress is None else (lambda s, i, o: progress("fit", 0, T)),
+            **seg_kw,
+        )
+    except SegmentationCancelled as exc:
+        raise TrackingCancelled(str(exc)) from exc
+    vs = np.asarray(seg.params["voxel_size"], dtype=np.float64)
+    ndim = vs.size
+    channel_names = list(seg.params["channel_names"])
+    model = seg.model
+    m_means = model.means_
+    m_covs = model.covariances_
+    K0 = len(seg.table)
+    c_um = seg.centres * vs
+    near = cKDTree(m_means[:, :ndim]).query(c_um, k=1)[1] if K0 else np.zeros(0, int)
+    means = m_means[near].copy()
+    means[:, :ndim] = c_um
+    lo_s, hi_s = (float(v) for v in covariance_scale)
+    var_nominal = (diam / 2.0) ** 2 / 5.0
+    bounds = (lo_s * var_nominal, hi_s * var_nominal)
+    ids = np.arange(1, K0 + 1, dtype=np.int64)
+    ref_labels = seg.labels
+    spatial_shape = ref_labels.shape
+    label_dtype = np.uint32
+    all_labels = np.zeros((T, *spatial_shape), dtype=label_dtype)
+    all_labels[ref] = ref_labels  # table labels 1..K are the track ids 1..K
+    rows = [
+        pd.DataFrame(
+            {
+                "track_id": ids,
+                "t": np.full(K0, ref, dtype=np.int64),
+                **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 : 1 + 2 * ndim]},
+                "parent_id": np.zeros(K0, dtype=np.int64),
+                **{c: seg.table[c].to_numpy() for c in seg.table.columns if c == "label"},
+                **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 + 2 * ndim :]},
+            }
+        )
+    ]
+    frame_info: dict[int, dict] = {
+        ref: {
+            "t": ref,
+            "n_tracks": K0,
+            "new": ids.tolist(),
+            "ended": [],
+            "divided": [],
+            "reference": True,
+            "segmentation": seg.info,
+            "timings": {"total": time.perf_counter() - t0},
+        }
+    }
+    parents: dict[int, int] = {}
+    next_id = [K0 + 1]
+    pre0 = preprocess(frames[ref], **pre_kw)
+    small0, cell_um = _downsample(pre0.signal, vs, diam / 2.0)
+    peaks0 = detect_nuclei(pre0.signal, vs, nucleus_diameter=diam, foreground=pre0.foreground)
+    state0 = _State(
+        ids=ids,
+        means=means,
+        covs=m_covs[near].copy(),
+        mass=np.asarray(model.weights_, dtype=np.float64)[near],
+        peaks_um=peaks0.coords * vs,
+        signal=small0,
+    )
+    del pre0
+    done = [1]
+    report("frame", done[0])
+
+    def step(t: int, state: _State, forward: bool) -> _State:
+        tf = time.perf_counter()
+        timings: dict[str, float] = {}
+        raw = frames[t]
+        pre = preprocess(raw, **pre_kw)
+        feats = voxel_features(
+            pre.data,
+            pre.foreground,
+            vs,
+            intensity_weight=intensity_weight,
+            mass=voxel_mass,
+            signal=pre.signal,
+        )
+        peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=diam, foreground=pre.foreground)
+        small, _ = _downsample(pre.signal, vs, diam / 2.0)
+        shape = pre.foreground.shape
+        pre.data = pre.granules = None
+        peaks_um = peaks.coords * vs
+        timings["preprocess"] = time.perf_counter() - tf
+
+        # ---- global motion
+        tm = time.perf_counter()
+        shift = _phase_shift(state.signal, small, cell_um) if motion != "none" else np.zeros(ndim)
+        moved, R, minfo = _estimate_motion(
+            state.means[:, :ndim], peaks_um, shift, diam, motion, max_motion_um
+        )
+        timings["motion"] = time.perf_counter() - tm
+        X, a = feats.X, feats.sample_weight
+        D = X.shape[1]
+        ids = state.ids.copy()
+        means = state.means.copy()
+        means[:, :ndim] = moved
+        # position covariances turn with the head; the intensity block restarts from the
+        # nominal spread of this frame (each frame is normalised on its own, and a block
+        # carried over can be too narrow for the new frame: the component then finds no
+        # voxel likely and, with fixed weights, wanders off to take its mass elsewhere)
+        covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
+        covs[:, :ndim, :ndim] = R @ state.covs[:, :ndim, :ndim] @ R.T
+        mass = state.mass.copy()
+        ended: list[int] = []
+        new: list[int] = []
+        divided: list[int] = []
+        # components whose nucleus has left the field (centre outside the stack)
+        extent = (np.asarray(shape) - 0.5) * vs
+        inside = np.all((moved >= -0.5 * vs - 0.25 * diam) & (moved <= extent + 0.25 * diam), 1)
+        if new_tracks and not inside.all():
+            ended += ids[~inside].tolist()
+            ids, means, covs, mass = ids[inside], means[inside], covs[inside], mass[inside]
+        tree_vox = cKDTree(feats.positions)
+        n_iter_total = 0
+        nominal = _nominal_cov(D, ndim, var_nominal, X)
+
+        def far_peaks(means, threshold, used):
+            """Peaks (strongest first) farther than ``threshold`` from every component and
+            from each other: nuclei that no track explains."""
+            if peaks_um.shape[0] == 0:
+                return []
+            if means.shape[0]:
+                dist = cKDTree(means[:, :ndim]).query(peaks_um, k=1)[0]
+            else:
+                dist = np.full(peaks_um.shape[0], np.inf)
+            chosen: list[int] = []
+            for p in np.flatnonzero((dist > threshold) & ~used):
+                if all(np.linalg.norm(peaks_um[p] - peaks_um[q]) > threshold for q in chosen):
+                    chosen.append(int(p))
+            return chosen
+
+        def add_tracks(chosen, ids, means, covs, mass):
+            c = peaks_um[chosen]
+            add = _intensity_at(X, tree_vox, c, ndim)
+            cov_new = np.repeat(nominal[None], len(chosen), 0)
+            med = float(np.median(mass)) if mass.size else 1.0
+            new_ids = np.arange(next_id[0], next_id[0] + len(chosen), dtype=np.int64)
+            next_id[0] += len(chosen)
+            new.extend(new_ids.tolist())
+            return (
+                np.concatenate([ids, new_ids]),
+                np.concatenate([means, add]) if means.size else add,
+                np.concatenate([covs, cov_new]) if covs.size else cov_new,
+                np.concatenate([mass, np.full(len(chosen), med)]),
+            )
+
+        used = np.zeros(peaks_um.shape[0], dtype=bool)
+        if divisions and forward and peaks_um.shape[0] >= 2 and means.shape[0]:
+            # a moved component with a peak on either side of it (each 0.25-1 diameters
+            # away, the two at least 0.8 diameters apart, no other component near them):
+            # its nucleus has split; the component ends and two children start there
+            split = _find_divisions(means[:, :ndim], peaks_um, diam)
+            if split:
+                keep = np.ones(means.shape[0], dtype=bool)
+                add_means, add_mass, add_ids = [], [], []
+                for k, (p1, p2) in split:
+                    keep[k] = False
+                    parent = int(ids[k])
+                    divided.append(parent)
+                    ended.append(parent)
+                    for p in (p1, p2):
+                        used[p] = True
+                        mu = means[k].copy()
+                        mu[:ndim] = peaks_um[p]
+                        add_means.append(mu)
+                        add_mass.append(mass[k] / 2.0)
+                        cid = next_id[0]
+                        next_id[0] += 1
+                        parents[cid] = parent
+                        add_ids.append(cid)
+                        new.append(cid)
+                ids = np.concatenate([ids[keep], add_ids])
+                means = np.concatenate([means[keep], np.asarray(add_means)])
+                covs = np.concatenate([covs[keep], np.repeat(nominal[None], len(add_ids), 0)])
+                mass = np.concatenate([mass[keep], add_mass])
+        if new_tracks:
+            # before the fit: nuclei that no moved component is near (entering the field,
+            # or missed so far) get their own component, so that their mass is not forced
+            # onto the neighbours
+            chosen = far_peaks(means, 1.0 * diam, used)
+            if chosen:
+                ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
+
+        def fit(means, covs, mass, iters):
+            K = means.shape[0]
+            comp = np.full(X.shape[0], -1, dtype=np.int64)
+            if K == 0:
+                return None, comp
+            # only the voxels within a nucleus diameter of a component take part: the
+            # nuclei being tracked. Foreground far from all of them is a new nucleus (the
+            # peaks above) or no nucleus; with fixed weights it would otherwise pull
+            # components away (measured: a component moved 9 um on a moving head).
+            dist, near = cKDTree(means[:, :ndim]).query(feats.positions, k=1)
+            sel = dist <= fit_radius
+            if np.count_nonzero(sel) < K:
+                sel[:] = True
+            a_s = a[sel] / a[sel].sum()
+            if weights == "voronoi":
+                alpha = _weights(np.bincount(near[sel], weights=a_s, minlength=K))
+            elif weights == "nuclei":
+                # as segment_nuclei's "nuclei" weights: each component claims the mass of
+                # the nucleus (LoG peak's Voronoi cell) it sits in; components without a
+                # peak within half a diameter count as their own nucleus
+                m_pos = means[:, :ndim]
+                if peaks_um.shape[0]:
+                    dpk = cKDTree(peaks_um).query(m_pos, k=1)[0]
+                    ref = np.concatenate([peaks_um, m_pos[dpk > 0.5 * diam]])
+                else:
+                    ref = m_pos
+                rtree = cKDTree(ref)
+                cell = rtree.query(feats.positions[sel], k=1)[1]
+                ref_mass = np.bincount(cell, weights=a_s, minlength=ref.shape[0])
+                alpha = _weights(ref_mass[rtree.query(m_pos, k=1)[1]])
+            elif weights == "uniform":
+                alpha = None
+            else:
+                alpha = _weights(mass)
+            model = SinkhornEM(
+                K,
+                method=method,
+                weights=alpha,
+                covariance_type="full",
+                covariance_bounds=bounds,
+                tol=tol,
+                max_iter=iters,
+                init=means,
+                covariances_init=covs,
+                n_neighbors=min(int(n_neighbors), K),
+                random_state=random_state,
+                position_dims=ndim,
+                callback=None if progress is None else (lambda i, o: progress("fit", done[0], T)),
+                marginal_penalty=marginal_penalty if method == "sinkhorn" else None,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                comp[sel] = model.fit_predict(X[sel], sample_weight=a_s)
+            if model.stopped_:
+                raise TrackingCancelled(f"tracking cancelled during 'fit' (frame {t})")
+            return model, comp
+
+        tfit = time.perf_counter()
+        model, comp = fit(means, covs, mass, int(max_iter))
+        n_iter_total += 0 if model is None else model.n_iter_
+        for _ in range(int(weight_refits)):
+            if model is None:
+                break
+            model, comp = fit(model.means_.copy(), model.covariances_.copy(), mass, int(max_iter))
+            n_iter_total += model.n_iter_
+        timings["fit"] = time.perf_counter() - tfit
+
+        # ---- bookkeeping: divisions, duplicates, new nuclei
+        tb = time.perf_counter()
+        changed = False
+        if model is not None:
+            shift_fit = np.sqrt(((model.means_[:, :ndim] - means[:, :ndim]) ** 2).sum(1))
+            minfo["fit_shift_um"] = {
+                "median": float(np.median(shift_fit)),
+                "max": float(shift_fit.max()),
+                "over_half_diameter": ids[shift_fit > 0.5 * diam].tolist(),
+            }
+            means, covs = model.means_.copy(), model.covariances_.copy()
+        if new_tracks and means.shape[0] > 1:
+            # two components on one nucleus (a nucleus that disappeared leaves its
+            # component on a neighbour's): closer than 0.6 diameters with at most one
+            # peak near them -> the one farther from that peak (or the younger) ends
+            drop = _find_duplicates(means[:, :ndim], ids, peaks_um, diam)
+            if drop:
+                changed = True
+                keep = np.ones(means.shape[0], dtype=bool)
+                keep[drop] = False
+                ended.extend(ids[~keep].tolist())
+                ids, means, covs, mass = ids[keep], means[keep], covs[keep], mass[keep]
+        if new_tracks:
+            chosen = far_peaks(means, 0.8 * diam, used)
+            if chosen:
+                changed = True
+                ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
+        timings["bookkeeping"] = time.perf_counter() - tb
+        if changed:
+            tfit = time.perf_counter()
+            model, comp = fit(means, covs, mass, int(max_iter))
+            n_iter_total += 0 if model is None else model.n_iter_
+            if model is not None:
+                means, covs = model.means_.copy(), model.covariances_.copy()
+            timings["refit"] = time.perf_counter() - tfit
+
+        # ---- labels and table rows
+        tl = time.perf_counter()
+        min_vol = min_size * ((np.pi / 6.0) * diam**3 if ndim == 3 else (np.pi / 4.0) * diam**2)
+        min_vox = max(1, int(np.ceil(min_vol / float(np.prod(vs)))))
+        if means.shape[0]:
+            labels, counts = _label_frame(
+                feats, comp, means, covs, ids, shape, ndim, vs, mahalanobis_radius, min_vox
+            )
+        else:
+            labels, counts = np.zeros(shape, dtype=np.uint16), np.zeros(0, dtype=np.int64)
+        all_labels[t] = labels
+        raw_c = raw[..., None] if frame_ch is None else np.moveaxis(raw, frame_ch, -1)
+        rows.append(_frame_rows(t, ids, parents, means, labels, raw_c, vs, channel_names, counts))
+        # the next frame's weights: this frame's voxel count per track (nucleus volume);
+        # a component without label (too small) keeps its previous share
+        new_mass = np.asarray(model.weights_, dtype=np.float64) if model is not None else mass
+        timings["labels"] = time.perf_counter() - tl
+        timings["total"] = time.perf_counter() - tf
+        frame_info[t] = {
+            "t": t,
+            "n_tracks": int(ids.size),
+            "new": [int(i) for i in new],
+            "ended": [int(i) for i in ended],
+            "divided": [int(i) for i in divided],
+            "motion": minfo,
+            "n_iter": int(n_iter_total),
+            "converged": bool(model.converged_) if model is not None else True,
+            "objective": float(model.objective_) if model is not None else None,
+            "n_foreground_voxels": int(feats.n_points),
+            "n_peaks": len(peaks),
+            "timings": timings,
+        }
+        done[0] += 1
+        report("frame", done[0])
+        return _State(ids, means, covs, new_mass, peaks_um, small)
+
+    state = state0
+    for t in range(ref + 1, T):
+        state = step(t, state, forward=True)
+    state = state0
+    for t in range(ref - 1, -1, -1):
+        state = step(t, state, forward=False)
+
+    tracks = pd.concat(rows, ignore_index=True)
+    tracks = tracks.sort_values(["track_id", "t"], kind="stable").reset_index(drop=True)
+    max_id = int(tracks["track_id"].max()) if len(tracks) else 0
+    if max_id <= np.iinfo(np.uint16).max:
+        all_labels = all_labels.astype(np.uint16)
+    params = {
+        "time_axis": int(time_axis),
+        "voxel_size": [float(v) for v in vs],
+        "channel_axis": channel_axis,
+        "channel_names": channel_names,
+        "reference_frame": ref,
+        "n_nuclei": seg.params["n_nuclei"],
+        "nucleus_diameter": diam,
+        "method": method,
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "intensity_weight": float(intensity_weight),
+        "n_neighbors": int(n_neighbors),
+        "foreground_threshold": None
+        if foreground_threshold is None
+        else float(foreground_threshold),
+        "random_state": random_state,
+        "marginal_penalty": None if marginal_penalty is None else float(marginal_penalty),
+        "voxel_mass": voxel_mass,
+        "covariance_scale": [lo_s, hi_s],
+        "mahalanobis_radius": float(mahalanobis_radius),
+        "min_size": float(min_size),
+        "background_scale": None if background_scale is None else float(background_scale),
+        "threshold_method": threshold_method,
+        "suppress_granules": bool(suppress_granules),
+        "motion": motion,
+        "max_motion": None if max_motion is None else float(max_motion),
+        "new_tracks": bool(new_tracks),
+        "divisions": bool(divisions),
+    }
+    info_list = [frame_info[t] for t in range(T)]
+    info_list[ref]["timings"]["tracking_total"] = time.perf_counter() - t_start
+    return TrackingResult(all_labels, tracks, params, info_list)
