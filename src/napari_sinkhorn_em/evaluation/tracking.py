@@ -15,10 +15,11 @@ def match_points(a: np.ndarray, b: np.ndarray, max_distance: float) -> list[tupl
 
     Returns the pairs ``(i, j)`` with ``|a_i - b_j| <= max_distance``.
     """
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     if len(a) == 0 or len(b) == 0:
         return []
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     d = cdist(a, b)
     big = 1e6 + d.max()
     cost = np.where(d <= max_distance, d, big)

@@ -7,25 +7,25 @@ walks forward (and backward from the reference) one frame at a time:
    :func:`.preprocess.preprocess` and :func:`.features.voxel_features`), detect its nuclei
    as LoG peaks (:func:`.peaks.detect_nuclei`);
 2. estimate the global motion from the previous frame: a translation by phase
-   correlation of the (downsampled) signals, then a trimmed rigid ICP (rotation +
-   translation, Kabsch) of the previous fitted centres onto the new peaks, and
-   optionally (``motion="deformable"``) a smooth non-rigid correction (the matched
-   displacements averaged with a Gaussian kernel over neighbouring centres, so a bending
-   head moves coherently);
-3. move the previous mixture (means, position covariances rotated) and refit it with
-   Sinkhorn-EM, the weights fixed at each track's share of the previous frame's mass: a
-   component cannot give its nucleus away to a neighbour or take a second one;
-4. bookkeeping: a component whose nucleus has left the field, or that ends up on top of
-   another one, ends its track; a LoG peak far from every fitted component starts a new
-   track; a component with two peaks on opposite sides of it, each about half a nucleus
-   away, divides into two children (``parent_id``); if anything changed the mixture is
-   refitted;
-5. labels (each voxel to its most responsible component within ``mahalanobis_radius``)
+   correlation of the (downsampled) signals, then rigid coherent point drift (CPD) of
+   the previous fitted centres onto the new peaks (rotation + translation), then
+   non-rigid CPD (a smooth displacement field, so a bending head moves coherently);
+3. before the fit: a component whose nucleus has vanished or left the field ends its
+   track; a component with a peak on either side divides into two children
+   (``parent_id``); a peak far from every component starts a track;
+4. move the previous mixture (means; position covariances turned with the head) and
+   refit it with Sinkhorn-EM on the voxels within a nucleus diameter of a component,
+   the weights fixed at each component's share of the foreground: a component cannot
+   give its nucleus away to a neighbour or take a second one;
+5. after the fit: of two components on one nucleus, one ends; a peak still far from
+   every component starts a track; if anything changed the mixture is refitted;
+6. labels (each voxel to its most responsible component within ``mahalanobis_radius``)
    carry the track id, so a nucleus keeps its label value through time.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
+from scipy.special import logsumexp
 
 from ..mixture import ConvergenceWarning, SinkhornEM
 from .features import voxel_features
@@ -46,6 +47,7 @@ __all__ = ["TrackingCancelled", "TrackingResult", "track_nuclei"]
 
 MOTIONS = ("none", "translation", "rigid", "deformable")
 METHODS = ("sinkhorn", "em")
+WEIGHTS = ("voronoi", "nuclei", "previous", "uniform")
 
 
 class TrackingCancelled(SegmentationCancelled):
@@ -151,6 +153,51 @@ def _phase_shift(prev: np.ndarray, cur: np.ndarray, cell_um: np.ndarray) -> np.n
     return np.asarray(shift, dtype=np.float64) * cell_um
 
 
+def _cpd_p(X, TY, sigma2, w):
+    """CPD posterior P (M x N) of source points TY for target points X."""
+    M, D = TY.shape
+    N = X.shape[0]
+    d2 = ((TY[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    logk = -d2 / (2.0 * sigma2)
+    log_c = (D / 2.0) * np.log(2.0 * np.pi * sigma2) + np.log(w / (1.0 - w) * M / N)
+    log_den = np.logaddexp(logsumexp(logk, axis=0, keepdims=True), log_c)
+    return np.exp(logk - log_den)
+
+
+def _cpd_nonrigid(X, Y, beta, lam=2.0, w=0.2, n_iter=60, sigma2_min=1e-4, sigma2_init=None):
+    """Non-rigid coherent point drift: displacements ``G W`` of the source points,
+    smooth over a Gaussian kernel of width ``beta`` (um). ``sigma2_init`` (um^2) starts
+    it locally (default: the CPD start, the mean squared distance of all pairs)."""
+    M, D = Y.shape
+    G = np.exp(-((Y[:, None, :] - Y[None, :, :]) ** 2).sum(-1) / (2.0 * beta**2))
+    W = np.zeros((M, D))
+    if sigma2_init is None:
+        sigma2 = float(((X[None, :, :] - Y[:, None, :]) ** 2).sum()) / (D * M * X.shape[0])
+    else:
+        sigma2 = float(sigma2_init)
+    TY = Y
+    for _ in range(n_iter):
+        P = _cpd_p(X, TY, sigma2, w)
+        P1 = P.sum(1)
+        Np = P1.sum()
+        if Np < 1e-9:
+            break
+        PX = P @ X
+        A = G * P1[:, None] + lam * sigma2 * np.eye(M)
+        W = np.linalg.solve(A, PX - P1[:, None] * Y)
+        TY = Y + G @ W
+        new = (
+            float((P.sum(0) * (X**2).sum(1)).sum())
+            - 2.0 * float((PX * TY).sum())
+            + float((P1 * (TY**2).sum(1)).sum())
+        ) / (Np * D)
+        converged = abs(new - sigma2) < 1e-6 * sigma2
+        sigma2 = max(new, sigma2_min)
+        if converged:
+            break
+    return TY
+
+
 def _estimate_motion(
     src_um: np.ndarray,
     peaks_um: np.ndarray,
@@ -161,19 +208,24 @@ def _estimate_motion(
 ):
     """Move the previous centres onto the new frame's peaks.
 
-    Returns the moved centres, the rotation of the rigid part and a summary dict.
+    Phase-correlation translation, then a trimmed rigid ICP of the centres onto the LoG
+    peaks ("rigid", "deformable"), then non-rigid coherent point drift ("deformable",
+    kernel width 4 diameters, started at a variance of one diameter squared). Returns the moved centres, the rotation of the rigid part, a
+    summary dict and the centres moved by the rigid part only.
     """
     ndim = src_um.shape[1]
     R = np.eye(ndim)
     t = np.zeros(ndim) if motion == "none" else shift_um.copy()
     info: dict[str, Any] = {"phase_shift_um": shift_um.tolist()}
     moved = src_um + t
-    if motion in ("rigid", "deformable") and peaks_um.shape[0] >= ndim + 1 and src_um.shape[0]:
-        tree = cKDTree(peaks_um)
-        centre = src_um.mean(axis=0)
+    enough = peaks_um.shape[0] >= ndim + 1 and src_um.shape[0] >= ndim + 1
+    if motion in ("rigid", "deformable") and enough:
         # trimmed ICP: the matching radius shrinks from the allowed motion to one
         # diameter; only mutual nearest pairs count (a peak claimed by two centres is
-        # ambiguous)
+        # ambiguous). A local method on purpose: rigid CPD from a broad start turned a
+        # synthetic head by 11 and 81 degrees instead of 2 (measured).
+        tree = cKDTree(peaks_um)
+        centre = src_um.mean(axis=0)
         R_cur, t_cur = np.eye(ndim), t.copy()
         n_it = 30
         for it in range(n_it):
@@ -196,34 +248,19 @@ def _estimate_motion(
         info["rotation_deg"] = float(
             np.degrees(np.arccos(np.clip((np.trace(R) - (ndim - 2)) / 2.0, -1, 1)))
         )
-    if motion == "deformable" and peaks_um.shape[0] >= 2 and src_um.shape[0] >= 2:
-        # smooth non-rigid correction: each centre moves by the Gaussian-weighted mean of
-        # its neighbours' displacements to their mutual-nearest peaks (width 2 diameters)
-        tree = cKDTree(peaks_um)
-        width = 2.0 * diameter
-        src_tree = cKDTree(src_um)
-        pairs = src_tree.sparse_distance_matrix(src_tree, 3.0 * width, output_type="coo_matrix")
-        wmat = pairs.copy()
-        wmat.data = np.exp(-0.5 * (pairs.data / width) ** 2)
-        wmat = wmat.tocsr()
-        wmat.setdiag(1.0)
-        for _ in range(5):
-            d, j = tree.query(moved, k=1)
-            back = cKDTree(moved).query(peaks_um[j], k=1)[1]
-            ok = (d <= diameter) & (back == np.arange(moved.shape[0]))
-            if not ok.any():
-                break
-            disp = np.where(ok[:, None], peaks_um[j] - moved, 0.0)
-            num = wmat @ disp
-            den = wmat @ ok.astype(np.float64)
-            step = np.where(den[:, None] > 0.5, num / np.maximum(den, 1e-12)[:, None], 0.0)
-            moved = moved + step
-            if np.abs(step).max() < 0.01 * diameter:
-                break
-    if motion != "none":
-        d = cKDTree(peaks_um).query(moved, k=1)[0] if peaks_um.shape[0] else np.zeros(0)
+    rigid = moved.copy()
+    if motion == "deformable" and enough:
+        centre = moved.mean(axis=0)
+        moved = (
+            _cpd_nonrigid(
+                peaks_um - centre, moved - centre, beta=4.0 * diameter, sigma2_init=diameter**2
+            )
+            + centre
+        )
+    if motion != "none" and peaks_um.shape[0]:
+        d = cKDTree(peaks_um).query(moved, k=1)[0]
         info["median_residual_um"] = float(np.median(d)) if d.size else None
-    return moved, R, info
+    return moved, R, info, rigid
 
 
 # --------------------------------------------------------------------------- helpers
@@ -304,13 +341,13 @@ def _frame_rows(t, ids, parents, means, labels, raw, vs, channel_names, counts):
     return pd.DataFrame(cols)
 
 
-def _find_divisions(centres, peaks, diam):
+def _find_divisions(centres, peaks, diam, can_divide=None):
     """``[(component, (peak_a, peak_b)), ...]`` for the components that look divided.
 
     A component divides when two LoG peaks whose nearest component it is lie on opposite
     sides of it (cosine of the angle between them < -0.3), each 0.25-1 diameters from
     it and the two at least 0.8 diameters apart, and no other component is within 0.6
-    diameters of either peak.
+    diameters of either peak. ``can_divide`` (bool per component) excludes the others.
     """
     K = centres.shape[0]
     dk, owner = cKDTree(centres).query(peaks, k=min(2, K))
@@ -320,6 +357,8 @@ def _find_divisions(centres, peaks, diam):
     ok = (dk[:, 0] >= 0.25 * diam) & (dk[:, 0] <= 1.0 * diam) & alone
     out = []
     for k in np.unique(owner[ok, 0]):
+        if can_divide is not None and not can_divide[k]:
+            continue
         sel = np.flatnonzero(ok & (owner[:, 0] == k))
         if sel.size < 2:
             continue
@@ -381,6 +420,7 @@ def track_nuclei(
     channel_axis=None,
     channel_names=None,
     reference_frame: int = 0,
+    init="peaks",
     n_nuclei=None,
     nucleus_diameter: float = 3.0,
     method: str = "sinkhorn",
@@ -425,6 +465,11 @@ def track_nuclei(
     reference_frame : int
         Frame segmented from scratch with :func:`~napari_sinkhorn_em.segment_nuclei`;
         tracking runs forward from it to the last frame and backward to the first.
+    init : str or array_like
+        ``segment_nuclei``'s ``init`` for the reference frame: "peaks" (default),
+        "k-means++", "random", or a ``(K, ndim)`` array of nucleus centres in voxel
+        coordinates (e.g. hand-placed or corrected points): the reference nuclei, and so
+        the tracks, are then exactly these (track ``i + 1`` starts at row ``i``).
     n_nuclei, nucleus_diameter, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
 threshold_method, suppress_granules, marginal_penalty, tol, max_iter
@@ -436,21 +481,35 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
     random_state : int, optional
         Seed (None draws one and records it in ``params``).
     motion : {"deformable", "rigid", "translation", "none"}
-        Global motion model between consecutive frames: phase-correlation translation,
-        then a trimmed rigid ICP of the previous centres onto the new LoG peaks, then a
-        smooth non-rigid correction (see the module docstring).
+        Global motion model between consecutive frames: phase-correlation translation
+        ("translation"), then rigid coherent point drift (CPD, Myronenko & Song 2010) of
+        the previous centres onto the new LoG peaks ("rigid"), then non-rigid CPD with a
+        Gaussian kernel of 4 nucleus diameters ("deformable").
     max_motion : float, optional
-        Largest expected displacement of a nucleus between frames after the phase
-        correlation, micrometres (the first ICP matching radius); default 3 nucleus
-        diameters.
+        Largest expected displacement of a nucleus between frames, micrometres
+        (recorded; default 3 nucleus diameters).
     new_tracks : bool
-        Start tracks for nuclei that appear (LoG peaks farther than 0.8 nucleus
-        diameters from every fitted component) and end tracks whose component left the
-        field or lies on top of another one (closer than 0.4 diameters).
+        Start and end tracks. Before the fit, a moved component with (almost) no
+        foreground within 0.4 diameters (its nucleus vanished or left the field) ends,
+        and a LoG peak farther than one diameter from every moved component starts a
+        track. After the fit, of two components closer than 0.6 diameters with at most
+        one peak near them, the one farther from the peak ends, and a peak farther than
+        0.8 diameters from every fitted component starts a track (then the mixture is
+        refitted).
     divisions : bool
-        Detect divisions: a component with a LoG peak on each side, at least 0.3
-        diameters from it and 0.8 diameters apart, and no other component closer to
-        those peaks, is replaced by two children with ``parent_id`` = its track.
+        Forward in time only: a component (moved by the rigid part of the motion) with
+        two LoG peaks on opposite sides of it, each 0.25-1 diameters away and 0.8
+        diameters apart, and no other component within 0.6 diameters of them, ends and
+        two children start at the peaks with ``parent_id`` = its track.
+    weights : {"voronoi", "nuclei", "previous", "uniform"}
+        Fixed mixing weights of each frame's fit: the foreground mass of each moved
+        component's Voronoi cell in the new frame (default); the mass of the LoG peak's
+        cell each component sits in (``segment_nuclei``'s "nuclei"); the weights of the
+        previous frame's fit, carried per track; or equal. Measured on moving heads
+        (docs/tracking.md): "voronoi" keeps the most identities.
+    weight_refits : int
+        Extra fits per frame with the Voronoi weights re-estimated around the fitted
+        centres (0 = one fit).
     progress : callable, optional
         ``progress(stage, frame, n_frames)`` with stage ``"frame"`` after each frame
         (``frame`` = frames done) and ``"fit"`` during each fit; returning True cancels
@@ -472,6 +531,9 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         raise ValueError(f"motion must be one of {', '.join(map(repr, MOTIONS))}; got {motion!r}")
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be 'sinkhorn' or 'em' for tracking; got {method!r}")
+    if not isinstance(weights, str) or weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(map(repr, WEIGHTS))}; got {weights!r}")
+    weight_refits = _check_int("weight_refits", weight_refits, 0)
     arr = np.asarray(stack)
     if arr.ndim < 3:
         raise ValueError(
@@ -555,6 +617,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
     try:
         seg = segment_nuclei(
             frames[ref],
+            init=init,
             channel_axis=frame_ch,
             channel_names=channel_names,
             progress=None if progress is None else (lambda s, i, o: progress("fit", 0, T)),
@@ -576,12 +639,16 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
     lo_s, hi_s = (float(v) for v in covariance_scale)
     var_nominal = (diam / 2.0) ** 2 / 5.0
     bounds = (lo_s * var_nominal, hi_s * var_nominal)
-    ids = np.arange(1, K0 + 1, dtype=np.int64)
+    if isinstance(init, str):
+        ids = np.arange(1, K0 + 1, dtype=np.int64)
+    else:
+        # given centres: track i + 1 is the nucleus started from row i (component i)
+        ids = near.astype(np.int64) + 1
     ref_labels = seg.labels
     spatial_shape = ref_labels.shape
-    label_dtype = np.uint32
-    all_labels = np.zeros((T, *spatial_shape), dtype=label_dtype)
-    all_labels[ref] = ref_labels  # table labels 1..K are the track ids 1..K
+    all_labels = np.zeros((T, *spatial_shape), dtype=np.uint32)
+    lut = np.concatenate([[0], ids]).astype(np.uint32)
+    all_labels[ref] = lut[ref_labels]  # table label l (row l - 1) -> its track id
     rows = [
         pd.DataFrame(
             {
@@ -589,7 +656,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
                 "t": np.full(K0, ref, dtype=np.int64),
                 **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 : 1 + 2 * ndim]},
                 "parent_id": np.zeros(K0, dtype=np.int64),
-                **{c: seg.table[c].to_numpy() for c in seg.table.columns if c == "label"},
+                "label": ids,
                 **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 + 2 * ndim :]},
             }
         )
@@ -607,7 +674,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         }
     }
     parents: dict[int, int] = {}
-    next_id = [K0 + 1]
+    next_id = [int(ids.max(initial=0)) + 1]
     pre0 = preprocess(frames[ref], **pre_kw)
     small0, cell_um = _downsample(pre0.signal, vs, diam / 2.0)
     peaks0 = detect_nuclei(pre0.signal, vs, nucleus_diameter=diam, foreground=pre0.foreground)
@@ -646,7 +713,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         # ---- global motion
         tm = time.perf_counter()
         shift = _phase_shift(state.signal, small, cell_um) if motion != "none" else np.zeros(ndim)
-        moved, R, minfo = _estimate_motion(
+        moved, R, minfo, rigid = _estimate_motion(
             state.means[:, :ndim], peaks_um, shift, diam, motion, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
@@ -659,33 +726,52 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         # nominal spread of this frame (each frame is normalised on its own, and a block
         # carried over can be too narrow for the new frame: the component then finds no
         # voxel likely and, with fixed weights, wanders off to take its mass elsewhere)
-        covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
+        if os.environ.get("TRACK_CARRY_COV"):
+            covs = state.covs.copy()
+        else:
+            covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
         covs[:, :ndim, :ndim] = R @ state.covs[:, :ndim, :ndim] @ R.T
         mass = state.mass.copy()
+        if state.peaks_um.shape[0]:
+            gap = cKDTree(state.peaks_um).query(state.means[:, :ndim], k=1)[0]
+            single = gap < 0.35 * diam
+        else:
+            single = np.zeros(ids.size, dtype=bool)
         ended: list[int] = []
         new: list[int] = []
         divided: list[int] = []
+        reasons: dict[str, list] = {}
         # components whose nucleus has left the field (centre outside the stack)
         extent = (np.asarray(shape) - 0.5) * vs
         inside = np.all((moved >= -0.5 * vs - 0.25 * diam) & (moved <= extent + 0.25 * diam), 1)
         if new_tracks and not inside.all():
             ended += ids[~inside].tolist()
             ids, means, covs, mass = ids[inside], means[inside], covs[inside], mass[inside]
+            rigid = rigid[inside]
+            single = single[inside]
         tree_vox = cKDTree(feats.positions)
         n_iter_total = 0
         nominal = _nominal_cov(D, ndim, var_nominal, X)
 
-        def far_peaks(means, threshold, used):
+        def far_peaks(means, covs, threshold, used):
             """Peaks (strongest first) farther than ``threshold`` from every component and
-            from each other: nuclei that no track explains."""
+            from each other, and outside every component's ``mahalanobis_radius``
+            ellipsoid (position block): nuclei that no track explains."""
             if peaks_um.shape[0] == 0:
                 return []
-            if means.shape[0]:
-                dist = cKDTree(means[:, :ndim]).query(peaks_um, k=1)[0]
+            K = means.shape[0]
+            if K:
+                kq = min(8, K)
+                dist, nn = cKDTree(means[:, :ndim]).query(peaks_um, k=kq)
+                dist, nn = dist.reshape(len(peaks_um), kq), nn.reshape(len(peaks_um), kq)
+                prec = np.linalg.inv(covs[:, :ndim, :ndim])
+                diff = peaks_um[:, None, :] - means[nn, :ndim]
+                d2 = np.einsum("pki,pkij,pkj->pk", diff, prec[nn], diff)
+                far = (dist[:, 0] > threshold) & (d2.min(axis=1) > mahalanobis_radius**2)
             else:
-                dist = np.full(peaks_um.shape[0], np.inf)
+                far = np.ones(peaks_um.shape[0], dtype=bool)
             chosen: list[int] = []
-            for p in np.flatnonzero((dist > threshold) & ~used):
+            for p in np.flatnonzero(far & ~used):
                 if all(np.linalg.norm(peaks_um[p] - peaks_um[q]) > threshold for q in chosen):
                     chosen.append(int(p))
             return chosen
@@ -698,6 +784,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
             new_ids = np.arange(next_id[0], next_id[0] + len(chosen), dtype=np.int64)
             next_id[0] += len(chosen)
             new.extend(new_ids.tolist())
+            reasons.setdefault("new", []).append(new_ids.tolist())
             return (
                 np.concatenate([ids, new_ids]),
                 np.concatenate([means, add]) if means.size else add,
@@ -710,7 +797,12 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
             # a moved component with a peak on either side of it (each 0.25-1 diameters
             # away, the two at least 0.8 diameters apart, no other component near them):
             # its nucleus has split; the component ends and two children start there
-            split = _find_divisions(means[:, :ndim], peaks_um, diam)
+            # (on the rigidly moved centres: the non-rigid step pulls a dividing
+            # nucleus' centre onto one of the children)
+            # only a component that sat on a single peak in the previous frame: one that
+            # covered two nuclei there (under-segmented) is not a division (measured: 3
+            # false divisions on a real frame tracked onto itself without this)
+            split = _find_divisions(rigid, peaks_um, diam, single)
             if split:
                 keep = np.ones(means.shape[0], dtype=bool)
                 add_means, add_mass, add_ids = [], [], []
@@ -734,11 +826,24 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
                 means = np.concatenate([means[keep], np.asarray(add_means)])
                 covs = np.concatenate([covs[keep], np.repeat(nominal[None], len(add_ids), 0)])
                 mass = np.concatenate([mass[keep], add_mass])
+        if new_tracks and ids.size:
+            # nuclei that vanished (or faded below the foreground threshold): almost no
+            # foreground within 0.4 diameters of the moved centre -> the track ends
+            # rather than its component taking a neighbour's mass
+            r_core = 0.4 * diam
+            ball = (4.0 / 3.0 * np.pi * r_core**3) if ndim == 3 else np.pi * r_core**2
+            n_ball = ball / float(np.prod(vs))
+            n_core = tree_vox.query_ball_point(means[:, :ndim], r_core, return_length=True)
+            gone = np.asarray(n_core) < 0.1 * n_ball
+            if gone.any():
+                ended += ids[gone].tolist()
+                reasons["vanished"] = ids[gone].tolist()
+                ids, means, covs, mass = ids[~gone], means[~gone], covs[~gone], mass[~gone]
         if new_tracks:
             # before the fit: nuclei that no moved component is near (entering the field,
             # or missed so far) get their own component, so that their mass is not forced
             # onto the neighbours
-            chosen = far_peaks(means, 1.0 * diam, used)
+            chosen = far_peaks(means, covs, 1.0 * diam, used)
             if chosen:
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
 
@@ -830,9 +935,10 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
                 keep = np.ones(means.shape[0], dtype=bool)
                 keep[drop] = False
                 ended.extend(ids[~keep].tolist())
+                reasons["duplicate"] = ids[~keep].tolist()
                 ids, means, covs, mass = ids[keep], means[keep], covs[keep], mass[keep]
         if new_tracks:
-            chosen = far_peaks(means, 0.8 * diam, used)
+            chosen = far_peaks(means, covs, 0.8 * diam, used)
             if chosen:
                 changed = True
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
@@ -855,12 +961,23 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
             )
         else:
             labels, counts = np.zeros(shape, dtype=np.uint16), np.zeros(0, dtype=np.int64)
+        model_w = np.asarray(model.weights_, dtype=np.float64) if model is not None else mass
+        if new_tracks and means.shape[0]:
+            # a new track whose nucleus has no label of the minimum size is no nucleus
+            # (as segment_nuclei drops such fragments): it is not started
+            fresh = np.isin(ids, np.asarray(new, dtype=np.int64)) & (counts == 0)
+            fresh &= np.array([int(i) not in parents for i in ids], dtype=bool)
+            if fresh.any():
+                gone_ids = set(ids[fresh].tolist())
+                new[:] = [i for i in new if i not in gone_ids]
+                ids, means, covs = ids[~fresh], means[~fresh], covs[~fresh]
+                counts = counts[~fresh]
+                model_w = model_w[~fresh]
         all_labels[t] = labels
         raw_c = raw[..., None] if frame_ch is None else np.moveaxis(raw, frame_ch, -1)
         rows.append(_frame_rows(t, ids, parents, means, labels, raw_c, vs, channel_names, counts))
-        # the next frame's weights: this frame's voxel count per track (nucleus volume);
-        # a component without label (too small) keeps its previous share
-        new_mass = np.asarray(model.weights_, dtype=np.float64) if model is not None else mass
+        # weights="previous": the next frame's weights are this frame's, per track
+        new_mass = model_w
         timings["labels"] = time.perf_counter() - tl
         timings["total"] = time.perf_counter() - tf
         frame_info[t] = {
@@ -869,6 +986,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
             "new": [int(i) for i in new],
             "ended": [int(i) for i in ended],
             "divided": [int(i) for i in divided],
+            "reasons": reasons,
             "motion": minfo,
             "n_iter": int(n_iter_total),
             "converged": bool(model.converged_) if model is not None else True,
@@ -899,6 +1017,7 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         "channel_axis": channel_axis,
         "channel_names": channel_names,
         "reference_frame": ref,
+        "init": seg.params["init"],
         "n_nuclei": seg.params["n_nuclei"],
         "nucleus_diameter": diam,
         "method": method,
@@ -922,6 +1041,8 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         "max_motion": None if max_motion is None else float(max_motion),
         "new_tracks": bool(new_tracks),
         "divisions": bool(divisions),
+        "weights": weights,
+        "weight_refits": int(weight_refits),
     }
     info_list = [frame_info[t] for t in range(T)]
     info_list[ref]["timings"]["tracking_total"] = time.perf_counter() - t_start
