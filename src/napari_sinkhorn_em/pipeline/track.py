@@ -25,7 +25,6 @@ walks forward (and backward from the reference) one frame at a time:
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -48,6 +47,7 @@ __all__ = ["TrackingCancelled", "TrackingResult", "track_nuclei"]
 MOTIONS = ("none", "translation", "rigid", "deformable")
 METHODS = ("sinkhorn", "em")
 WEIGHTS = ("voronoi", "nuclei", "previous", "uniform")
+REFIT_MAX_ITER = 30
 
 
 class TrackingCancelled(SegmentationCancelled):
@@ -210,8 +210,9 @@ def _estimate_motion(
 
     Phase-correlation translation, then a trimmed rigid ICP of the centres onto the LoG
     peaks ("rigid", "deformable"), then non-rigid coherent point drift ("deformable",
-    kernel width 4 diameters, started at a variance of one diameter squared). Returns the moved centres, the rotation of the rigid part, a
-    summary dict and the centres moved by the rigid part only.
+    kernel width 4 diameters, started at a variance of one diameter squared). Returns
+    the moved centres, the rotation of the rigid part, a summary dict and the centres
+    moved by the rigid part only.
     """
     ndim = src_um.shape[1]
     R = np.eye(ndim)
@@ -430,7 +431,7 @@ def track_nuclei(
     n_neighbors: int = 16,
     foreground_threshold: float | None = None,
     random_state: int | None = None,
-    marginal_penalty: float | None = 1000.0,
+    marginal_penalty: float | None = 10.0,
     voxel_mass: str = "uniform",
     covariance_scale: tuple[float, float] = (0.25, 4.0),
     mahalanobis_radius: float = 3.0,
@@ -472,9 +473,14 @@ def track_nuclei(
         the tracks, are then exactly these (track ``i + 1`` starts at row ``i``).
     n_nuclei, nucleus_diameter, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
-threshold_method, suppress_granules, marginal_penalty, tol, max_iter
+threshold_method, suppress_granules, tol, max_iter
         As for :func:`~napari_sinkhorn_em.segment_nuclei` (``n_nuclei`` applies to the
         reference frame; later frames keep their tracks plus the new ones).
+    marginal_penalty : float or None
+        As for ``segment_nuclei`` (the reference frame is segmented with it too), but
+        10 by default: from motion-compensated warm starts the stiffer 1000 kept no more
+        identities on moving heads and needed up to twice the iterations
+        (docs/tracking.md).
     method : {"sinkhorn", "em"}
         Refit each frame with Sinkhorn-EM or with EM with the same fixed weights and the
         same warm starts (the comparison of docs/tracking.md).
@@ -613,7 +619,6 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
     }
 
     # ---- reference frame: the ordinary segmentation
-    t0 = time.perf_counter()
     try:
         seg = segment_nuclei(
             frames[ref],
@@ -647,50 +652,22 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
     ref_labels = seg.labels
     spatial_shape = ref_labels.shape
     all_labels = np.zeros((T, *spatial_shape), dtype=np.uint32)
-    lut = np.concatenate([[0], ids]).astype(np.uint32)
-    all_labels[ref] = lut[ref_labels]  # table label l (row l - 1) -> its track id
-    rows = [
-        pd.DataFrame(
-            {
-                "track_id": ids,
-                "t": np.full(K0, ref, dtype=np.int64),
-                **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 : 1 + 2 * ndim]},
-                "parent_id": np.zeros(K0, dtype=np.int64),
-                "label": ids,
-                **{c: seg.table[c].to_numpy() for c in seg.table.columns[1 + 2 * ndim :]},
-            }
-        )
-    ]
-    frame_info: dict[int, dict] = {
-        ref: {
-            "t": ref,
-            "n_tracks": K0,
-            "new": ids.tolist(),
-            "ended": [],
-            "divided": [],
-            "reference": True,
-            "segmentation": seg.info,
-            "timings": {"total": time.perf_counter() - t0},
-        }
-    }
+    rows: list[pd.DataFrame] = []
+    frame_info: dict[int, dict] = {}
     parents: dict[int, int] = {}
     next_id = [int(ids.max(initial=0)) + 1]
-    pre0 = preprocess(frames[ref], **pre_kw)
-    small0, cell_um = _downsample(pre0.signal, vs, diam / 2.0)
-    peaks0 = detect_nuclei(pre0.signal, vs, nucleus_diameter=diam, foreground=pre0.foreground)
+    cell_um = _downsample(np.zeros((2,) * ndim, dtype=np.float32), vs, diam / 2.0)[1]
     state0 = _State(
         ids=ids,
         means=means,
         covs=m_covs[near].copy(),
         mass=np.asarray(model.weights_, dtype=np.float64)[near],
-        peaks_um=peaks0.coords * vs,
-        signal=small0,
+        peaks_um=np.zeros((0, ndim)),
+        signal=np.zeros((1,) * ndim, dtype=np.float32),
     )
-    del pre0
-    done = [1]
-    report("frame", done[0])
+    done = [0]
 
-    def step(t: int, state: _State, forward: bool) -> _State:
+    def step(t: int, state: _State, forward: bool, reference: bool = False) -> _State:
         tf = time.perf_counter()
         timings: dict[str, float] = {}
         raw = frames[t]
@@ -712,9 +689,13 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
 
         # ---- global motion
         tm = time.perf_counter()
-        shift = _phase_shift(state.signal, small, cell_um) if motion != "none" else np.zeros(ndim)
+        # the reference frame is fitted onto itself: its segmentation becomes a mixture
+        # of this function's own kind (weights, fitted voxels, new and ended tracks), so
+        # that the next frames continue the same model
+        mode = "none" if reference else motion
+        shift = _phase_shift(state.signal, small, cell_um) if mode != "none" else np.zeros(ndim)
         moved, R, minfo, rigid = _estimate_motion(
-            state.means[:, :ndim], peaks_um, shift, diam, motion, max_motion_um
+            state.means[:, :ndim], peaks_um, shift, diam, mode, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
         X, a = feats.X, feats.sample_weight
@@ -723,13 +704,9 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         means = state.means.copy()
         means[:, :ndim] = moved
         # position covariances turn with the head; the intensity block restarts from the
-        # nominal spread of this frame (each frame is normalised on its own, and a block
-        # carried over can be too narrow for the new frame: the component then finds no
-        # voxel likely and, with fixed weights, wanders off to take its mass elsewhere)
-        if os.environ.get("TRACK_CARRY_COV"):
-            covs = state.covs.copy()
-        else:
-            covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
+        # nominal spread of this frame, which is normalised on its own (carrying the
+        # previous block over kept the same links on moving heads: 0.939 vs 0.933)
+        covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
         covs[:, :ndim, :ndim] = R @ state.covs[:, :ndim, :ndim] @ R.T
         mass = state.mass.copy()
         if state.peaks_um.shape[0]:
@@ -824,17 +801,25 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
                         new.append(cid)
                 ids = np.concatenate([ids[keep], add_ids])
                 means = np.concatenate([means[keep], np.asarray(add_means)])
+                rigid = np.concatenate([rigid[keep], np.asarray(add_means)[:, :ndim]])
                 covs = np.concatenate([covs[keep], np.repeat(nominal[None], len(add_ids), 0)])
                 mass = np.concatenate([mass[keep], add_mass])
         if new_tracks and ids.size:
             # nuclei that vanished (or faded below the foreground threshold): almost no
             # foreground within 0.4 diameters of the moved centre -> the track ends
             # rather than its component taking a neighbour's mass
-            r_core = 0.4 * diam
+            # (at least 0.6 voxels: with 1.5 um planes and 2 um nuclei a ball of 0.4
+            # diameters can fall between two planes -- 3 of 101 real nuclei "vanished"
+            # from a frame tracked onto itself)
+            r_core = max(0.4 * diam, 0.6 * float(vs.max()))
             ball = (4.0 / 3.0 * np.pi * r_core**3) if ndim == 3 else np.pi * r_core**2
             n_ball = ball / float(np.prod(vs))
-            n_core = tree_vox.query_ball_point(means[:, :ndim], r_core, return_length=True)
-            gone = np.asarray(n_core) < 0.1 * n_ball
+            # ... at the non-rigid and at the rigid estimate (on a real frame tracked
+            # onto itself the non-rigid step moved a few centres by over 1 um)
+            thr = max(1.0, 0.1 * n_ball)
+            gone = np.ones(ids.size, dtype=bool)
+            for pos in (means[:, :ndim], rigid):
+                gone &= np.asarray(tree_vox.query_ball_point(pos, r_core, return_length=True)) < thr
             if gone.any():
                 ended += ids[gone].tolist()
                 reasons["vanished"] = ids[gone].tolist()
@@ -945,7 +930,9 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
         timings["bookkeeping"] = time.perf_counter() - tb
         if changed:
             tfit = time.perf_counter()
-            model, comp = fit(means, covs, mass, int(max_iter))
+            # a warm refit: the components already sit on their nuclei (measured: 5-20
+            # iterations); capped so that a frame costs no more than a segmentation
+            model, comp = fit(means, covs, mass, min(int(max_iter), REFIT_MAX_ITER))
             n_iter_total += 0 if model is None else model.n_iter_
             if model is not None:
                 means, covs = model.means_.copy(), model.covariances_.copy()
@@ -994,11 +981,17 @@ threshold_method, suppress_granules, marginal_penalty, tol, max_iter
             "n_foreground_voxels": int(feats.n_points),
             "n_peaks": len(peaks),
             "timings": timings,
+            "reference": reference,
         }
+        if reference:
+            frame_info[t]["segmentation"] = seg.info
+            frame_info[t]["timings"]["segmentation"] = seg.info["timings"]["total"]
+            frame_info[t]["new"] = [int(i) for i in ids]
         done[0] += 1
         report("frame", done[0])
         return _State(ids, means, covs, new_mass, peaks_um, small)
 
+    state0 = step(ref, state0, forward=False, reference=True)
     state = state0
     for t in range(ref + 1, T):
         state = step(t, state, forward=True)
