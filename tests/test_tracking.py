@@ -118,7 +118,7 @@ def test_link_accuracy_counts_swaps_misses_and_divisions():
     assert link_accuracy(good, truth, ids, **kw)["accuracy"] == 1.0
     assert link_accuracy(swap, truth, ids, **kw)["accuracy"] == 0.0
     r = link_accuracy(miss, truth, ids, **kw)
-    assert r["accuracy"] == 0.5 and r["detected"] == 0.75
+    assert r["accuracy"] == 0.5 and r["detected"] == 0.75 and r["linked_given_found"] == 1.0
     # a division: truth 1 -> children 3 and 4; the tracker's children carry parent 7
     truth_d = [np.array([[0.0, 0.0]]), np.array([[0.0, -2.0], [0.0, 2.0]])]
     ids_d = [np.array([1]), np.array([3, 4])]

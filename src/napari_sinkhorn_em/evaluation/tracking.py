@@ -68,7 +68,9 @@ def link_accuracy(
     -------
     dict
         ``accuracy`` (correct / links), ``n_links``, ``n_correct``, ``per_step`` (list of
-        (t, correct, links)), ``detected`` (fraction of truth nuclei matched).
+        (t, correct, links)), ``detected`` (fraction of truth nuclei matched) and
+        ``linked_given_found`` (correct / links whose two ends were both matched: the
+        linking alone, without the detection misses).
     """
     truth_parents = truth_parents or {}
     frames = list(range(len(truth_centres))) if frames is None else list(frames)
@@ -84,7 +86,7 @@ def link_accuracy(
         n_truth += len(ids)
         n_found += len(pairs)
     per_step = []
-    n_links = n_correct = 0
+    n_links = n_correct = n_both = n_both_ok = 0
     for s in range(len(frames) - 1):
         a_ids = {int(i) for i in truth_ids[s]}
         ok = links = 0
@@ -99,8 +101,10 @@ def link_accuracy(
             ta, tb = match[s].get(src), match[s + 1].get(j)
             if ta is None or tb is None:
                 continue
+            n_both += 1
             if tb == ta or (across and parent_of.get(tb, 0) == ta):
                 ok += 1
+                n_both_ok += 1
         per_step.append((frames[s], ok, links))
         n_links += links
         n_correct += ok
@@ -110,6 +114,7 @@ def link_accuracy(
         "n_correct": n_correct,
         "per_step": per_step,
         "detected": n_found / n_truth if n_truth else float("nan"),
+        "linked_given_found": n_both_ok / n_both if n_both else float("nan"),
     }
 
 
