@@ -1,15 +1,15 @@
 """Nucleus tracking through a time-lapse: the mixture of frame t starts frame t + 1.
 
-:func:`track_nuclei` segments a reference frame with :func:`.segment.segment_nuclei`, then
-walks forward (and backward from the reference) one frame at a time:
+:func:`track_nuclei` segments a reference frame with :func:`.segment.segment_nuclei` (and
+refits it once as below, with no motion), then walks forward (and backward from the reference) one frame at a time:
 
 1. preprocess the frame and build its voxel features (the public
    :func:`.preprocess.preprocess` and :func:`.features.voxel_features`), detect its nuclei
    as LoG peaks (:func:`.peaks.detect_nuclei`);
 2. estimate the global motion from the previous frame: a translation by phase
-   correlation of the (downsampled) signals, then rigid coherent point drift (CPD) of
-   the previous fitted centres onto the new peaks (rotation + translation), then
-   non-rigid CPD (a smooth displacement field, so a bending head moves coherently);
+   correlation of the (downsampled) signals, then a trimmed rigid ICP of the previous
+   fitted centres onto the new peaks (rotation + translation), then non-rigid coherent
+   point drift (CPD; a smooth displacement field, so a bending head moves coherently);
 3. before the fit: a component whose nucleus has vanished or left the field ends its
    track; a component with a peak on either side divides into two children
    (``parent_id``); a peak far from every component starts a track;
@@ -479,7 +479,7 @@ threshold_method, suppress_granules, tol, max_iter
     marginal_penalty : float or None
         As for ``segment_nuclei`` (the reference frame is segmented with it too), but
         10 by default: from motion-compensated warm starts the stiffer 1000 kept no more
-        identities on moving heads and needed up to twice the iterations
+        identities on moving heads and needed up to 1.7 times the iterations
         (docs/tracking.md).
     method : {"sinkhorn", "em"}
         Refit each frame with Sinkhorn-EM or with EM with the same fixed weights and the
@@ -488,12 +488,13 @@ threshold_method, suppress_granules, tol, max_iter
         Seed (None draws one and records it in ``params``).
     motion : {"deformable", "rigid", "translation", "none"}
         Global motion model between consecutive frames: phase-correlation translation
-        ("translation"), then rigid coherent point drift (CPD, Myronenko & Song 2010) of
-        the previous centres onto the new LoG peaks ("rigid"), then non-rigid CPD with a
-        Gaussian kernel of 4 nucleus diameters ("deformable").
+        ("translation"), then a trimmed rigid ICP of the previous centres onto the new LoG
+        peaks ("rigid"), then non-rigid coherent point drift (CPD, Myronenko & Song 2010)
+        with a Gaussian kernel of 4 nucleus diameters ("deformable").
     max_motion : float, optional
-        Largest expected displacement of a nucleus between frames, micrometres
-        (recorded; default 3 nucleus diameters).
+        Largest expected displacement of a nucleus between frames after the phase
+        correlation, micrometres: the first ICP matching radius (default 3 nucleus
+        diameters).
     new_tracks : bool
         Start and end tracks. Before the fit, a moved component with (almost) no
         foreground within 0.4 diameters (its nucleus vanished or left the field) ends,
@@ -839,8 +840,8 @@ threshold_method, suppress_granules, tol, max_iter
                 return None, comp
             # only the voxels within a nucleus diameter of a component take part: the
             # nuclei being tracked. Foreground far from all of them is a new nucleus (the
-            # peaks above) or no nucleus; with fixed weights it would otherwise pull
-            # components away (measured: a component moved 9 um on a moving head).
+            # peaks above) or no nucleus; with fixed weights some component would have to
+            # take its mass.
             dist, near = cKDTree(means[:, :ndim]).query(feats.positions, k=1)
             sel = dist <= fit_radius
             if np.count_nonzero(sel) < K:
