@@ -1,7 +1,8 @@
 """Nucleus tracking through a time-lapse: the mixture of frame t starts frame t + 1.
 
 :func:`track_nuclei` segments a reference frame with :func:`.segment.segment_nuclei` (and
-refits it once as below, with no motion), then walks forward (and backward from the reference) one frame at a time:
+refits it once as below, with no motion), then walks forward (and backward from the
+reference) one frame at a time:
 
 1. preprocess the frame and build its voxel features (the public
    :func:`.preprocess.preprocess` and :func:`.features.voxel_features`), detect its nuclei
