@@ -129,7 +129,7 @@ def test_bad_settings_become_notifications(viewer_widget):
     assert "voxel size '0.8, abc, 0.35' is not a list of numbers" in _last_message()
     widget.voxel_size.value = "0.8, 0.35"
     widget.run()
-    assert "voxel size needs 3 values" in _last_message()
+    assert "voxel size must have 3 entries" in _last_message()
     widget.voxel_size.value = "0.8, 0.35, 0.35"
     widget.image_layers.value = [viewer.layers[0], viewer.add_image(np.ones((5, 5)), name="2d")]
     widget.run()

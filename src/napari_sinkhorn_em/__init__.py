@@ -25,6 +25,7 @@ _EXPORTS = {
     "SinkhornEM": "mixture.estimator",
     "SegmentationCancelled": "pipeline.segment",
     "SegmentationResult": "pipeline.segment",
+    "SegmentationWarning": "pipeline.segment",
     "SegmentationParams": "params",
     "load_params": "pipeline.segment",
     "save_params": "pipeline.segment",
@@ -42,6 +43,7 @@ __all__ = [
     "SegmentationCancelled",
     "SegmentationParams",
     "SegmentationResult",
+    "SegmentationWarning",
     "SinkhornEM",
     "TrackingCancelled",
     "TrackingResult",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .pipeline.segment import (
         SegmentationCancelled,
         SegmentationResult,
+        SegmentationWarning,
         load_params,
         save_params,
         segment_nuclei,

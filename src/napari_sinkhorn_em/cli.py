@@ -22,8 +22,14 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from . import __version__
+from .params import SegmentationParams
 
-_METHODS = ("sinkhorn", "em", "em-learned")
+
+def _param_help(name: str, default: str | None = None) -> str:
+    """Help of the flag for a segmentation parameter: its help text and default, both
+    from :class:`SegmentationParams` (so that they cannot drift from the API)."""
+    value = SegmentationParams.defaults()[name] if default is None else default
+    return f"{SegmentationParams.help(name)} (default: {value})"
 
 
 def _int_at_least(minimum: int, what: str):
@@ -90,7 +96,7 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         type=_n_nuclei,
         default=None,
         metavar="N|auto",
-        help="number of nuclei per image, or 'auto' to estimate it (default: auto)",
+        help=_param_help("n_nuclei", "auto"),
     )
     p.add_argument(
         "--voxel-size",
@@ -108,17 +114,21 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="A",
-        help="index of the channel axis in the stored array; overrides the metadata",
+        help=f"{SegmentationParams.help('channel_axis')}, as an index into the stored array; "
+        "overrides the metadata",
     )
     p.add_argument(
-        "--method", choices=_METHODS, default=None, help="fitting method (default: sinkhorn)"
+        "--method",
+        choices=SegmentationParams.choices("method"),
+        default=None,
+        help=_param_help("method"),
     )
     p.add_argument(
         "--nucleus-diameter",
         type=_positive_float,
         default=None,
         metavar="UM",
-        help="typical nucleus diameter in micrometres",
+        help=_param_help("nucleus_diameter"),
     )
     p.add_argument(
         "--config",

@@ -25,6 +25,8 @@ from typing import IO, Any
 import numpy as np
 import tifffile
 
+from ._validation import check_voxel_size
+
 __all__ = [
     "ImageData",
     "ImageReadError",
@@ -528,22 +530,7 @@ def _imagej_channel_names(meta: dict, data: np.ndarray, axes: str) -> list[str] 
 
 
 def _check_voxel_size(voxel_size: Sequence[float] | None, ndim: int, what: str):
-    if voxel_size is None:
-        return None
-    try:
-        vs = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{what}: voxel_size must be a sequence of numbers, got {voxel_size!r}"
-        ) from exc
-    if len(vs) != ndim:
-        raise ValueError(
-            f"{what}: voxel_size has {len(vs)} values but the image has {ndim} spatial "
-            f"axes; give one size per spatial axis (e.g. (z, y, x) in micrometres)"
-        )
-    if not all(np.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"{what}: voxel_size values must be finite and > 0, got {vs}")
-    return vs
+    return check_voxel_size(voxel_size, ndim, where=what)
 
 
 def _resolution_kwargs(voxel_size: tuple[float, ...] | None, spatial_axes: str) -> dict:

@@ -21,7 +21,6 @@ This is the only module of the package that imports napari and Qt.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from napari_sinkhorn_em._validation import check_voxel_size
 from napari_sinkhorn_em.io import write_labels, write_table
 from napari_sinkhorn_em.pipeline.segment import (
     SegmentationCancelled,
@@ -473,12 +473,7 @@ class SinkhornEMWidget(QWidget):
             raise ValueError(
                 f"voxel size {text!r} is not a list of numbers; write e.g. '0.8, 0.35, 0.35'"
             ) from None
-        if len(vs) != len(spatial):
-            raise ValueError(
-                f"voxel size needs {len(spatial)} values (one per spatial axis), got {len(vs)}"
-            )
-        if not all(math.isfinite(v) and v > 0 for v in vs):
-            raise ValueError(f"voxel size values must be positive, got {vs}")
+        vs = check_voxel_size(vs, len(spatial), name="voxel size")
         scale = tuple(float(ref.scale[i]) for i in spatial)
         translate = tuple(float(ref.translate[i]) for i in spatial)
         units = getattr(ref, "units", None)  # napari >= 0.6

@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import __version__
 from .._json import jsonable
+from .._validation import check_voxel_size
 
 __all__ = [
     "RUN_JSON",
@@ -261,17 +262,11 @@ def _normalise(value: Any) -> Any:
 
 
 def _check_voxel_size(value: Any, what: str) -> list[float] | None:
-    if value is None:
-        return None
     try:
-        vs = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise BatchError(f"{what} must be a list of 2 or 3 numbers, got {value!r}") from None
-    if len(vs) not in (2, 3):
-        raise BatchError(f"{what} must have 2 (Y X) or 3 (Z Y X) values, got {len(vs)}")
-    if not all(math.isfinite(v) and v > 0 for v in vs):
-        raise BatchError(f"{what} must be positive and finite, got {vs}")
-    return vs
+        vs = check_voxel_size(value, (2, 3), name=what)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from None
+    return None if vs is None else list(vs)
 
 
 def build_parameters(
