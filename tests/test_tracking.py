@@ -238,6 +238,10 @@ def test_tracking_is_deterministic_and_time_axis_is_honoured(embryo, embryo_trac
     )
     pd.testing.assert_frame_equal(r.tracks, embryo_tracks.tracks)
     np.testing.assert_array_equal(r.labels, embryo_tracks.labels)
+    # params are track_nuclei's keyword arguments: they reproduce the run
+    again = track_nuclei(stack, **r.params)
+    pd.testing.assert_frame_equal(again.tracks, r.tracks)
+    assert r.frames[0]["nucleus_diameter_um"] == e.nucleus_diameter
 
 
 def test_reference_frame_and_given_centres(embryo):

@@ -472,7 +472,11 @@ def track_nuclei(
         "k-means++", "random", or a ``(K, ndim)`` array of nucleus centres in voxel
         coordinates (e.g. hand-placed or corrected points): the reference nuclei, and so
         the tracks, are then exactly these (track ``i + 1`` starts at row ``i``).
-    n_nuclei, nucleus_diameter, intensity_weight, n_neighbors, foreground_threshold, \
+    nucleus_diameter : float or "auto"
+        Nucleus diameter in micrometres, or "auto" where ``segment_nuclei`` estimates it:
+        it is then estimated on the reference frame and kept for every frame (the value
+        used is ``frames[reference_frame]["nucleus_diameter_um"]``).
+    n_nuclei, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
 threshold_method, suppress_granules, tol, max_iter
         As for :func:`~napari_sinkhorn_em.segment_nuclei` (``n_nuclei`` applies to the
@@ -575,7 +579,12 @@ threshold_method, suppress_granules, tol, max_iter
     ref = _check_int("reference_frame", reference_frame)
     if not 0 <= ref < T:
         raise ValueError(f"reference_frame={ref} is outside the {T} frames")
-    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
+    auto_diameter = isinstance(nucleus_diameter, str)
+    if auto_diameter and nucleus_diameter != "auto":
+        raise ValueError(
+            f"nucleus_diameter must be 'auto' or a number of um, got {nucleus_diameter!r}"
+        )
+    if not auto_diameter and not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
         raise ValueError(
             f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
         )
@@ -586,9 +595,6 @@ threshold_method, suppress_granules, tol, max_iter
         random_state = int(np.random.SeedSequence().entropy % (2**31))
     random_state = _check_int("random_state", random_state)
     frames = np.moveaxis(arr, time_axis, 0)
-    diam = float(nucleus_diameter)
-    max_motion_um = 3.0 * diam if max_motion is None else float(max_motion)
-    fit_radius = 1.0 * diam
 
     def report(stage, k):
         if progress is not None and progress(stage, k, T):
@@ -597,7 +603,7 @@ threshold_method, suppress_granules, tol, max_iter
     pre_kw = {
         "voxel_size": voxel_size,
         "channel_axis": frame_ch,
-        "nucleus_diameter": diam,
+        "nucleus_diameter": nucleus_diameter,
         "background_scale": background_scale,
         "foreground_threshold": foreground_threshold,
         "threshold_method": threshold_method,
@@ -634,6 +640,18 @@ threshold_method, suppress_granules, tol, max_iter
         raise TrackingCancelled(str(exc)) from exc
     vs = np.asarray(seg.params["voxel_size"], dtype=np.float64)
     ndim = vs.size
+    if auto_diameter:
+        # the diameter segment_nuclei estimated on the reference frame, kept for all
+        # frames (a nucleus does not change size from one frame to the next)
+        d_est = seg.info.get("nucleus_diameter_um")
+        if d_est is None:
+            raise ValueError("nucleus_diameter='auto' is not supported by segment_nuclei here")
+        diam = float(d_est)
+    else:
+        diam = float(nucleus_diameter)
+    pre_kw["nucleus_diameter"] = diam
+    max_motion_um = 3.0 * diam if max_motion is None else float(max_motion)
+    fit_radius = 1.0 * diam
     channel_names = list(seg.params["channel_names"])
     model = seg.model
     m_means = model.means_
@@ -987,6 +1005,7 @@ threshold_method, suppress_granules, tol, max_iter
         }
         if reference:
             frame_info[t]["segmentation"] = seg.info
+            frame_info[t]["nucleus_diameter_um"] = diam
             frame_info[t]["timings"]["segmentation"] = seg.info["timings"]["total"]
             frame_info[t]["new"] = [int(i) for i in ids]
         done[0] += 1
@@ -1014,7 +1033,7 @@ threshold_method, suppress_granules, tol, max_iter
         "reference_frame": ref,
         "init": seg.params["init"],
         "n_nuclei": seg.params["n_nuclei"],
-        "nucleus_diameter": diam,
+        "nucleus_diameter": "auto" if auto_diameter else diam,
         "method": method,
         "max_iter": int(max_iter),
         "tol": float(tol),
