@@ -518,7 +518,8 @@ threshold_method, suppress_granules, tol, max_iter
         component's Voronoi cell in the new frame (default); the mass of the LoG peak's
         cell each component sits in (``segment_nuclei``'s "nuclei"); the weights of the
         previous frame's fit, carried per track; or equal. Measured on moving heads
-        (docs/tracking.md): "voronoi" keeps the most identities.
+        (docs/tracking.md): "voronoi" keeps the most identities (0.931 of the links,
+        "previous" 0.911, "uniform" 0.856).
     weight_refits : int
         Extra fits per frame with the Voronoi weights re-estimated around the fitted
         centres (0 = one fit).
