@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_sinkhorn_em import TrackingCancelled, TrackingResult, track_nuclei
+from napari_sinkhorn_em import TrackingCancelled, TrackingResult, save_tracking, track_nuclei
 from napari_sinkhorn_em.evaluation.tracking import link_accuracy, link_nearest, match_points
 from napari_sinkhorn_em.synthetic import make_dividing_embryo, make_moving_worm
 
@@ -377,3 +377,26 @@ def test_two_dimensional_time_lapse(moving_head, motion):
     ids = [i[np.abs(c[:, 0] - z) < 1.0] for c, i in zip(w.centres, w.ids, strict=True)]
     acc = link_accuracy(r.tracks, truth, ids, 1.35, columns=("y_um", "x_um"))
     assert acc["linked_given_found"] == 1.0
+
+
+def test_save_tracking_round_trip(tmp_path, embryo, embryo_tracks):
+    import json
+
+    import tifffile
+
+    r = embryo_tracks
+    paths = save_tracking(r, tmp_path / "out", stem="embryo")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "embryo_labels.tif", "embryo_tracking.json", "embryo_tracks.csv",
+    ]  # fmt: skip
+    with tifffile.TiffFile(paths["labels"]) as tif:
+        assert tif.series[0].axes == "TZYX"
+        np.testing.assert_array_equal(tif.asarray(), r.labels)
+        assert tif.imagej_metadata["spacing"] == pytest.approx(embryo.voxel_size[0])
+        x_res = tif.pages[0].tags["XResolution"].value
+        assert x_res[1] / x_res[0] == pytest.approx(embryo.voxel_size[2])
+    back = pd.read_csv(paths["tracks"])
+    pd.testing.assert_frame_equal(back, r.tracks, check_dtype=False)
+    doc = json.loads(paths["info"].read_text(encoding="utf-8"))
+    assert doc["parameters"] == json.loads(json.dumps(r.params))
+    assert len(doc["frames"]) == embryo.n_frames
