@@ -418,3 +418,30 @@ def test_soft_marginal_objective_is_monotone_and_bad_values_raise():
     for bad in (0.0, -1.0, "big", True):
         with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
             SinkhornEM(2, marginal_penalty=bad).fit(np.zeros((5, 2)) + np.arange(5)[:, None])
+
+
+@pytest.mark.parametrize("kw", [{}, {"init": "random"}, {"n_neighbors": 1}, {"method": "em"}])
+def test_data_beyond_float_range_is_a_clear_error(kw):
+    """Issue 16: data scaled by 1e200 used to fail deep inside the initialisation with
+    "Probabilities contain NaN"; its variances (1e400) do not exist in float64, so the
+    error names X, the magnitude and the remedy. 1e150 (squares 1e300) still fits."""
+    X, _, _ = blobs(16, K=2, sep=6.0)
+    with pytest.raises(ValueError, match=r"X has values of magnitude up to .*e\+200.*rescale X"):
+        SinkhornEM(2, random_state=0, **kw).fit(X * 1e200)
+    est = SinkhornEM(2, random_state=0, **kw).fit(X * 1e150)
+    ref = SinkhornEM(2, random_state=0, **kw).fit(X)
+    assert np.all(np.isfinite(est.means_)) and np.all(np.isfinite(est.covariances_))
+    np.testing.assert_allclose(est.means_ / 1e150, ref.means_, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(est.predict(X * 1e150), ref.predict(X))
+
+
+def test_tiny_coordinates_keep_the_neighbour_grid_finite():
+    """Tiny coordinates in 6-D (1e-60: the product of the six extents underflows) made
+    the grid's cell count infinite ("dimensions are too large"); it uses extent ratios
+    now. Spreads whose squares underflow (1e-200) are a clear error like 1e200."""
+    X, _, _ = blobs(17, K=3, D=6, sep=6.0)
+    est = SinkhornEM(3, n_neighbors=2, reg_covar=0.0, random_state=0).fit(X * 1e-60)
+    ref = SinkhornEM(3, n_neighbors=2, reg_covar=0.0, random_state=0).fit(X)
+    np.testing.assert_allclose(est.means_ * 1e60, ref.means_, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"X varies by at most .*e-19.*rescale X"):
+        SinkhornEM(3, random_state=0).fit(X * 1e-200)

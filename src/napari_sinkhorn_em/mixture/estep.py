@@ -495,11 +495,15 @@ def _validate_log_prob(log_prob, neighbors, K):
         raise ValueError("log_prob has no rows")
     if np.isnan(A).any() or np.isposinf(A).any():
         raise ValueError("log_prob contains NaN or +inf")
+    dead = np.zeros(A.shape[0], dtype=bool)
     if np.isneginf(A).any():
+        # rows with zero density under every listed component (checked against the masses
+        # by the caller)
+        dead = np.isneginf(A).all(axis=1)
         # -inf log-density = zero density: replace by a very small finite number
         A = np.where(np.isneginf(A), -1e300, A)
     if neighbors is None:
-        return np.ascontiguousarray(A), None, A.shape[1]
+        return np.ascontiguousarray(A), None, A.shape[1], dead
     idx = np.asarray(neighbors)
     if idx.shape != A.shape:
         raise ValueError(
@@ -514,7 +518,7 @@ def _validate_log_prob(log_prob, neighbors, K):
     srt = np.sort(idx, axis=1)
     if idx.shape[1] > 1 and np.any(srt[:, 1:] == srt[:, :-1]):
         raise ValueError("neighbors must not repeat a component within a row")
-    return np.ascontiguousarray(A), np.ascontiguousarray(idx, dtype=np.int32), K
+    return np.ascontiguousarray(A), np.ascontiguousarray(idx, dtype=np.int32), K, dead
 
 
 def sinkhorn_responsibilities(
@@ -539,7 +543,11 @@ def sinkhorn_responsibilities(
     Parameters
     ----------
     log_prob : array_like of shape (N, K), or (N, m) with ``neighbors``
-        Log-densities ``log p_k(x_i)``. ``-inf`` entries are treated as zero density.
+        Log-densities ``log p_k(x_i)``. ``-inf`` entries are treated as zero density. A
+        row that is ``-inf`` everywhere (zero density under every component) is an error
+        if its point has positive mass (the ``ValueError`` names the rows); with
+        ``sample_weight`` 0 it carries nothing and its returned row is
+        ``softmax(potential)``.
     weights : array_like of shape (K,), optional
         Target column marginals (mixing weights): strictly positive, summing to 1.
         Default uniform. Required with ``neighbors`` (it fixes K).
@@ -582,14 +590,23 @@ def sinkhorn_responsibilities(
     Raises
     ------
     ValueError
-        On NaN/+inf log-densities, mismatched shapes, invalid weights or sample
-        weights, invalid neighbour indices, or fewer points with mass than components.
+        On NaN/+inf log-densities, rows with positive mass that are -inf everywhere,
+        mismatched shapes, invalid weights or sample weights, invalid neighbour indices,
+        or fewer points with mass than components.
     """
     K0 = None if weights is None else int(np.size(weights))
-    A, idx, K = _validate_log_prob(log_prob, neighbors, K0)
+    A, idx, K, dead = _validate_log_prob(log_prob, neighbors, K0)
     N = A.shape[0]
     alpha = np.full(K, 1.0 / K) if weights is None else _as_weights(weights, K)
     a = _as_sample_weight(sample_weight, N)
+    dead = np.flatnonzero(dead & (a > 0))
+    if dead.size:
+        shown = ", ".join(str(i) for i in dead[:10]) + (", ..." if dead.size > 10 else "")
+        raise ValueError(
+            f"log_prob is -inf in every column of {dead.size} row(s) with positive mass "
+            f"(rows {shown}): such a point has zero density under every component and "
+            "cannot be assigned; drop these rows or give them sample_weight 0"
+        )
     tau = _check_marginal_penalty(marginal_penalty)
     if tau is None and np.count_nonzero(a) < K:
         raise ValueError(

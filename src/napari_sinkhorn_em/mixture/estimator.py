@@ -56,6 +56,25 @@ def _validate_X(X, name="X") -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {X.shape})")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinity")
+    big = np.abs(X).max()
+    # squared distances, variances and their sums over features must stay finite:
+    # (2 max|x|)^2 D below the float64 limit (about 1.8e308), i.e. max|x| up to about
+    # 1e153 / sqrt(D); beyond, a Gaussian model of X cannot even represent its covariances
+    with np.errstate(over="ignore"):
+        spread = (2.0 * big) ** 2 * X.shape[1]
+    if not np.isfinite(spread):
+        raise ValueError(
+            f"{name} has values of magnitude up to {big:.3g}: its squared distances and "
+            "covariances overflow float64 (values must stay below about 1e150); rescale "
+            f"{name} (e.g. divide it by its standard deviation) before fitting"
+        )
+    spread = float((X.max(axis=0) - X.min(axis=0)).max())
+    if 0.0 < spread < 1e-150:
+        raise ValueError(
+            f"{name} varies by at most {spread:.3g} along any feature: its variances "
+            "underflow float64 (spreads must stay above about 1e-150); rescale "
+            f"{name} (e.g. divide it by its standard deviation) before fitting"
+        )
     return X
 
 
@@ -87,8 +106,13 @@ class _NeighborGrid:
         # cubic cells over the axes that are longer than a cell; one layer across the rest
         shape = np.ones(d, dtype=np.int64)
         live = ext > 0
+        # the grid only needs the ratios of the extents: an extent product that under- or
+        # overflows (coordinates of 1e-200 or 1e100) is formed from rescaled extents
+        unit = 1.0
+        if not 0.0 < np.prod(ext[ext > 0]) < np.inf:
+            unit = float(ext.max())
         while live.any():
-            side = (np.prod(ext[live]) / n_cells) ** (1.0 / np.count_nonzero(live))
+            side = (np.prod(ext[live] / unit) / n_cells) ** (1.0 / np.count_nonzero(live)) * unit
             thin = live & (ext < side)
             if not thin.any():
                 shape[live] = np.ceil(ext[live] / side).astype(np.int64)
