@@ -93,12 +93,23 @@ def test_predict_proba_sparse_and_fit_predict():
 
 @pytest.mark.parametrize(
     ("shape", "m"),
-    [("blobs", 16), ("blobs", 1), ("uniform", 5), ("flat", 4), ("line", 3), ("twins", 2)],
+    [
+        ("blobs", 16),
+        ("blobs", 1),
+        ("uniform", 5),
+        ("flat", 4),
+        ("line", 3),
+        ("twins", 2),
+        ("6d", 16),
+        ("6d", 39),
+    ],
 )
-def test_grid_neighbors_are_exact(shape, m):
-    """The grid search returns exactly the m nearest means (brute force), in any layout."""
+@pytest.mark.parametrize("search", ["grid", "brute"])
+def test_grid_neighbors_are_exact(shape, m, search):
+    """Both searches (grid, brute-force scan) return exactly the m nearest means, in any
+    layout, and keep the budgets that let later refreshes skip points."""
     from napari_sinkhorn_em.mixture import _kernels
-    from napari_sinkhorn_em.mixture.estimator import _NeighborGrid
+    from napari_sinkhorn_em.mixture._neighbors import _BruteNeighbors, _NeighborGrid
 
     rng = np.random.default_rng(7)
     K = 40
@@ -113,11 +124,14 @@ def test_grid_neighbors_are_exact(shape, m):
         means = rng.uniform(0, 10, size=(K, 3))
     elif shape == "line":
         X, means = rng.normal(size=(2000, 1)), rng.normal(size=(K, 1)) * 2
+    elif shape == "6d":
+        means = rng.uniform(0, 6, size=(K, 6))
+        X = means[rng.integers(0, K, 3000)] + rng.normal(0, 0.5, size=(3000, 6))
     else:  # all points at two positions
         X = np.repeat([[0.0, 0.0], [5.0, 1.0]], 500, axis=0)
         means = rng.uniform(-1, 6, size=(K, 2))
     X = np.ascontiguousarray(X)
-    grid = _NeighborGrid(X, K, m)
+    grid = (_NeighborGrid if search == "grid" else _BruteNeighbors)(X, K, m)
     # then small moves (most points keep their neighbours without a search), then one
     # component jumps across the data (every point is searched again)
     jump = np.zeros_like(means)

@@ -942,3 +942,72 @@ def precision_cholesky(cov, P, log_det):
                     t -= L[i, p] * P[k, c, p]
                 P[k, c, i] = t / L[i, i]
     return -1
+
+
+@njit(parallel=True, cache=True)
+def brute_neighbors(Xp, means_t, out, budget, n_chunks):
+    """The ``m = out.shape[1]`` nearest means of the points without budget, by brute force.
+
+    ``means_t`` is the (d, K) transpose of the means (the distance loop runs over K
+    contiguous values and vectorises). For every point with ``budget[i] <= 0`` writes its
+    m nearest means by increasing squared Euclidean distance (ties to the smaller index)
+    and sets the budget as :func:`grid_neighbors` does: half the gap between the
+    (m + 1)-th and the m-th nearest distance. For position dimensions above 3, where grid
+    cells are as wide as the spacing of the means and every cell lists nearly every mean,
+    this is cheaper than the grid (measured in ``benchmarks/bench_coldstart.py``).
+    """
+    N, D = Xp.shape
+    K = means_t.shape[1]
+    M = out.shape[1]
+    need = M + 1 if M < K else M
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        dist = np.empty(K)
+        bd = np.empty(need + 1)
+        bk = np.empty(need + 1, dtype=np.int64)
+        for i in range(i0, i1):
+            if budget[i] > 0.0:
+                continue
+            for k in range(K):
+                dist[k] = 0.0
+            for d in range(D):
+                x = Xp[i, d]
+                for k in range(K):
+                    z = x - means_t[d, k]
+                    dist[k] += z * z
+            nb = 0
+            for k in range(K):
+                v = dist[k]
+                if nb < need:
+                    _insert_sorted(bd, bk, nb, v, k)
+                    nb += 1
+                elif v < bd[need - 1]:
+                    _insert_sorted(bd, bk, need - 1, v, k)
+            for j in range(M):
+                out[i, j] = bk[j]
+            if need > M:
+                far = math.sqrt(bd[M])
+                budget[i] = 0.5 * (far - math.sqrt(bd[M - 1])) - 1e-9 * far
+            else:
+                budget[i] = np.inf
+
+
+@njit(parallel=True, cache=True)
+def listed_mass(idx, a, K, n_chunks):
+    """``out[k] = sum_i a_i`` over the rows ``i`` that list component ``k``."""
+    N, M = idx.shape
+    acc = np.zeros((n_chunks, K))
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        for i in range(i0, i1):
+            ai = a[i]
+            if ai > 0.0:
+                for j in range(M):
+                    acc[c, idx[i, j]] += ai
+    out = np.zeros(K)
+    for c in range(n_chunks):
+        for k in range(K):
+            out[k] += acc[c, k]
+    return out
