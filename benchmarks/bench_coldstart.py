@@ -107,16 +107,22 @@ def part1(repeats, N=200_000, K=100, D=6):
             dt, est, first, later = ours_fit(X, K, 5, 0.0, r, **kw)
             runs[name].append(dt)
             extra[name].append(((first - later) / later, later, est.objective_))
-        print(f"  repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()), flush=True)
+        print(
+            f"  repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()), flush=True
+        )
     sk = float(np.median(runs["sklearn"]))
-    print(f"\nPart 1: 5 iterations from random, N={N}, K={K}, D={D}, diag, m=16 "
-          f"(median of {repeats}, load {os.getloadavg()[0]:.1f}, {numba.get_num_threads()} threads)")
+    print(
+        f"\nPart 1: 5 iterations from random, N={N}, K={K}, D={D}, diag, m=16 "
+        f"(median of {repeats}, load {os.getloadavg()[0]:.1f}, {numba.get_num_threads()} threads)"
+    )
     print("| fit | seconds | sklearn / fit | cold cost (later iterations) | later iteration s |")
     print("|---|---|---|---|---|")
     print(f"| scikit-learn GaussianMixture | {sk:.2f} | 1.0x | | |")
-    for name, label in (("exact", "Sinkhorn-EM, fast_start=False"),
-                        ("fast", "Sinkhorn-EM, fast_start=True"),
-                        ("em", "EM (same code)")):
+    for name, label in (
+        ("exact", "Sinkhorn-EM, fast_start=False"),
+        ("fast", "Sinkhorn-EM, fast_start=True"),
+        ("em", "EM (same code)"),
+    ):
         t = float(np.median(runs[name]))
         cold = float(np.median([e[0] for e in extra[name]]))
         later = float(np.median([e[1] for e in extra[name]]))
@@ -142,16 +148,24 @@ def part2(repeats, N=200_000, K=100, D=6):
         for name, kw in (("fast", {}), ("em", {"method": "em", "learn_weights": True})):
             dt, est, _, _ = ours_fit(X, K, 300, 1e-3, r, **kw)
             rows[name].append((dt, est.n_iter_, adjusted_rand_score(y, est.predict(X))))
-        print("  repeat", r, {k: tuple(round(float(x), 3) for x in v[-1]) for k, v in rows.items()},
-              flush=True)
+        print(
+            "  repeat",
+            r,
+            {k: tuple(round(float(x), 3) for x in v[-1]) for k, v in rows.items()},
+            flush=True,
+        )
     sk = float(np.median([v[0] for v in rows["sklearn"]]))
-    print(f"\nPart 2: to convergence (tol 1e-3) from random, {K} clusters, N={N}, D={D}, "
-          f"diag, m=16 (median of {repeats}, load {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nPart 2: to convergence (tol 1e-3) from random, {K} clusters, N={N}, D={D}, "
+        f"diag, m=16 (median of {repeats}, load {os.getloadavg()[0]:.1f})"
+    )
     print("| fit | seconds | sklearn / fit | iterations | ARI (mean) |")
     print("|---|---|---|---|---|")
-    for name, label in (("sklearn", "scikit-learn GaussianMixture"),
-                        ("fast", "Sinkhorn-EM (uniform weights, fast_start)"),
-                        ("em", "EM, learned weights (same code)")):
+    for name, label in (
+        ("sklearn", "scikit-learn GaussianMixture"),
+        ("fast", "Sinkhorn-EM (uniform weights, fast_start)"),
+        ("em", "EM, learned weights (same code)"),
+    ):
         t = float(np.median([v[0] for v in rows[name]]))
         it = float(np.median([v[1] for v in rows[name]]))
         ari = float(np.mean([v[2] for v in rows[name]]))

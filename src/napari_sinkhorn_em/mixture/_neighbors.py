@@ -54,11 +54,12 @@ class _BruteNeighbors:
         self.last = None
 
     def neighbors(self, means_p, n_chunks):
+        have_old = self.last is not None
         moved = _move(self.last, means_p)
         self.last = means_p.copy()
         self.budget -= moved
         means_t = np.ascontiguousarray(means_p.T)
-        _k.brute_neighbors(self.Xp, means_t, self.idx, self.budget, n_chunks)
+        _k.brute_neighbors(self.Xp, means_t, self.idx, self.budget, have_old, n_chunks)
         return self.idx
 
 
