@@ -58,7 +58,13 @@ def recovered(found, truth, radius=0.5):
 
 
 def run_variant(name, X, K, seed, truth=None):
-    kw = dict(covariance_type="spherical", init="random", random_state=seed, max_iter=500, tol=1e-6)
+    kw = {
+        "covariance_type": "spherical",
+        "init": "random",
+        "random_state": seed,
+        "max_iter": 500,
+        "tol": 1e-6,
+    }
     if name == "em":
         est = SinkhornEM(K, method="em", learn_weights=True, **kw).fit(X)
     elif name == "sk-uniform":

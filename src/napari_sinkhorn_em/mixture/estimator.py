@@ -578,6 +578,9 @@ class SinkhornEM:
             # _ESTEP_TOL_MIN), kept below _FAST_OBJ_FRACTION of the last change
             if change is None:
                 return _FAST_TOL_MAX
+            if abs(change) < self.tol:
+                # about to converge: the change that decides it is measured exactly
+                return tol_final
             e = np.sqrt(2.0 * _FAST_OBJ_FRACTION * abs(change) / K)
             return float(np.clip(e, tol_final, _FAST_TOL_MAX))
 
