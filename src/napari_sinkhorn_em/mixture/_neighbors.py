@@ -24,7 +24,8 @@ _GRID_BLOCK = 4
 # N / 16 cells has only (N / 16)^(1/d) cells per axis (5 at N = 2e5, d = 6), so a cell
 # is as wide as the spacing of the means, nearly every mean is a candidate of every cell
 # and the grid pays the brute-force cost plus its own (measured at N = 2e5, K = 100,
-# d = 6: 0.45-0.65 s per refresh for the grid vs see benchmarks/bench_coldstart.py).
+# d = 6 on a loaded machine, first refresh: grid 0.99-1.03 s, scan 0.73-0.79 s on uniform
+# points; later refreshes of a fit, which rank the previous list first, cost about half).
 _GRID_MAX_DIMS = 3
 
 
