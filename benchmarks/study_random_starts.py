@@ -54,15 +54,17 @@ from scipy.spatial import cKDTree
 from napari_sinkhorn_em.evaluation.metrics import match_centres
 from napari_sinkhorn_em.mixture import ConvergenceWarning, SinkhornEM
 from napari_sinkhorn_em.pipeline.features import voxel_features
+from napari_sinkhorn_em.pipeline.labels import labels_from_components, min_label_volume
 from napari_sinkhorn_em.pipeline.peaks import detect_nuclei, detect_peaks
 from napari_sinkhorn_em.pipeline.preprocess import preprocess
-from napari_sinkhorn_em.pipeline.segment import (
-    _add_seeds,
-    _labels_from_components,
-    _make_table,
-    _voronoi_mass,
-    _weights_from_mass,
+from napari_sinkhorn_em.pipeline.starts import (
+    covariance_bounds,
+    means_from_centres,
+    nominal_covariances,
+    peak_centres,
 )
+from napari_sinkhorn_em.pipeline.table import channels_last, nucleus_table
+from napari_sinkhorn_em.pipeline.weights import voronoi_mass, weights_from_mass
 from napari_sinkhorn_em.synthetic import make_worm
 
 DIAMETER = 2.7  # the generator's mean nucleus diameter (as bench_segmentation.py)
@@ -100,14 +102,8 @@ class Problem:
         self.X, self.a, self.pos = f.X, f.sample_weight, f.positions
         self.K = len(w.centres)
         self.D = self.X.shape[1]
-        var_nominal = (DIAMETER / 2.0) ** 2 / 5.0
-        self.bounds = (0.25 * var_nominal, 4.0 * var_nominal)
-        self.cov0 = np.zeros((self.K, self.D, self.D))
-        nd = self.ndim
-        self.cov0[:, np.arange(nd), np.arange(nd)] = var_nominal
-        ivar = np.maximum(np.var(self.X[:, nd:], axis=0), 1e-6) / 4.0
-        self.cov0[:, np.arange(nd, self.D), np.arange(nd, self.D)] = ivar
-        self.tree = cKDTree(self.pos)
+        self.bounds = covariance_bounds(DIAMETER, (0.25, 4.0))
+        self.cov0 = nominal_covariances(self.X, self.K, self.ndim, DIAMETER)
         self.peaks = detect_peaks(
             self.pre.signal, self.vs, nucleus_diameter=DIAMETER, foreground=self.pre.foreground
         )
@@ -117,22 +113,18 @@ class Problem:
 
     def cell_masses(self, ref_um):
         """Intensity mass of each reference centre's Voronoi cell (reference nuclei)."""
-        return ref_um, _voronoi_mass(self.pos, self.a, ref_um)
+        return ref_um, voronoi_mass(self.pos, self.a, ref_um)
 
     def mapped_weights(self, ref, means):
         """Each component gets the mass of the reference nucleus nearest to its mean (two
         components in one nucleus both get that nucleus's full mass), normalised."""
         ref_um, mass = ref
         _, j = cKDTree(ref_um).query(means[:, : self.ndim])
-        return _weights_from_mass(mass[j])
+        return weights_from_mass(mass[j])
 
     def means_from_centres(self, c_um):
         """Initial means as segment_nuclei builds them from centres in um."""
-        _, nn = self.tree.query(c_um, k=8)
-        means = np.empty((c_um.shape[0], self.D))
-        means[:, : self.ndim] = c_um
-        means[:, self.ndim :] = self.X[nn, self.ndim :].mean(axis=1)
-        return means
+        return means_from_centres(self.X, self.pos, c_um)
 
     def random_start(self, seed):
         """K distinct foreground voxels drawn with probability proportional to mass."""
@@ -141,16 +133,15 @@ class Problem:
         return self.means_from_centres(self.pos[j])
 
     def peak_start(self):
-        c = self.peaks.coords[: self.K] * self.vs
-        if c.shape[0] < self.K:  # as segment_nuclei: k-means++-style extra seeds
-            rng = np.random.default_rng(0)
-            c = _add_seeds(self.pos, self.a, c, self.K - c.shape[0], rng)
+        # as segment_nuclei: k-means++-style extra seeds when there are fewer peaks
+        rng = np.random.default_rng(0)
+        c = peak_centres(self.pos, self.a, self.peaks, self.vs, self.K, rng)
         return self.means_from_centres(c)
 
     def peak_mass_multiset(self):
         """Sorted Voronoi intensity masses around the LoG peaks (padded to K by the median)."""
         c = self.peaks.coords * self.vs
-        m = _voronoi_mass(self.pos, self.a, c)
+        m = voronoi_mass(self.pos, self.a, c)
         m = np.sort(m)[::-1][: self.K]
         if m.size < self.K:
             m = np.concatenate([m, np.full(self.K - m.size, np.median(m))])
@@ -180,16 +171,16 @@ class Problem:
 
     def score(self, model, comp):
         f = self.feats["intensity"]
-        labels, comp_ids = _labels_from_components(
+        lab = labels_from_components(
             f.indices, self.pos, comp, model.means_, model.covariances_,
-            self.pre.foreground.shape, self.ndim, self.vs, 3.0,
-            0.1 * (np.pi / 6.0) * DIAMETER**3,
+            self.pre.foreground.shape, self.vs, radius=3.0,
+            min_volume=min_label_volume(DIAMETER, self.ndim, 0.1),
         )  # fmt: skip
-        raw = np.moveaxis(np.asarray(self.w.image), self.w.channel_axis, -1)
-        _, centres = _make_table(
-            labels, comp_ids, model.means_[:, : self.ndim] / self.vs, raw, self.vs,
-            [f"c{i}" for i in range(raw.shape[-1])],
-        )  # fmt: skip
+        raw = channels_last(self.w.image, self.w.channel_axis)
+        centres = nucleus_table(
+            lab.labels, lab.component_ids, model.means_[:, : self.ndim] / self.vs, raw,
+            self.vs, [f"c{i}" for i in range(raw.shape[-1])],
+        ).centres  # fmt: skip
         m = match_centres(centres, self.w.centres, voxel_size=self.w.voxel_size, max_distance=1.5)
         return float(m.f1)
 
@@ -216,7 +207,7 @@ def run_variant(p, name, means0):
     cov0 = p.cov0
     K = p.K
     uni = np.full(K, 1.0 / K)
-    vor0 = _weights_from_mass(_voronoi_mass(p.pos, p.a, means0[:, : p.ndim]))
+    vor0 = weights_from_mass(voronoi_mass(p.pos, p.a, means0[:, : p.ndim]))
     if name == "em-uniform":
         m, c = p.fit(means0, cov0, uni, method="em")
         return m, c, m.n_iter_
@@ -238,48 +229,48 @@ def run_variant(p, name, means0):
     if name == "sk-voronoi-refit":
 
         def upd(model, w, r, comp):
-            return _weights_from_mass(_voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
+            return weights_from_mass(voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
 
         return _rounds(p, means0, cov0, vor0, upd)
     if name == "sk-voronoi-refit-long":  # 20 rounds of 10 iterations
 
         def upd(model, w, r, comp):
-            return _weights_from_mass(_voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
+            return weights_from_mass(voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
 
         return _rounds(p, means0, cov0, vor0, upd, n_rounds=2 * ROUNDS)
     if name == "em-voronoi-refit-long":  # control: the same outer loop around EM
 
         def upd(model, w, r, comp):
-            return _weights_from_mass(_voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
+            return weights_from_mass(voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
 
         return _rounds(p, means0, cov0, vor0, upd, n_rounds=2 * ROUNDS, method="em")
     if name == "sk-voronoi-refit-damped":  # w <- (1-eta) w + eta Voronoi, 10 rounds
 
         def upd(model, w, r, comp):
-            v = _weights_from_mass(_voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
+            v = weights_from_mass(voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
             return (1 - ETA) * w + ETA * v
 
         return _rounds(p, means0, cov0, vor0, upd)
     if name == "sk-voronoi-refit3":  # 3 rounds of 10 iterations, then a full fit
 
         def upd(model, w, r, comp):
-            return _weights_from_mass(_voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
+            return weights_from_mass(voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim]))
 
         return _rounds(p, means0, cov0, vor0, upd, n_rounds=4, last=MAX_ITER)
     if name == "sk-hard-refit-long":  # 20 rounds; w <- mass of each component's MAP voxels
 
         def upd(model, w, r, comp):
-            return _weights_from_mass(np.bincount(comp, weights=p.a, minlength=K))
+            return weights_from_mass(np.bincount(comp, weights=p.a, minlength=K))
 
         return _rounds(p, means0, cov0, vor0, upd, n_rounds=2 * ROUNDS)
     if name == "sk-voronoi-then-hard":  # 10 Voronoi rounds, then 10 MAP-mass rounds
 
         def upd(model, w, r, comp):
             if r < ROUNDS - 1:
-                v = _voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim])
+                v = voronoi_mass(p.pos, p.a, model.means_[:, : p.ndim])
             else:
                 v = np.bincount(comp, weights=p.a, minlength=K)
-            return _weights_from_mass(v)
+            return weights_from_mass(v)
 
         return _rounds(p, means0, cov0, vor0, upd, n_rounds=2 * ROUNDS)
     if name == "sk-resp-refit":
@@ -322,7 +313,7 @@ def run_variant(p, name, means0):
         return _rounds(p, means0, cov0, w0, upd, n_rounds=2 * ROUNDS, method=method)
     if name == "em-then-sk":
         m, _ = p.fit(means0, cov0, uni, method="em")
-        w = _weights_from_mass(_voronoi_mass(p.pos, p.a, m.means_[:, : p.ndim]))
+        w = weights_from_mass(voronoi_mass(p.pos, p.a, m.means_[:, : p.ndim]))
         m2, c2 = p.fit(m.means_, m.covariances_, w)
         return m2, c2, m.n_iter_ + m2.n_iter_
     raise ValueError(f"unknown variant {name!r}")

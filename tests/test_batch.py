@@ -453,13 +453,27 @@ def test_resume_skips_complete_outputs_and_redoes_the_rest(worm_dir, tmp_path):
     fifth = run_batch([src / "worm2d.tif"], out, parameters=params, overwrite=True)
     assert (fifth.ok, fifth.skipped) == (["worm2d"], [])
 
-    # other parameters: redone (not skipped); a redo that fails leaves no outdated outputs
+    # other parameters: redone (not skipped); a redo that fails never deletes the
+    # complete outputs of the earlier run: they stay, byte for byte, and run.json says
+    # the file failed (so the next run redoes it) and which run made the kept outputs
+    kept = _outputs(out, ["worm2d"])
     too_many = build_parameters(seed=4, n_nuclei=100000)
     seventh = run_batch([src / "worm2d.tif"], out, parameters=too_many, progress_bar=False)
     assert seventh.failed == ["worm2d"]
-    assert not (out / "worm2d_labels.tif").exists() and not (out / "worm2d_nuclei.csv").exists()
-    assert _run_json(out)["files"]["worm2d"]["status"] == "failed"
-    assert _run_json(out)["files"]["worm2d"]["parameters"]["segment"]["n_nuclei"] == 100000
+    assert _outputs(out, ["worm2d"]) == kept
+    rec = _run_json(out)["files"]["worm2d"]
+    assert rec["status"] == "failed"
+    assert rec["parameters"]["segment"]["n_nuclei"] == 100000
+    assert rec["previous"]["parameters"]["seed"] == 3
+    assert rec["previous"]["outputs"]["labels"]["size"] == len(kept["worm2d_labels.tif"])
+    # ... and the same again with --overwrite
+    eighth = run_batch([src / "worm2d.tif"], out, parameters=too_many, overwrite=True)
+    assert eighth.failed == ["worm2d"] and _outputs(out, ["worm2d"]) == kept
+    assert _run_json(out)["files"]["worm2d"]["previous"]["parameters"]["seed"] == 3
+    # a successful redo replaces them and drops the "previous" entry
+    ninth = run_batch([src / "worm2d.tif"], out, parameters=params, progress_bar=False)
+    assert ninth.ok == ["worm2d"] and _outputs(out, ["worm2d"]) == kept
+    assert "previous" not in _run_json(out)["files"]["worm2d"]
     # input files were never modified
     assert _sha(src / "worm3d_a.tif") == _sha(d / "worm2d.tif")
 
@@ -543,9 +557,10 @@ def test_voxel_size_from_flag_metadata_or_error(worm_dir, tmp_path):
     assert report.ok == ["worm3d_a"]
     labels = read_image(tmp_path / "o2" / "worm3d_a_labels.tif")
     assert labels.voxel_size == pytest.approx((2.0, 0.7, 0.7))
-    report = run_batch([d / "worm2d.tif"], tmp_path / "o3", parameters=other)
-    assert "voxel size from --voxel-size has 3 values" in report.errors["worm2d"]
-    assert "2 spatial axes" in report.errors["worm2d"]
+    # ... found from the headers before anything is written
+    with pytest.raises(BatchError, match=r"--voxel-size has 3 values .*worm2d.tif \(2-D YX"):
+        run_batch([d / "worm2d.tif"], tmp_path / "o3", parameters=other)
+    assert not (tmp_path / "o3").exists()
 
 
 def test_config_file_and_flags(worm_dir, tmp_path, capsys):

@@ -114,3 +114,21 @@ def test_label_iou_bad_input():
         label_iou(np.zeros((2, 2)), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="threshold"):
         average_precision(np.zeros((2, 2), int), np.zeros((2, 2), int), threshold=1.0)
+
+
+def test_nearest_neighbour_distance_and_scaled_matching():
+    from napari_sinkhorn_em.evaluation.metrics import match_centres_nn, nearest_neighbour_distance
+
+    # a 1-D row of truths 4 um apart (voxel 2 um): tolerance = 0.5 * 4 = 2 um
+    true = np.array([[0.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    assert nearest_neighbour_distance(true, voxel_size=(1.0, 2.0)) == pytest.approx(4.0)
+    assert nearest_neighbour_distance(true) == pytest.approx(2.0)
+    pred = np.array([[0.0, 0.9], [0.0, 2.0], [0.0, 5.1]])  # 1.8 um, 0 um, 2.2 um off
+    m = match_centres_nn(pred, true, voxel_size=(1.0, 2.0))
+    assert (m.tp, m.fp, m.fn) == (2, 1, 1)
+    # a wider fraction admits the 2.2 um pair
+    assert match_centres_nn(pred, true, voxel_size=(1.0, 2.0), fraction=0.6).tp == 3
+    with pytest.raises(ValueError, match="at least 2 points"):
+        nearest_neighbour_distance(true[:1])
+    with pytest.raises(ValueError, match="fraction"):
+        match_centres_nn(pred, true, fraction=0.0)

@@ -5,8 +5,8 @@ import pytest
 from skimage.measure import label as cc_label
 
 from napari_sinkhorn_em.pipeline._regions import foreground_boxes
+from napari_sinkhorn_em.pipeline.labels import labels_from_components
 from napari_sinkhorn_em.pipeline.peaks import detect_peaks
-from napari_sinkhorn_em.pipeline.segment import _labels_from_components
 
 
 def _balls(shape, centres, radius):
@@ -97,7 +97,10 @@ def test_labels_in_boxes_match_whole_image_labelling(seed):
     means = np.zeros((K, 3))
     covs = np.tile(np.eye(3) * 1e6, (K, 1, 1))  # every voxel within the radius
     vs = (0.8, 0.35, 0.35)
-    out, ids = _labels_from_components(indices, pos, comp, means, covs, shape, 3, vs, 3.0, 0.2)
+    lab = labels_from_components(
+        indices, pos, comp, means, covs, shape, vs, radius=3.0, min_volume=0.2
+    )
+    out, ids = lab.labels, lab.component_ids
     ref, ref_ids = _labels_reference(indices, comp, shape, K, int(np.ceil(0.2 / np.prod(vs))))
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(out, ref)

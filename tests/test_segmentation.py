@@ -14,18 +14,11 @@ from napari_sinkhorn_em import (
 )
 from napari_sinkhorn_em.evaluation.metrics import average_precision, match_centres
 from napari_sinkhorn_em.pipeline.segment import fit_iteration_budget
-from napari_sinkhorn_em.synthetic import make_worm
-
-_CACHE: dict = {}
 
 
-def worm(ndim=3, n_channels=4, region="body", n=40, seed=1):
-    key = (ndim, n_channels, region, n, seed)
-    if key not in _CACHE:
-        _CACHE[key] = make_worm(
-            n_nuclei=n, ndim=ndim, n_channels=n_channels, region=region, seed=seed
-        )
-    return _CACHE[key]
+def worm(worms, ndim=3, n_channels=4, region="body", n=40, seed=1):
+    """A synthetic worm from the session cache (tests/conftest.py)."""
+    return worms(n_nuclei=n, ndim=ndim, n_channels=n_channels, region=region, seed=seed)
 
 
 def run(w, **kw):
@@ -38,8 +31,8 @@ def run(w, **kw):
     ("ndim", "n_channels", "region"),
     [(3, 4, "body"), (3, 1, "body"), (2, 4, "head"), (2, 1, "head")],
 )
-def test_accuracy_against_synthetic_truth(ndim, n_channels, region):
-    w = worm(ndim, n_channels, region)
+def test_accuracy_against_synthetic_truth(ndim, n_channels, region, worms):
+    w = worm(worms, ndim, n_channels, region)
     r = run(w, n_nuclei=len(w.centres))
     m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
     assert m.f1 >= 0.92, m.summary()
@@ -51,8 +44,8 @@ def test_accuracy_against_synthetic_truth(ndim, n_channels, region):
     assert auto.params["n_nuclei"] == "auto"
 
 
-def test_labels_and_table_are_consistent():
-    w = worm(3, 4, "head")
+def test_labels_and_table_are_consistent(worms):
+    w = worm(worms, 3, 4, "head")
     r = run(w, n_nuclei=len(w.centres), channel_names=["r", "g", "b", "pan"])
     lab, tab = r.labels, r.table
     assert lab.shape == w.image.shape[1:]
@@ -79,8 +72,8 @@ def test_labels_and_table_are_consistent():
     assert np.mean(overlap > 0) > 0.95
 
 
-def test_2d_table_has_no_z_and_uint_labels():
-    w = worm(2, 1, "head")
+def test_2d_table_has_no_z_and_uint_labels(worms):
+    w = worm(worms, 2, 1, "head")
     r = run(w)
     assert "z" not in r.table.columns and "z_um" not in r.table.columns
     assert list(r.table.columns[:5]) == ["label", "y", "x", "y_um", "x_um"]
@@ -88,8 +81,8 @@ def test_2d_table_has_no_z_and_uint_labels():
     assert r.centres.shape == (len(r.table), 2)
 
 
-def test_params_reproduce_and_round_trip(tmp_path):
-    w = worm(2, 4, "head")
+def test_params_reproduce_and_round_trip(tmp_path, worms):
+    w = worm(worms, 2, 4, "head")
     r = run(w, init="k-means++", random_state=3, max_iter=30)
     json.dumps(r.params)  # JSON-serialisable
     assert r.params["voxel_size"] == list(w.voxel_size)
@@ -119,8 +112,8 @@ def test_params_reproduce_and_round_trip(tmp_path):
     assert isinstance(r2.params["random_state"], int)
 
 
-def test_init_array_and_methods():
-    w = worm(2, 4, "head")
+def test_init_array_and_methods(worms):
+    w = worm(worms, 2, 4, "head")
     r = run(w, init=w.centres, max_iter=20)
     assert r.params["init"] == w.centres.tolist()
     assert r.params["n_nuclei"] == "auto"
@@ -135,8 +128,8 @@ def test_init_array_and_methods():
         run(w, init=np.zeros((5, 3)))
 
 
-def test_random_start_weights_and_auto_refits():
-    w = worm(2, 4, "head")
+def test_random_start_weights_and_auto_refits(worms):
+    w = worm(worms, 2, 4, "head")
     K = len(w.centres)
     r = run(w, n_nuclei=K, init="random", max_iter=15)
     # fit 0 already uses the Voronoi weights of the drawn start, then the outer loop runs
@@ -158,13 +151,13 @@ def test_random_start_weights_and_auto_refits():
             run(w, weight_refits=bad)
 
 
-def test_fit_iteration_budget_bounds_reported_iterations():
+def test_fit_iteration_budget_bounds_reported_iterations(worms):
     assert fit_iteration_budget(max_iter=100) == 100
     assert fit_iteration_budget(init="random", max_iter=100) == 19 * 10 + 100
     assert fit_iteration_budget(init="random", method="em", max_iter=50, n_init=2) == 100
     assert fit_iteration_budget(init=np.zeros((3, 2)), max_iter=30, weight_refits=2) == 50
     assert fit_iteration_budget(init="k-means++", max_iter=5, n_init=3) == 3 * (19 * 5 + 5)
-    w = worm(2, 4, "head")
+    w = worm(worms, 2, 4, "head")
     seen = []
     run(
         w,
@@ -179,8 +172,8 @@ def test_fit_iteration_budget_bounds_reported_iterations():
         fit_iteration_budget(weight_refits=-2)
 
 
-def test_cancel_stops_promptly():
-    w = worm(3, 4, "body")
+def test_cancel_stops_promptly(worms):
+    w = worm(worms, 3, 4, "body")
     calls = []
 
     def progress(stage, it, obj):
@@ -228,8 +221,8 @@ def test_too_many_nuclei_for_foreground():
         segment_nuclei(img, n_nuclei=50, nucleus_diameter=2.0, suppress_granules=False)
 
 
-def test_tiled_fit_matches_untiled_accuracy():
-    w = worm(3, 4, "head", n=60, seed=2)
+def test_tiled_fit_matches_untiled_accuracy(worms):
+    w = worm(worms, 3, 4, "head", n=60, seed=2)
     whole = run(w, n_nuclei=len(w.centres))
     tiled = run(w, n_nuclei=len(w.centres), max_components_per_tile=20)
     assert whole.info["n_tiles"] == 1 and tiled.info["n_tiles"] == 3
@@ -244,11 +237,11 @@ def test_tiled_fit_matches_untiled_accuracy():
 
 
 @pytest.mark.parametrize("init", ["random", "k-means++"])
-def test_sinkhorn_em_beats_em_from_the_same_random_starts(init):
+def test_sinkhorn_em_beats_em_from_the_same_random_starts(init, worms):
     """The paper's claim, on a dense 3-D head with nucleus masses varying +-50 %: with
     nucleus weights and the soft marginal (the defaults) Sinkhorn-EM ends clearly better
     than EM with the same fixed weights from the same starts."""
-    w = worm(3, 4, "head", n=60)
+    w = worm(worms, 3, 4, "head", n=60)
     K = len(w.centres)
     for seed in (0, 1):
         f1 = {}
@@ -259,8 +252,8 @@ def test_sinkhorn_em_beats_em_from_the_same_random_starts(init):
         assert f1["sinkhorn"] >= f1["em"] + 0.03, (seed, f1)
 
 
-def test_nucleus_weights_equal_voronoi_weights_from_the_peaks():
-    w = worm(2, 4, "head")
+def test_nucleus_weights_equal_voronoi_weights_from_the_peaks(worms):
+    w = worm(worms, 2, 4, "head")
     K = len(w.centres)
     a = run(w, n_nuclei=K, weights="nuclei", max_iter=5)
     b = run(w, n_nuclei=K, weights="voronoi", max_iter=5)

@@ -15,15 +15,15 @@ from napari_sinkhorn_em.synthetic import SyntheticWorm, make_worm, write_sample_
 
 
 @pytest.fixture(scope="module")
-def head() -> SyntheticWorm:
+def head(worms) -> SyntheticWorm:
     """A full NeuroPAL-like head with the default settings (195 nuclei, 4 channels)."""
-    return make_worm(seed=3)
+    return worms(seed=3)
 
 
 @pytest.fixture(scope="module")
-def clean_head() -> SyntheticWorm:
+def clean_head(worms) -> SyntheticWorm:
     """A small head without background and with almost noise-free photon counts."""
-    return make_worm(
+    return worms(
         n_nuclei=60,
         x_range=(55.0, 100.0),
         background=None,

@@ -25,6 +25,7 @@ _EXPORTS = {
     "SinkhornEM": "mixture.estimator",
     "SegmentationCancelled": "pipeline.segment",
     "SegmentationResult": "pipeline.segment",
+    "SegmentationWarning": "pipeline.segment",
     "SegmentationParams": "params",
     "load_params": "pipeline.segment",
     "save_params": "pipeline.segment",
@@ -39,6 +40,7 @@ __all__ = [
     "SegmentationCancelled",
     "SegmentationParams",
     "SegmentationResult",
+    "SegmentationWarning",
     "SinkhornEM",
     "__version__",
     "load_params",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .pipeline.segment import (
         SegmentationCancelled,
         SegmentationResult,
+        SegmentationWarning,
         load_params,
         save_params,
         segment_nuclei,

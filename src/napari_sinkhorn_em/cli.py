@@ -16,14 +16,19 @@ are imported inside the subcommands so that ``--help`` and ``--version`` stay fa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from . import __version__
+from .params import SegmentationParams
 
-_METHODS = ("sinkhorn", "em", "em-learned")
+
+def _param_help(name: str, default: str | None = None) -> str:
+    """Help of the flag for a segmentation parameter: its help text and default, both
+    from :class:`SegmentationParams` (so that they cannot drift from the API)."""
+    value = SegmentationParams.defaults()[name] if default is None else default
+    return f"{SegmentationParams.help(name)} (default: {value})"
 
 
 def _int_at_least(minimum: int, what: str):
@@ -90,7 +95,7 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         type=_n_nuclei,
         default=None,
         metavar="N|auto",
-        help="number of nuclei per image, or 'auto' to estimate it (default: auto)",
+        help=_param_help("n_nuclei", "auto"),
     )
     p.add_argument(
         "--voxel-size",
@@ -108,17 +113,21 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="A",
-        help="index of the channel axis in the stored array; overrides the metadata",
+        help=f"{SegmentationParams.help('channel_axis')}, as an index into the stored array; "
+        "overrides the metadata",
     )
     p.add_argument(
-        "--method", choices=_METHODS, default=None, help="fitting method (default: sinkhorn)"
+        "--method",
+        choices=SegmentationParams.choices("method"),
+        default=None,
+        help=_param_help("method"),
     )
     p.add_argument(
         "--nucleus-diameter",
         type=_positive_float,
         default=None,
         metavar="UM",
-        help="typical nucleus diameter in micrometres",
+        help=_param_help("nucleus_diameter"),
     )
     p.add_argument(
         "--config",
@@ -244,33 +253,26 @@ def _setup_logging(quiet: bool) -> logging.Handler:
     return handler
 
 
-@contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """Within the block, turn SIGTERM (e.g. a cluster's time limit) into SystemExit(143).
-
-    The run then unwinds normally: temporaries are removed, ``run.json`` records the run
-    as interrupted, and worker processes are stopped.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .batch import build_parameters, run_batch
+    from .batch.executors import handle_interrupts, ignore_further_interrupts
 
+    # Ctrl-C / SIGTERM from here on: the run stops, records the interruption and exits
+    # 130 / 143; once run_batch has returned, the run is recorded and its exit code final
+    # (called from Python, e.g. in tests, the previous handlers come back afterwards)
+    console = getattr(args, "console_script", False)
+    with handle_interrupts(restore=not console):
+        try:
+            return _segment(args, argv, build_parameters, run_batch)
+        finally:
+            if console:
+                # the run is recorded (finished or interrupted): a late signal must not
+                # change the exit code, also while the interpreter shuts down (signals
+                # ignored at the OS level stay ignored there)
+                ignore_further_interrupts(for_good=True)
+
+
+def _segment(args: argparse.Namespace, argv: Sequence[str], build_parameters, run_batch) -> int:
     config = None
     if args.config is not None:
         from .pipeline.segment import load_params
@@ -285,18 +287,17 @@ def _cmd_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
         nucleus_diameter=args.nucleus_diameter,
         seed=args.seed,
     )
-    with _exit_on_sigterm():
-        report = run_batch(
-            args.inputs,
-            args.output,
-            parameters=parameters,
-            recursive=args.recursive,
-            jobs=args.jobs,
-            dask_scheduler=args.dask_scheduler,
-            overwrite=args.overwrite,
-            progress_bar=not args.quiet,
-            command=["napari-sinkhorn-em", *argv],
-        )
+    report = run_batch(
+        args.inputs,
+        args.output,
+        parameters=parameters,
+        recursive=args.recursive,
+        jobs=args.jobs,
+        dask_scheduler=args.dask_scheduler,
+        overwrite=args.overwrite,
+        progress_bar=not args.quiet,
+        command=["napari-sinkhorn-em", *argv],
+    )
     for key in report.failed:
         print(f"failed: {key}: {report.errors[key]}", file=sys.stderr)
     return report.exit_code
@@ -326,9 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments, no inputs, unreadable config, missing optional dependency), 130
     interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    console_script = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.console_script = console_script
     if args.command is None:
         parser.print_help()
         return 0
@@ -343,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        from .batch.executors import Terminated
+
+        if not isinstance(exc, Terminated):
+            raise
+        print("terminated; rerun the same command to resume", file=sys.stderr)
+        return int(exc.code)
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(old_level)

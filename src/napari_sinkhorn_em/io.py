@@ -25,11 +25,14 @@ from typing import IO, Any
 import numpy as np
 import tifffile
 
+from ._validation import check_voxel_size
+
 __all__ = [
     "ImageData",
     "ImageReadError",
     "atomic_write",
     "read_image",
+    "read_image_axes",
     "write_image",
     "write_labels",
     "write_table",
@@ -528,22 +531,7 @@ def _imagej_channel_names(meta: dict, data: np.ndarray, axes: str) -> list[str] 
 
 
 def _check_voxel_size(voxel_size: Sequence[float] | None, ndim: int, what: str):
-    if voxel_size is None:
-        return None
-    try:
-        vs = tuple(float(v) for v in voxel_size)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{what}: voxel_size must be a sequence of numbers, got {voxel_size!r}"
-        ) from exc
-    if len(vs) != ndim:
-        raise ValueError(
-            f"{what}: voxel_size has {len(vs)} values but the image has {ndim} spatial "
-            f"axes; give one size per spatial axis (e.g. (z, y, x) in micrometres)"
-        )
-    if not all(np.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"{what}: voxel_size values must be finite and > 0, got {vs}")
-    return vs
+    return check_voxel_size(voxel_size, ndim, where=what)
 
 
 def _resolution_kwargs(voxel_size: tuple[float, ...] | None, spatial_axes: str) -> dict:
@@ -746,3 +734,54 @@ def write_table(path: str | os.PathLike, dataframe) -> Path:
     with atomic_write(path, "w", encoding="utf-8", newline="") as f:
         dataframe.to_csv(f, index=False)
     return path
+
+
+def read_image_axes(
+    path: str | os.PathLike, *, channel_axis: int | None = None
+) -> tuple[str, tuple[int, ...]]:
+    """Axes and shape of a TIFF's image as :func:`read_image` would see them, from the
+    header only (no pixels are read; fast enough to check every input of a batch).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The TIFF file.
+    channel_axis : int, optional
+        As in :func:`read_image`.
+
+    Returns
+    -------
+    axes : str
+        Z/C/Y/X letters, e.g. ``"ZCYX"`` (a singleton time axis dropped).
+    shape : tuple of int
+        Shape of the stored array without the singleton time axis.
+
+    Raises
+    ------
+    ImageReadError
+        When the header cannot be read or the axes are not supported. A file that
+        passes may still fail in :func:`read_image` (e.g. truncated pixel data).
+    """
+    path = Path(path)
+    with _capture_tifffile_log():
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                raw_axes = _normalise_axes(series.axes)
+                shape = tuple(int(n) for n in series.shape)
+        except Exception as exc:
+            raise _fail(path, f"cannot read the TIFF header ({exc})") from exc
+    if "T" in raw_axes:
+        t = raw_axes.index("T")
+        if shape[t] != 1:
+            raise _fail(path, f"holds {shape[t]} time points; time series are not supported")
+        shape = shape[:t] + shape[t + 1 :]
+        raw_axes = raw_axes[:t] + raw_axes[t + 1 :]
+    if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):
+            raise _fail(path, f"channel_axis={channel_axis} is out of range for shape {shape}")
+        channel_axis = channel_axis % len(shape)
+    axes = _resolve_axes(raw_axes, shape, channel_axis)
+    if axes is None:
+        raise _fail(path, f"wrong number of axes (shape {shape})")
+    return axes, shape

@@ -4,20 +4,5 @@ Use :func:`napari_sinkhorn_em.segment_nuclei` (the pipeline lives in
 :mod:`napari_sinkhorn_em.pipeline`).
 """
 
-from .pipeline.segment import (
-    SegmentationCancelled,
-    SegmentationResult,
-    fit_iteration_budget,
-    load_params,
-    save_params,
-    segment_nuclei,
-)
-
-__all__ = [
-    "SegmentationCancelled",
-    "SegmentationResult",
-    "fit_iteration_budget",
-    "load_params",
-    "save_params",
-    "segment_nuclei",
-]
+from .pipeline import *  # noqa: F403
+from .pipeline import __all__  # noqa: F401

@@ -17,13 +17,23 @@ is z (worms lie on their side on the slide). Physical coordinates are micrometre
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CHANNEL_NAMES", "SyntheticWorm", "make_worm", "write_sample_images"]
+from ._validation import check_int, check_voxel_size
+
+__all__ = [
+    "CHANNEL_NAMES",
+    "SyntheticWorm",
+    "make_worm",
+    "write_sample_images",
+    "write_synthetic_worms",
+]
 
 #: NeuroPAL-like channel names; the last one is the pan-nuclear marker.
 CHANNEL_NAMES = ("mNeptune2.5", "CyOFP1", "mTagBFP2", "pan-nuclear")
@@ -462,17 +472,14 @@ def make_worm(
         raise ValueError(f"region must be 'head' or 'body', got {region!r}")
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
-    if not 1 <= int(n_channels) <= 6:
-        raise ValueError(f"n_channels must be between 1 and 6, got {n_channels!r}")
-    if int(n_nuclei) < 1:
-        raise ValueError(f"n_nuclei must be >= 1, got {n_nuclei!r}")
+    check_int("n_channels", n_channels, min=1, max=6)
+    check_int("n_nuclei", n_nuclei, min=1)
     if background not in ("uneven", "flat", None):
         raise ValueError(f"background must be 'uneven', 'flat' or None, got {background!r}")
-    vs = tuple(float(v) for v in voxel_size)
+    vs = check_voxel_size(voxel_size, (2, 3))
     if ndim == 2 and len(vs) == 3:
         vs = vs[1:]
-    if len(vs) != ndim or not all(np.isfinite(v) and v > 0 for v in vs):
-        raise ValueError(f"voxel_size must be {ndim} positive numbers, got {voxel_size!r}")
+    vs = check_voxel_size(vs, ndim)
     if x_range is not None and (region != "head" or len(x_range) != 2 or x_range[1] <= x_range[0]):
         raise ValueError(f"x_range must be (start, stop) in um for the head, got {x_range!r}")
     if not 0 <= brightness_variation < 1:
@@ -481,126 +488,39 @@ def make_worm(
     n_channels = int(n_channels)
     rng = np.random.default_rng(seed)
     vsz = np.asarray(vs)
+    # the random draws happen in this order (same seed, same worm): nuclei, colours and
+    # brightness, granules, background, then photon and read noise per channel
+    nuc = _nuclei_geometry(
+        rng, n, ndim, region, nucleus_diameter, elongation, min_distance_factor, x_range
+    )
+    frame = _stack_frame(nuc, ndim, region, vs, shape, x_range)
+    shape = frame.shape
+    labels, rnorm = _rasterize_ellipsoids(shape, vsz, frame.centres_vox, nuc.semi, frame.rotations)
 
-    # ---- nuclei sizes, shapes, positions -------------------------------------------
-    d_mean, d_rel = nucleus_diameter
-    diam = d_mean * np.clip(1.0 + d_rel * rng.standard_normal(n), 0.6, 1.5)
-    radii = diam / 2.0
-    # sort large first: random sequential addition packs better that way
-    order = np.argsort(-radii, kind="stable")
-    radii = radii[order]
-    length = max(40.0, 1.15 * n) if region == "body" else 0.0
-    # ganglia extent for a dense packing whatever n (grown on the fly when full)
-    spread = 0.35 * ((n / 195.0) ** (1.0 / 3.0) if ndim == 3 else (n / 60.0) ** 0.5)
-    x_window = (1.0, np.inf) if x_range is None else (float(x_range[0]), float(x_range[1]))
-    pos = _place_nuclei(rng, n, ndim, radii, region, min_distance_factor, length, spread, x_window)
-    # shuffle so labels do not follow size
-    perm = rng.permutation(n)
-    pos, radii = pos[perm], radii[perm]
-    diam = 2.0 * radii
-
-    aspect = np.exp(elongation * rng.standard_normal((n, ndim)))
-    aspect /= np.prod(aspect, axis=1, keepdims=True) ** (1.0 / ndim)  # keep the volume
-    semi = radii[:, None] * aspect
-    rotations = np.stack([_random_rotation(rng, ndim) for _ in range(n)])
-
-    # ---- stack geometry ---------------------------------------------------------------
-    # physical point (x, y, z) -> array axes (z, y, x) / (y, x)
-    def to_axes(p: np.ndarray) -> np.ndarray:
-        return p[:, [2, 1, 0]] if ndim == 3 else p[:, [1, 0]]
-
-    if region == "head":
-        if x_range is None:
-            x_start = -3.0
-            x_end = float(pos[:, 0].max()) + 55.0  # plus the anterior gut
-        else:
-            x_start, x_end = x_window[0] - 1.0, x_window[1] + 1.0
-        r_max = float(_body_radius(np.array([x_end]), "head")[0])
-    else:
-        x_start, x_end = -2.0, length + 2.0
-        r_max = _BODY_RADIUS
-    extent_um = {"x": x_end - x_start, "y": 2 * r_max + 3.0, "z": 2 * r_max + 3.0}
-    axes_names = "zyx"[3 - ndim :]
-    if shape is None:
-        shape = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
-    else:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != ndim or min(shape) < 1:
-            raise ValueError(f"shape must be {ndim} positive integers, got {shape!r}")
-    shape_um = np.asarray(shape) * vsz
-    # origin: nose (x_start) at the left edge, worm axis centred in y and z
-    origin_phys = {"x": x_start, "y": -shape_um[axes_names.index("y")] / 2.0}
-    if ndim == 3:
-        origin_phys["z"] = -shape_um[0] / 2.0
-    origin = np.array([origin_phys[a] for a in axes_names])
-
-    centres_um_abs = to_axes(pos)
-    centres_vox = (centres_um_abs - origin) / vsz - 0.5  # voxel i covers [i-0.5, i+0.5]
-    lo_ok = (centres_vox - semi.max(axis=1)[:, None] / vsz) >= -0.5
-    hi_ok = (centres_vox + semi.max(axis=1)[:, None] / vsz) <= np.asarray(shape) - 0.5
-    if not (lo_ok & hi_ok).all():
-        need = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
-        raise ValueError(
-            f"shape {shape} is too small for this worm ({n} nuclei in the {region}); "
-            f"it needs about {need} voxels — pass shape=None to size it automatically"
-        )
-    # rotations act on physical (x, y, z); express them on the array axes
-    perm_axes = [2, 1, 0] if ndim == 3 else [1, 0]
-    rot_axes = rotations[:, perm_axes, :]
-
-    labels, rnorm = _rasterize_ellipsoids(shape, vsz, centres_vox, semi, rot_axes)
-
-    # ---- intensities ------------------------------------------------------------------
     colours = _neuropal_colours(rng, n, n_channels)
     brightness = rng.uniform(1.0 - brightness_variation, 1.0 + brightness_variation, size=n)
     channel_gain = np.ones(n_channels)
     if n_channels > 1:
         channel_gain[:-1] = rng.uniform(0.7, 1.0, size=n_channels - 1)
-
-    # granules (physical, then voxel)
     if n_granules is None and region == "head":
-        n_granules = 40 if x_end >= 110.0 else 12  # many only where the gut is in view
+        n_granules = 40 if frame.x_end >= 110.0 else 12  # many only where the gut is in view
     elif n_granules is None:
-        n_granules = int(length / 2)
-    gran_pos, gran_diam = _place_granules(
-        rng, int(n_granules), ndim, region, pos, semi.max(axis=1), x_start, x_end
+        n_granules = int(nuc.length / 2)
+    gran_vox, gran_diam, gran_obj = _granules(
+        rng, int(n_granules), ndim, region, nuc, frame, labels
     )
-    gran_vox = (to_axes(gran_pos) - origin) / vsz - 0.5 if len(gran_pos) else np.empty((0, ndim))
-    inside = np.all((gran_vox >= 0) & (gran_vox <= np.asarray(shape) - 1), axis=1)
-    gran_vox, gran_diam = gran_vox[inside], gran_diam[inside]
-    gran_obj = np.zeros(shape, dtype=np.float32)
-    _draw_granules(gran_obj, gran_vox, gran_diam, vsz, labels)
-
-    # radial profile inside each nucleus: slightly brighter centre (chromatin)
-    profile = np.zeros(shape, dtype=np.float32)
-    fg = labels > 0
-    profile[fg] = 1.0 - 0.35 * rnorm[fg] ** 2
-
-    grid_phys = _physical_grids(shape, vsz, origin, axes_names)
+    grid_phys = _physical_grids(shape, vsz, frame.origin, frame.axes)
     bg = _background(background, grid_phys, region, shape, rng) * background_photons
 
+    image = _render(
+        rng, labels, rnorm, gran_obj, colours, brightness, channel_gain,
+        vs=vs, psf_sigma_um=psf_sigma_um, granule_brightness=granule_brightness,
+        photons=photons, background=bg, camera_offset=camera_offset, read_noise=read_noise,
+        dtype=np.dtype(dtype),
+    )  # fmt: skip
+
+    d_mean, d_rel = nucleus_diameter
     sig = psf_sigma_um
-    if ndim == 3:
-        sigma_vox = (sig[0] / vs[0], sig[1] / vs[1], sig[1] / vs[2])
-    else:
-        sigma_vox = (sig[1] / vs[0], sig[1] / vs[1])
-
-    out_dtype = np.dtype(dtype)
-    image = np.empty((n_channels, *shape), dtype=out_dtype)
-    lut = np.zeros((n + 1,), dtype=np.float32)
-    for c in range(n_channels):
-        lut[1:] = colours[:, c] * brightness * channel_gain[c]
-        obj = lut[labels] * profile
-        obj += granule_brightness * gran_obj
-        blurred = ndimage.gaussian_filter(obj * np.float32(photons), sigma_vox, mode="nearest")
-        expected = np.maximum(blurred + bg, 0.0)
-        counts = rng.poisson(expected).astype(np.float32)
-        counts += camera_offset + read_noise * rng.standard_normal(shape, dtype=np.float32)
-        if np.issubdtype(out_dtype, np.integer):
-            info = np.iinfo(out_dtype)
-            counts = np.clip(np.rint(counts), info.min, info.max)
-        image[c] = counts.astype(out_dtype)
-
     params = {
         "n_nuclei": n,
         "region": region,
@@ -621,20 +541,20 @@ def make_worm(
         "background_photons": float(background_photons),
         "read_noise": float(read_noise),
         "camera_offset": float(camera_offset),
-        "dtype": out_dtype.name,
+        "dtype": np.dtype(dtype).name,
         "seed": seed,
     }
     # micrometres in napari's world convention: voxel index * voxel size
-    centres_um = centres_vox * vsz
+    centres_um = frame.centres_vox * vsz
     return SyntheticWorm(
         image=image,
         channel_axis=0,
         voxel_size=vs,
-        centres=centres_vox,
+        centres=frame.centres_vox,
         centres_um=centres_um,
         labels=labels,
-        diameters_um=diam,
-        semi_axes_um=semi,
+        diameters_um=2.0 * nuc.radii,
+        semi_axes_um=nuc.semi,
         colours=colours,
         brightness=brightness,
         channel_names=_channel_names(n_channels),
@@ -642,6 +562,209 @@ def make_worm(
         granule_diameters_um=gran_diam,
         params=params,
     )
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass
+class _Nuclei:
+    """Physical geometry of the nuclei: centres (x, y, z) um from the nose tip, radii,
+    semi-axes and rotations (physical axes); ``length`` of a body piece (0 for a head)."""
+
+    pos: np.ndarray
+    radii: np.ndarray
+    semi: np.ndarray
+    rotations: np.ndarray
+    length: float
+    x_window: tuple[float, float]
+
+
+def _nuclei_geometry(
+    rng: np.random.Generator,
+    n: int,
+    ndim: int,
+    region: str,
+    nucleus_diameter: tuple[float, float],
+    elongation: float,
+    min_distance_factor: float,
+    x_range: tuple[float, float] | None,
+) -> _Nuclei:
+    """Sizes, shapes and positions of the nuclei (random sequential addition)."""
+    d_mean, d_rel = nucleus_diameter
+    diam = d_mean * np.clip(1.0 + d_rel * rng.standard_normal(n), 0.6, 1.5)
+    radii = diam / 2.0
+    # sort large first: random sequential addition packs better that way
+    order = np.argsort(-radii, kind="stable")
+    radii = radii[order]
+    length = max(40.0, 1.15 * n) if region == "body" else 0.0
+    # ganglia extent for a dense packing whatever n (grown on the fly when full)
+    spread = 0.35 * ((n / 195.0) ** (1.0 / 3.0) if ndim == 3 else (n / 60.0) ** 0.5)
+    x_window = (1.0, np.inf) if x_range is None else (float(x_range[0]), float(x_range[1]))
+    pos = _place_nuclei(rng, n, ndim, radii, region, min_distance_factor, length, spread, x_window)
+    # shuffle so labels do not follow size
+    perm = rng.permutation(n)
+    pos, radii = pos[perm], radii[perm]
+
+    aspect = np.exp(elongation * rng.standard_normal((n, ndim)))
+    aspect /= np.prod(aspect, axis=1, keepdims=True) ** (1.0 / ndim)  # keep the volume
+    semi = radii[:, None] * aspect
+    rotations = np.stack([_random_rotation(rng, ndim) for _ in range(n)])
+    return _Nuclei(pos, radii, semi, rotations, length, x_window)
+
+
+@dataclass
+class _Frame:
+    """The stack around the worm: shape, origin (um, array axes), the nucleus centres in
+    voxels and their rotations on the array axes."""
+
+    shape: tuple[int, ...]
+    voxel_size: np.ndarray
+    axes: str
+    origin: np.ndarray
+    x_start: float
+    x_end: float
+    centres_vox: np.ndarray
+    rotations: np.ndarray
+
+
+def _to_axes(p: np.ndarray, ndim: int) -> np.ndarray:
+    """Physical points (x, y, z) -> array axes (z, y, x) / (y, x)."""
+    return p[:, [2, 1, 0]] if ndim == 3 else p[:, [1, 0]]
+
+
+def _stack_frame(
+    nuc: _Nuclei,
+    ndim: int,
+    region: str,
+    vs: tuple[float, ...],
+    shape: tuple[int, ...] | None,
+    x_range: tuple[float, float] | None,
+) -> _Frame:
+    """Size the stack to the worm (or check a given shape holds every nucleus)."""
+    vsz = np.asarray(vs)
+    n = nuc.pos.shape[0]
+    if region == "head":
+        if x_range is None:
+            x_start = -3.0
+            x_end = float(nuc.pos[:, 0].max()) + 55.0  # plus the anterior gut
+        else:
+            x_start, x_end = nuc.x_window[0] - 1.0, nuc.x_window[1] + 1.0
+        r_max = float(_body_radius(np.array([x_end]), "head")[0])
+    else:
+        x_start, x_end = -2.0, nuc.length + 2.0
+        r_max = _BODY_RADIUS
+    extent_um = {"x": x_end - x_start, "y": 2 * r_max + 3.0, "z": 2 * r_max + 3.0}
+    axes_names = "zyx"[3 - ndim :]
+    if shape is None:
+        shape = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
+    else:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != ndim or min(shape) < 1:
+            raise ValueError(f"shape must be {ndim} positive integers, got {shape!r}")
+    shape_um = np.asarray(shape) * vsz
+    # origin: nose (x_start) at the left edge, worm axis centred in y and z
+    origin_phys = {"x": x_start, "y": -shape_um[axes_names.index("y")] / 2.0}
+    if ndim == 3:
+        origin_phys["z"] = -shape_um[0] / 2.0
+    origin = np.array([origin_phys[a] for a in axes_names])
+
+    centres_um_abs = _to_axes(nuc.pos, ndim)
+    centres_vox = (centres_um_abs - origin) / vsz - 0.5  # voxel i covers [i-0.5, i+0.5]
+    semi = nuc.semi
+    lo_ok = (centres_vox - semi.max(axis=1)[:, None] / vsz) >= -0.5
+    hi_ok = (centres_vox + semi.max(axis=1)[:, None] / vsz) <= np.asarray(shape) - 0.5
+    if not (lo_ok & hi_ok).all():
+        need = tuple(int(np.ceil(extent_um[a] / v)) for a, v in zip(axes_names, vs, strict=True))
+        raise ValueError(
+            f"shape {shape} is too small for this worm ({n} nuclei in the {region}); "
+            f"it needs about {need} voxels — pass shape=None to size it automatically"
+        )
+    # rotations act on physical (x, y, z); express them on the array axes
+    perm_axes = [2, 1, 0] if ndim == 3 else [1, 0]
+    rot_axes = nuc.rotations[:, perm_axes, :]
+    return _Frame(shape, vsz, axes_names, origin, x_start, x_end, centres_vox, rot_axes)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _granules(
+    rng: np.random.Generator,
+    n_granules: int,
+    ndim: int,
+    region: str,
+    nuc: _Nuclei,
+    frame: _Frame,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place the gut granules (physical, then voxels; those inside the stack) and draw
+    them into an object image (float32, spatial shape)."""
+    vsz = frame.voxel_size
+    gran_pos, gran_diam = _place_granules(
+        rng, n_granules, ndim, region, nuc.pos, nuc.semi.max(axis=1), frame.x_start, frame.x_end
+    )
+    gran_vox = (
+        (_to_axes(gran_pos, ndim) - frame.origin) / vsz - 0.5
+        if len(gran_pos)
+        else np.empty((0, ndim))
+    )
+    inside = np.all((gran_vox >= 0) & (gran_vox <= np.asarray(frame.shape) - 1), axis=1)
+    gran_vox, gran_diam = gran_vox[inside], gran_diam[inside]
+    gran_obj = np.zeros(frame.shape, dtype=np.float32)
+    _draw_granules(gran_obj, gran_vox, gran_diam, vsz, labels)
+    return gran_vox, gran_diam, gran_obj
+
+
+def _render(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    rnorm: np.ndarray,
+    gran_obj: np.ndarray,
+    colours: np.ndarray,
+    brightness: np.ndarray,
+    channel_gain: np.ndarray,
+    *,
+    vs: tuple[float, ...],
+    psf_sigma_um: tuple[float, float],
+    granule_brightness: float,
+    photons: float,
+    background: np.ndarray,
+    camera_offset: float,
+    read_noise: float,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Microscope image ``(C, *spatial)``: objects (nuclei with a brighter centre, and
+    granules) blurred by the PSF, plus background, Poisson photon noise, camera offset and
+    read noise, cast to ``dtype`` (integer dtypes rounded and clipped)."""
+    shape = labels.shape
+    ndim = labels.ndim
+    n_channels = channel_gain.shape[0]
+    n = colours.shape[0]
+    # radial profile inside each nucleus: slightly brighter centre (chromatin)
+    profile = np.zeros(shape, dtype=np.float32)
+    fg = labels > 0
+    profile[fg] = 1.0 - 0.35 * rnorm[fg] ** 2
+    sig = psf_sigma_um
+    if ndim == 3:
+        sigma_vox = (sig[0] / vs[0], sig[1] / vs[1], sig[1] / vs[2])
+    else:
+        sigma_vox = (sig[1] / vs[0], sig[1] / vs[1])
+    image = np.empty((n_channels, *shape), dtype=dtype)
+    lut = np.zeros((n + 1,), dtype=np.float32)
+    for c in range(n_channels):
+        lut[1:] = colours[:, c] * brightness * channel_gain[c]
+        obj = lut[labels] * profile
+        obj += granule_brightness * gran_obj
+        blurred = ndimage.gaussian_filter(obj * np.float32(photons), sigma_vox, mode="nearest")
+        expected = np.maximum(blurred + background, 0.0)
+        counts = rng.poisson(expected).astype(np.float32)
+        counts += camera_offset + read_noise * rng.standard_normal(shape, dtype=np.float32)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            counts = np.clip(np.rint(counts), info.min, info.max)
+        image[c] = counts.astype(dtype)
+    return image
 
 
 def _place_granules(
@@ -824,3 +947,554 @@ def write_sample_images(
     write_labels(paths["labels"], worm.labels, worm.voxel_size)
     write_table(paths["centres"], worm.table().round(4))
     return paths
+
+
+# --------------------------------------------------------------------------------------
+# Regimes other than the NeuroPAL-like head (issue 12): a single-channel whole-brain
+# recording with coarse z, embryos with big -> small nuclei and depth attenuation, and a
+# 2-D field of mixed sizes. Each returns a SyntheticWorm (one channel, axis 0).
+# --------------------------------------------------------------------------------------
+
+
+def _rsa_in_region(
+    rng: np.random.Generator,
+    radii: np.ndarray,
+    box_lo: np.ndarray,
+    box_hi: np.ndarray,
+    inside,
+    min_factor: float,
+    what: str,
+) -> np.ndarray:
+    """Random sequential addition of spheres (radii in order) inside a region.
+
+    ``inside(points, r)`` says whether spheres of radius ``r`` at ``points`` (um, array
+    axis order) fit in the region; centres are at least ``min_factor * (r_i + r_j)`` apart.
+    """
+    n = radii.size
+    ndim = box_lo.size
+    placed = np.empty((n, ndim))
+    k = 0
+    misses = 0
+    while k < n:
+        if misses >= 400:
+            raise ValueError(
+                f"could only place {k} of {n} nuclei in the {what}; ask for fewer or smaller "
+                "nuclei or a larger shape"
+            )
+        cand = rng.uniform(box_lo, box_hi, size=(256, ndim))
+        cand = cand[inside(cand, radii[k])]
+        k_before = k
+        for c in cand:
+            if k >= n:
+                break
+            if k:
+                d = np.sqrt(((placed[:k] - c) ** 2).sum(-1))
+                if (d < min_factor * (radii[k] + radii[:k])).any():
+                    continue
+            placed[k] = c
+            k += 1
+        misses = misses + 1 if k == k_before else 0
+    return placed
+
+
+def _regime_result(
+    rng: np.random.Generator,
+    *,
+    shape: tuple[int, ...],
+    voxel_size: tuple[float, ...],
+    centres_um: np.ndarray,
+    diam: np.ndarray,
+    elongation: float,
+    brightness: np.ndarray,
+    gain,
+    background: np.ndarray,
+    psf_sigma_um: tuple[float, ...],
+    photons: float,
+    read_noise: float,
+    camera_offset: float,
+    params: dict,
+) -> SyntheticWorm:
+    """Rasterise, blur, add noise and pack one single-channel regime as a SyntheticWorm.
+
+    ``centres_um`` are physical centres in array axis order with voxel ``i`` covering
+    ``[i, i + 1) * voxel_size``; ``gain`` is a per-voxel intensity multiplier (e.g. depth
+    attenuation) applied to the nuclei, ``background`` is in photons per voxel.
+    """
+    ndim = len(shape)
+    vsz = np.asarray(voxel_size, dtype=float)
+    n = centres_um.shape[0]
+    perm = rng.permutation(n)  # labels do not follow size
+    centres_um, diam = centres_um[perm], diam[perm]
+    radii = diam / 2.0
+    aspect = np.exp(elongation * rng.standard_normal((n, ndim)))
+    aspect /= np.prod(aspect, axis=1, keepdims=True) ** (1.0 / ndim)
+    semi = radii[:, None] * aspect
+    rot = np.stack([_random_rotation(rng, ndim) for _ in range(n)]) if n else np.empty((0,))
+    centres_vox = centres_um / vsz - 0.5
+    labels, rnorm = _rasterize_ellipsoids(shape, vsz, centres_vox, semi, rot)
+    # a nucleus thinner than the sampling still owns the voxel nearest its centre (with
+    # 2 um planes a 2 um nucleus can fall between two planes)
+    idx = np.clip(np.rint(centres_vox).astype(int), 0, np.asarray(shape) - 1)
+    own = labels[tuple(idx.T)] != np.arange(1, n + 1)
+    free = labels[tuple(idx[own].T)] == 0
+    ids = np.flatnonzero(own)[free]
+    labels[tuple(idx[ids].T)] = ids + 1
+    rnorm[tuple(idx[ids].T)] = 1.0
+    profile = np.zeros(shape, dtype=np.float32)
+    fg = labels > 0
+    profile[fg] = 1.0 - 0.35 * np.minimum(rnorm[fg], 1.0) ** 2
+    lut = np.zeros(n + 1, dtype=np.float32)
+    lut[1:] = brightness[perm]
+    obj = lut[labels] * profile * np.asarray(gain, dtype=np.float32)
+    if ndim == 3:
+        sigma_vox = (psf_sigma_um[0] / vsz[0], psf_sigma_um[1] / vsz[1], psf_sigma_um[1] / vsz[2])
+    else:
+        sigma_vox = (psf_sigma_um[-1] / vsz[0], psf_sigma_um[-1] / vsz[1])
+    blurred = ndimage.gaussian_filter(obj * np.float32(photons), sigma_vox, mode="nearest")
+    counts = rng.poisson(np.maximum(blurred + background, 0.0)).astype(np.float32)
+    counts += camera_offset + read_noise * rng.standard_normal(shape, dtype=np.float32)
+    image = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)[None]
+    params = {
+        **params,
+        "shape": list(shape),
+        "voxel_size": [float(v) for v in vsz],
+        "n_nuclei": int(n),
+        "elongation": float(elongation),
+        "psf_sigma_um": [float(s) for s in psf_sigma_um],
+        "photons": float(photons),
+        "read_noise": float(read_noise),
+        "camera_offset": float(camera_offset),
+    }
+    return SyntheticWorm(
+        image=image,
+        channel_axis=0,
+        voxel_size=tuple(float(v) for v in vsz),
+        centres=centres_vox,
+        centres_um=centres_vox * vsz,
+        labels=labels,
+        diameters_um=diam,
+        semi_axes_um=semi,
+        colours=np.ones((n, 1)),
+        brightness=brightness[perm],
+        channel_names=["nuclei"],
+        granules=np.empty((0, ndim)),
+        granule_diameters_um=np.empty(0),
+        params=params,
+    )
+
+
+def make_whole_brain(
+    *,
+    n_nuclei: int = 135,
+    shape: tuple[int, int, int] = (15, 169, 411),
+    voxel_size: tuple[float, float, float] = (2.0, 0.27, 0.27),
+    nucleus_diameter: float = 2.0,
+    diameter_variation: float = 0.1,
+    brightness_variation: float = 0.5,
+    psf_sigma_um: tuple[float, float] = (1.0, 0.25),
+    photons: float = 60.0,
+    background_photons: float = 12.0,
+    read_noise: float = 3.0,
+    camera_offset: float = 100.0,
+    seed: int | None = 0,
+) -> SyntheticWorm:
+    """A single-channel whole-brain-style stack: coarse z, small dim neurons.
+
+    Calcium-imaging recordings of the whole C. elegans brain sample z in 1.5-2.5 um steps
+    (a ~2 um nucleus spans one or two planes) with fine xy pixels and one nuclear
+    channel of low signal. The neurons fill an ellipsoidal head (semi-axes 45 % of the
+    stack along x, 38 % along y, 42 % along z) outside a 4 um-radius pharynx core along x;
+    the head tissue glows at 40 % of the background level.
+
+    Parameters
+    ----------
+    n_nuclei : int
+        Number of neurons.
+    shape : (int, int, int)
+        Stack shape ``(z, y, x)``.
+    voxel_size : (float, float, float)
+        ``(z, y, x)`` in micrometres.
+    nucleus_diameter : float
+        Mean nucleus diameter (um).
+    diameter_variation : float
+        Relative standard deviation of the diameters.
+    brightness_variation : float
+        Brightness factors uniform in ``1 +- brightness_variation``.
+    psf_sigma_um : (float, float)
+        Gaussian PSF standard deviation ``(axial, lateral)`` in um.
+    photons : float
+        Photons per voxel at the centre of a nucleus of brightness 1 (before blur).
+    background_photons : float
+        Background photons per voxel.
+    read_noise, camera_offset : float
+        Camera read noise (counts, Gaussian) and offset.
+    seed : int, optional
+        Generator seed.
+
+    Returns
+    -------
+    SyntheticWorm
+        ``image`` ``(1, Z, Y, X)`` uint16 and the truth.
+    """
+    rng = np.random.default_rng(seed)
+    vsz = np.asarray(voxel_size, dtype=float)
+    shape = tuple(int(s) for s in shape)
+    ext = np.asarray(shape) * vsz
+    mid = ext / 2.0
+    semi_head = ext * np.array([0.42, 0.38, 0.45])
+    n = int(n_nuclei)
+    diam = nucleus_diameter * np.clip(1.0 + diameter_variation * rng.standard_normal(n), 0.6, 1.5)
+    diam = np.sort(diam)[::-1]
+
+    def inside(p, r):
+        q = p - mid
+        ok = (((q / np.maximum(semi_head - r, 1e-6)) ** 2).sum(-1)) <= 1.0
+        return ok & (np.hypot(q[:, 0], q[:, 1]) >= 4.0 + r)
+
+    pos = _rsa_in_region(rng, diam / 2, mid - semi_head, mid + semi_head, inside, 1.1, "head")
+    q = [(np.arange(s) + 0.5) * v - m for s, v, m in zip(shape, vsz, mid, strict=True)]
+    zz, yy, xx = np.meshgrid(*q, indexing="ij", sparse=True)
+    head = ((zz / semi_head[0]) ** 2 + (yy / semi_head[1]) ** 2 + (xx / semi_head[2]) ** 2) <= 1
+    bg = background_photons * (1.0 + 0.4 * head.astype(np.float32))
+    brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
+    return _regime_result(
+        rng,
+        shape=shape,
+        voxel_size=tuple(vsz),
+        centres_um=pos,
+        diam=diam,
+        elongation=0.1,
+        brightness=brightness,
+        gain=1.0,
+        background=bg.astype(np.float32),
+        psf_sigma_um=psf_sigma_um,
+        photons=photons,
+        read_noise=read_noise,
+        camera_offset=camera_offset,
+        params={
+            "regime": "whole_brain",
+            "nucleus_diameter": float(nucleus_diameter),
+            "diameter_variation": float(diameter_variation),
+            "brightness_variation": float(brightness_variation),
+            "background_photons": float(background_photons),
+            "seed": seed,
+        },
+    )
+
+
+def embryo_nucleus_diameter(n_nuclei: int) -> float:
+    """Mean nucleus diameter (um) of a C. elegans embryo with ``n_nuclei`` nuclei.
+
+    A power law through 7 um at 29 nuclei and 2.5 um at 374 (the sizes of a real
+    embryo time-lapse), clipped to [2.5, 7]: ``7 * (n / 29) ** -0.403``.
+    """
+    k = np.log(7.0 / 2.5) / np.log(374.0 / 29.0)
+    return float(np.clip(7.0 * (max(int(n_nuclei), 1) / 29.0) ** -k, 2.5, 7.0))
+
+
+def make_embryo(
+    *,
+    n_nuclei: int = 100,
+    voxel_size: tuple[float, float, float] = (1.0, 0.3, 0.3),
+    embryo_semi_axes_um: tuple[float, float, float] = (14.0, 15.0, 25.0),
+    nucleus_diameter: float | None = None,
+    diameter_variation: float = 0.1,
+    attenuation: float = 5.0,
+    brightness_variation: float = 0.3,
+    psf_sigma_um: tuple[float, float] = (0.8, 0.2),
+    photons: float = 300.0,
+    background_photons: float = 20.0,
+    cytoplasm: float = 0.08,
+    read_noise: float = 3.0,
+    camera_offset: float = 100.0,
+    seed: int | None = 0,
+) -> SyntheticWorm:
+    """An embryo-like stack: nuclei from few and big to many and small, dim interior.
+
+    The embryo is an ellipsoid (``embryo_semi_axes_um``, ``(z, y, x)``, C. elegans-like
+    50 x 30 x 28 um) filled with ``n_nuclei`` nuclei whose mean diameter follows the stage
+    (:func:`embryo_nucleus_diameter`: 7 um at 29 nuclei, 2.5 um at 374). Depth
+    attenuation: the signal at ellipsoidal radius ``rho`` (0 at the centre, 1 at the
+    surface) is multiplied by ``attenuation ** -(1 - rho)``, so interior nuclei are up to
+    ``attenuation`` x dimmer than those at the surface. The cytoplasm glows at
+    ``cytoplasm`` x the nuclear signal (equally attenuated). The stack is the embryo plus
+    2 um on each side.
+
+    Parameters
+    ----------
+    n_nuclei : int
+        Number of nuclei (the stage).
+    voxel_size : (float, float, float)
+        ``(z, y, x)`` in micrometres.
+    embryo_semi_axes_um : (float, float, float)
+        Embryo semi-axes ``(z, y, x)`` in um.
+    nucleus_diameter : float, optional
+        Mean nucleus diameter (um); None = :func:`embryo_nucleus_diameter` of the stage.
+    diameter_variation : float
+        Relative standard deviation of the diameters.
+    attenuation : float
+        Surface-to-centre brightness ratio (>= 1).
+    brightness_variation : float
+        Per-nucleus brightness factors uniform in ``1 +- brightness_variation``.
+    psf_sigma_um : (float, float)
+        Gaussian PSF standard deviation ``(axial, lateral)`` in um.
+    photons, background_photons, read_noise, camera_offset : float
+        Photon and camera settings as in :func:`make_whole_brain`.
+    cytoplasm : float
+        Cytoplasmic signal relative to the nuclei.
+    seed : int, optional
+        Generator seed.
+
+    Returns
+    -------
+    SyntheticWorm
+        ``image`` ``(1, Z, Y, X)`` uint16 and the truth.
+    """
+    if attenuation < 1.0:
+        raise ValueError(f"attenuation must be >= 1, got {attenuation}")
+    rng = np.random.default_rng(seed)
+    vsz = np.asarray(voxel_size, dtype=float)
+    semi_e = np.asarray(embryo_semi_axes_um, dtype=float)
+    margin = 2.0
+    shape = tuple(int(np.ceil((2 * s + 2 * margin) / v)) for s, v in zip(semi_e, vsz, strict=True))
+    mid = np.asarray(shape) * vsz / 2.0
+    n = int(n_nuclei)
+    d_mean = embryo_nucleus_diameter(n) if nucleus_diameter is None else float(nucleus_diameter)
+    diam = d_mean * np.clip(1.0 + diameter_variation * rng.standard_normal(n), 0.6, 1.5)
+    diam = np.sort(diam)[::-1]
+
+    def inside(p, r):
+        return ((((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)) <= 1.0
+
+    pos = _rsa_in_region(rng, diam / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo")
+    q = [(np.arange(s) + 0.5) * v - m for s, v, m in zip(shape, vsz, mid, strict=True)]
+    zz, yy, xx = np.meshgrid(*q, indexing="ij", sparse=True)
+    rho = np.sqrt((zz / semi_e[0]) ** 2 + (yy / semi_e[1]) ** 2 + (xx / semi_e[2]) ** 2)
+    gain = (float(attenuation) ** -(1.0 - np.clip(rho, 0.0, 1.0))).astype(np.float32)
+    embryo = (rho <= 1.0).astype(np.float32)
+    bg = background_photons + ndimage.gaussian_filter(
+        cytoplasm * photons * embryo * gain, 1.0 / vsz, mode="nearest"
+    )
+    brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
+    return _regime_result(
+        rng,
+        shape=shape,
+        voxel_size=tuple(vsz),
+        centres_um=pos,
+        diam=diam,
+        elongation=0.12,
+        brightness=brightness,
+        gain=gain,
+        background=bg.astype(np.float32),
+        psf_sigma_um=psf_sigma_um,
+        photons=photons,
+        read_noise=read_noise,
+        camera_offset=camera_offset,
+        params={
+            "regime": "embryo",
+            "embryo_semi_axes_um": [float(s) for s in semi_e],
+            "nucleus_diameter": d_mean,
+            "diameter_variation": float(diameter_variation),
+            "attenuation": float(attenuation),
+            "brightness_variation": float(brightness_variation),
+            "background_photons": float(background_photons),
+            "cytoplasm": float(cytoplasm),
+            "seed": seed,
+        },
+    )
+
+
+def make_nuclei_field_2d(
+    *,
+    n_nuclei: int = 125,
+    shape: tuple[int, int] = (440, 440),
+    voxel_size: tuple[float, float] = (1.0, 1.0),
+    diameter_range: tuple[float, float] = (16.0, 32.0),
+    elongation: float = 0.15,
+    brightness_variation: float = 0.5,
+    psf_sigma_um: float = 1.0,
+    photons: float = 200.0,
+    background_photons: float = 20.0,
+    read_noise: float = 3.0,
+    camera_offset: float = 100.0,
+    seed: int | None = 0,
+) -> SyntheticWorm:
+    """A 2-D fluorescence field of nuclei of mixed sizes (cultured-cell-like).
+
+    ``n_nuclei`` nuclei with diameters uniform in ``diameter_range`` (default 16-32 um at
+    1 um per pixel: mean 24 px, a 2x range) are placed anywhere in the field without
+    overlap (they may touch), about 30 % of the area by default; the background has a
+    smooth illumination gradient (+-30 %).
+
+    Parameters
+    ----------
+    n_nuclei : int
+        Number of nuclei.
+    shape : (int, int)
+        Image shape ``(y, x)``.
+    voxel_size : (float, float)
+        Pixel size ``(y, x)`` in micrometres.
+    diameter_range : (float, float)
+        Smallest and largest nucleus diameter (um).
+    elongation : float
+        Log-normal spread of the semi-axes (0 = discs).
+    brightness_variation : float
+        Per-nucleus brightness factors uniform in ``1 +- brightness_variation``.
+    psf_sigma_um : float
+        Gaussian PSF standard deviation (um).
+    photons, background_photons, read_noise, camera_offset : float
+        Photon and camera settings as in :func:`make_whole_brain`.
+    seed : int, optional
+        Generator seed.
+
+    Returns
+    -------
+    SyntheticWorm
+        ``image`` ``(1, Y, X)`` uint16 and the truth.
+    """
+    rng = np.random.default_rng(seed)
+    vsz = np.asarray(voxel_size, dtype=float)
+    shape = tuple(int(s) for s in shape)
+    ext = np.asarray(shape) * vsz
+    n = int(n_nuclei)
+    lo_d, hi_d = (float(d) for d in diameter_range)
+    if not 0 < lo_d <= hi_d:
+        raise ValueError(f"diameter_range must be (smallest, largest) > 0, got {diameter_range}")
+    diam = np.sort(rng.uniform(lo_d, hi_d, size=n))[::-1]
+    # room for the elongated semi-axis (exp(2 sd) covers 98 % of them)
+    reach = float(np.exp(2 * elongation))
+
+    def inside(p, r):
+        return np.all((p - r * reach >= 0) & (p + r * reach <= ext), axis=1)
+
+    pos = _rsa_in_region(rng, diam / 2 * reach, np.zeros(2), ext, inside, 1.0, "field")
+    yy, xx = np.meshgrid(*[(np.arange(s) + 0.5) / s for s in shape], indexing="ij", sparse=True)
+    a, b = rng.uniform(-0.3, 0.3, size=2)
+    bg = background_photons * (1.0 + a * (yy - 0.5) * 2 + b * (xx - 0.5) * 2)
+    brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
+    return _regime_result(
+        rng,
+        shape=shape,
+        voxel_size=tuple(vsz),
+        centres_um=pos,
+        diam=diam,
+        elongation=elongation,
+        brightness=brightness,
+        gain=1.0,
+        background=bg.astype(np.float32),
+        psf_sigma_um=(psf_sigma_um,),
+        photons=photons,
+        read_noise=read_noise,
+        camera_offset=camera_offset,
+        params={
+            "regime": "field_2d",
+            "diameter_range": [lo_d, hi_d],
+            "brightness_variation": float(brightness_variation),
+            "background_photons": float(background_photons),
+            "seed": seed,
+        },
+    )
+
+
+__all__ += ["embryo_nucleus_diameter", "make_embryo", "make_nuclei_field_2d", "make_whole_brain"]
+
+
+def write_synthetic_worms(
+    output_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    seed: int = 0,
+    n_nuclei: int | None = None,
+    n_channels: int = 4,
+    ndim: int = 3,
+    region: str = "head",
+    voxel_size: Sequence[float] | None = None,
+    progress_bar: bool = False,
+) -> list[Path]:
+    """Write synthetic worm images with their ground truth.
+
+    For ``i = 0 .. n-1`` writes ``worm_<i>.tif`` (calibrated ImageJ TIFF, channels as
+    ImageJ's C axis) into ``output_dir`` and, into ``output_dir/truth``,
+    ``worm_<i>_labels.tif`` (true nuclei labels, same voxel size) and
+    ``worm_<i>_centres.csv`` (:meth:`SyntheticWorm.table`: ``label``, ``z``, ``y``, ``x``
+    in voxels, ``z_um``, ``y_um``, ``x_um``, ``diameter_um``, ``brightness``,
+    ``colour_<channel>``; no z columns for 2-D). Worm ``i`` uses the seed
+    ``derive_seed(seed, "worm_<i>")``, so worm ``i`` is the same whatever ``n``. The
+    truth lives in a sub-folder so that ``segment DIR`` only picks up the images.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Output folder (created if needed).
+    n : int
+        Number of worms (>= 1).
+    seed : int, default 0
+        Base seed (>= 0).
+    n_nuclei : int, optional
+        Nuclei per worm; None = the generator's default.
+    n_channels : int, default 4
+        Number of channels (1-6; the last is the pan-nuclear marker).
+    ndim : {2, 3}, default 3
+        2-D images or 3-D stacks.
+    region : {"head", "body"}, default "head"
+        Dense head ganglia or a sparser mid-body piece.
+    voxel_size : sequence of float, optional
+        Voxel size in micrometres (``(z, y, x)`` or ``(y, x)``); None = the generator's
+        default (0.8, 0.35, 0.35).
+    progress_bar : bool, default False
+        Show a tqdm bar on stderr.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The image files written.
+    """
+    import logging
+    import sys
+    from collections.abc import Iterable
+
+    from .batch.inputs import BatchError, derive_seed
+    from .io import write_image, write_labels, write_table
+
+    logger = logging.getLogger("napari_sinkhorn_em.batch")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise BatchError(f"n must be a positive integer, got {n!r}")
+    if ndim not in (2, 3):
+        raise BatchError(f"ndim must be 2 or 3, got {ndim!r}")
+    derive_seed(seed, "")  # validates the seed
+    out = Path(output_dir).expanduser()
+    truth = out / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(n - 1)))
+    kwargs: dict[str, Any] = {"ndim": ndim, "n_channels": n_channels, "region": region}
+    if voxel_size is not None:
+        kwargs["voxel_size"] = tuple(float(v) for v in voxel_size)
+    if n_nuclei is not None:
+        kwargs["n_nuclei"] = n_nuclei
+    written = []
+    names = [f"worm_{i:0{width}d}" for i in range(n)]
+    iterator: Iterable[str] = names
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc="worms", unit="worm", file=sys.stderr)
+    for name in iterator:
+        worm = make_worm(seed=derive_seed(seed, name), **kwargs)
+        spatial = "ZYX"[3 - ndim :]
+        if worm.channel_axis is None:
+            axes = spatial
+        else:
+            axes = spatial[: worm.channel_axis] + "C" + spatial[worm.channel_axis :]
+        path = out / f"{name}.tif"
+        write_image(
+            path,
+            worm.image,
+            voxel_size=worm.voxel_size,
+            axes=axes,
+            channel_names=None if worm.channel_axis is None else list(worm.channel_names),
+        )
+        write_labels(truth / f"{name}_labels.tif", worm.labels, worm.voxel_size)
+        write_table(truth / f"{name}_centres.csv", worm.table())
+        written.append(path)
+        logger.info("wrote %s (%d nuclei) and its truth", path, worm.n_nuclei)
+    return written

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import check_marginal_penalty as _check_marginal_penalty
 from . import _kernels as _k
 
 __all__ = ["SinkhornInfo", "sinkhorn_responsibilities"]
@@ -512,17 +513,6 @@ class _EStep:
         else:
             raise ValueError(f"solver must be 'auto', 'newton' or 'sinkhorn', got {solver!r}")
         return (*out, solver)
-
-
-def _check_marginal_penalty(tau):
-    """Validate a soft-marginal penalty: None or a positive number (returned as float)."""
-    if tau is None:
-        return None
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
-        raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
-    if not tau > 0:
-        raise ValueError(f"marginal_penalty must be a positive number or None, got {tau!r}")
-    return float(tau)
 
 
 def _validate_log_prob(log_prob, neighbors, K):

@@ -7,6 +7,7 @@ Each stage is a plain function in a module named after it; :func:`segment_nuclei
 from .segment import (
     SegmentationCancelled,
     SegmentationResult,
+    SegmentationWarning,
     fit_iteration_budget,
     load_params,
     save_params,
@@ -16,6 +17,7 @@ from .segment import (
 __all__ = [
     "SegmentationCancelled",
     "SegmentationResult",
+    "SegmentationWarning",
     "fit_iteration_budget",
     "load_params",
     "save_params",

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import check_voxel_size
+
 __all__ = ["VoxelFeatures", "voxel_features"]
 
 
@@ -89,10 +91,8 @@ def voxel_features(
     spatial = data.shape[:-1]
     if fg.shape != spatial:
         raise ValueError(f"foreground shape {fg.shape} differs from the image's {spatial}")
-    vs = np.asarray(voxel_size, dtype=np.float64)
     ndim = len(spatial)
-    if vs.shape != (ndim,):
-        raise ValueError(f"voxel_size must have {ndim} entries, got {vs.shape}")
+    vs = np.asarray(check_voxel_size(voxel_size, ndim), dtype=np.float64)
     if not np.isfinite(intensity_weight) or intensity_weight < 0:
         raise ValueError(f"intensity_weight must be a finite number >= 0, got {intensity_weight}")
     if mass not in ("intensity", "uniform"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._validation import check_voxel_size
 from ._filters import box_filter
 from ._regions import foreground_boxes
 
@@ -152,9 +153,7 @@ def detect_peaks(
     """
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
-    vs = np.asarray(voxel_size, dtype=np.float64)
-    if vs.shape != (ndim,):
-        raise ValueError(f"voxel_size must have {ndim} entries, got {vs.shape}")
+    vs = np.asarray(check_voxel_size(voxel_size, ndim), dtype=np.float64)
     if min_distance is None:
         min_distance = 0.4 * nucleus_diameter
     if min_distance <= 0:

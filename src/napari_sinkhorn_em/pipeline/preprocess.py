@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._validation import check_int, check_voxel_size
 from ._filters import (
     axis_interp,
     box_filter,
@@ -36,6 +37,7 @@ from ._filters import (
 __all__ = [
     "Preprocessed",
     "auto_threshold",
+    "check_nucleus_diameter",
     "granule_mask",
     "normalize_channels",
     "physical_voxel_size",
@@ -61,18 +63,7 @@ def physical_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
     """
     if voxel_size is None:
         return (1.0,) * ndim
-    try:
-        vs = np.asarray(voxel_size, dtype=np.float64).ravel()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"voxel_size must be a sequence of numbers, got {voxel_size!r}") from exc
-    if vs.size != ndim:
-        raise ValueError(
-            f"voxel_size must have {ndim} entries (one per spatial axis), got {vs.size}: "
-            f"{tuple(vs.tolist())}"
-        )
-    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise ValueError(f"voxel_size entries must be finite and > 0, got {tuple(vs.tolist())}")
-    return tuple(float(v) for v in vs)
+    return check_voxel_size(voxel_size, ndim)
 
 
 def validate_image(image, channel_axis=None, voxel_size=None):
@@ -110,15 +101,13 @@ def validate_image(image, channel_axis=None, voxel_size=None):
     if np.iscomplexobj(arr):
         raise ValueError("image must be real-valued, got a complex array")
     if channel_axis is not None:
-        try:
-            channel_axis = int(channel_axis)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"channel_axis must be an int or None, got {channel_axis!r}") from exc
+        channel_axis = check_int("channel_axis", channel_axis)
         if not -arr.ndim <= channel_axis < arr.ndim:
             raise ValueError(
                 f"channel_axis {channel_axis} is out of range for an image with {arr.ndim} axes"
             )
         channel_axis %= arr.ndim
+        _check_channel_count(arr.shape, channel_axis)
         n_spatial = arr.ndim - 1
     else:
         n_spatial = arr.ndim
@@ -142,6 +131,60 @@ def validate_image(image, channel_axis=None, voxel_size=None):
     if float(data.max()) == float(data.min()):
         raise ValueError(f"image is constant (every voxel equals {float(data.min())})")
     return data, vs, channel_axis
+
+
+# more channels than this, or a channel axis longer than MAX_SPATIAL_LOOKING_CHANNELS
+# while another axis is short enough to hold the channels, means a wrong channel_axis:
+# fluorescence stacks have a handful of channels (NeuroPAL: 4-5), a spatial axis has tens
+# to thousands of entries
+MAX_CHANNELS = 32
+MAX_SPATIAL_LOOKING_CHANNELS = 16
+SHORT_AXIS = 8
+
+
+def _check_channel_count(shape: tuple[int, ...], channel_axis: int) -> None:
+    """Refuse an implausible channel axis, suggesting the axis that looks like channels."""
+    n_ch = shape[channel_axis]
+    others = [(n, i) for i, n in enumerate(shape) if i != channel_axis]
+    short = min(others)
+    if n_ch > MAX_CHANNELS or (n_ch > MAX_SPATIAL_LOOKING_CHANNELS and short[0] <= SHORT_AXIS):
+        hint = (
+            f"; axis {short[1]} ({short[0]} entries) looks like the channel axis: "
+            f"try channel_axis={short[1]}"
+            if short[0] <= MAX_CHANNELS and short[0] < n_ch
+            else "; for a single-channel image use channel_axis=None"
+        )
+        raise ValueError(
+            f"channel_axis={channel_axis} would give {n_ch} channels (image shape {shape}); "
+            f"that axis looks spatial, not like fluorescence channels{hint}"
+        )
+
+
+def check_nucleus_diameter(nucleus_diameter: float, shape, voxel_size) -> None:
+    """The nucleus diameter must be smaller than the image's longest side.
+
+    Parameters
+    ----------
+    nucleus_diameter : float
+        Micrometres.
+    shape : tuple of int
+        Spatial shape (voxels).
+    voxel_size : sequence of float
+        Micrometres.
+
+    Raises
+    ------
+    ValueError
+        Naming the diameter and the image extent: a diameter beyond the image is a unit
+        mistake (or a typo) and would make every filter size run away.
+    """
+    extent = [n * v for n, v in zip(shape, voxel_size, strict=True)]
+    if nucleus_diameter > max(extent):
+        size = " x ".join(f"{e:.4g}" for e in extent)
+        raise ValueError(
+            f"nucleus_diameter={nucleus_diameter:g} um is larger than the whole image "
+            f"({size} um): give the diameter in micrometres (C. elegans nuclei: 2-5 um)"
+        )
 
 
 def _block_shape(shape, voxel_size, scale_um: float) -> tuple[int, ...]:
@@ -411,7 +454,11 @@ def _granule_mask(
     if granule_diameter <= 0:
         raise ValueError(f"granule_diameter must be > 0 um, got {granule_diameter}")
     # a box of side granule_diameter fits inside a nucleus but not inside a granule
-    size = tuple(int(max(2, round(granule_diameter / v))) for v in voxel_size)
+    # capped by the image (a box beyond the image is no different, and cannot run away)
+    size = tuple(
+        int(min(n, max(2, round(granule_diameter / v))))
+        for n, v in zip(mean.shape, voxel_size, strict=True)
+    )
     buf = _grey_opening(mean, size, out=np.empty_like(mean))
     tophat = np.subtract(mean, buf, out=buf)
     cand = np.empty(mean.shape, dtype=bool)
@@ -521,6 +568,7 @@ def preprocess(
     if not np.isfinite(nucleus_diameter) or nucleus_diameter <= 0:
         raise ValueError(f"nucleus_diameter must be > 0 um, got {nucleus_diameter}")
     data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
+    check_nucleus_diameter(nucleus_diameter, data.shape[:-1], vs)
     info: dict = {}
     if background_scale is None:
         background_scale = 5.0 * nucleus_diameter

@@ -22,8 +22,6 @@ The steps (see docs/pipeline.md for the reasoning and the measured effect of eac
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,38 +30,45 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
-from scipy.spatial import cKDTree
 
-from .._json import jsonable
 from ..io import atomic_write
-from ..mixture import ConvergenceWarning, SinkhornEM
-from ..mixture.estep import _check_marginal_penalty
-from ._regions import foreground_boxes
-from .features import voxel_features
-from .peaks import detect_nuclei
+from ..params import SegmentationParams, parse_json
+from .features import VoxelFeatures, voxel_features
+from .fit import FitCancelled, FitSettings, fit_iteration_budget, fit_mixture, resolve_refits
+from .labels import labels_from_components, min_label_volume
+from .peaks import Peaks, detect_nuclei
 from .preprocess import preprocess
+from .progress import SegmentationCancelled, StageClock
+from .starts import (
+    Start,
+    array_start,
+    covariance_bounds,
+    n_components,
+    peak_centres,
+    peak_start,
+)
+from .table import channels_last, nucleus_table
+from .weights import reference_nuclei
 
 __all__ = [
     "SegmentationCancelled",
     "SegmentationResult",
+    "SegmentationWarning",
     "fit_iteration_budget",
     "load_params",
     "save_params",
     "segment_nuclei",
 ]
 
-METHODS = ("sinkhorn", "em", "em-learned")
-INITS = ("peaks", "k-means++", "random")
-# weight_refits="auto" for Sinkhorn-EM from random / k-means++ starts: 19 re-estimations of
-# the weights, each after at most REFIT_ITER iterations (docs/study_random_starts.md)
-AUTO_REFITS = 19
-REFIT_ITER = 10
-WEIGHT_MODES = ("nuclei", "voronoi", "uniform")
+
+# a result with fewer labels than this fraction of the fitted components gets a warning
+LOW_COUNT_FRACTION = 0.5
 
 
-class SegmentationCancelled(Exception):
-    """Raised by :func:`segment_nuclei` when the progress callback asks to stop."""
+class SegmentationWarning(UserWarning):
+    """The segmentation ran but its result looks wrong: no nuclei, or far fewer (below
+    half) than the components fitted (``n_nuclei`` requested or detected). Also recorded
+    in ``result.info["warnings"]``."""
 
 
 @dataclass
@@ -88,7 +93,10 @@ class SegmentationResult:
     centres : numpy.ndarray
         ``(K, ndim)`` float voxel coordinates of the nuclei, in table order.
     info : dict
-        Diagnostics: timings per stage, counts, threshold, convergence, weights.
+        Diagnostics: timings per stage, counts, threshold, convergence, weights;
+        ``low_count`` (True when no nuclei, or fewer than half the fitted components,
+        were found; a :class:`SegmentationWarning` was issued) and ``warnings`` (their
+        messages).
     """
 
     labels: np.ndarray
@@ -102,36 +110,32 @@ class SegmentationResult:
 # --------------------------------------------------------------------------- params
 
 
-def _param_defaults() -> dict:
-    import inspect
-
-    sig = inspect.signature(segment_nuclei)
-    return {
-        k: v.default
-        for k, v in sig.parameters.items()
-        if v.kind is inspect.Parameter.KEYWORD_ONLY and k != "progress"
-    }
-
-
-def save_params(path, params: dict) -> None:
+def save_params(path, params: dict | SegmentationParams) -> None:
     """Write segmentation parameters as JSON, atomically.
 
-    The file holds ``{"napari_sinkhorn_em_version": ..., "parameters": {...}}``.
+    The file holds ``{"napari_sinkhorn_em_version": ..., "parameters": {...}}`` with the
+    given parameters (checked and normalised by :class:`SegmentationParams`).
 
     Parameters
     ----------
     path : str or os.PathLike
         Destination file.
-    params : dict
+    params : dict or SegmentationParams
         Keyword arguments of :func:`segment_nuclei` (e.g. ``result.params``).
-    """
-    from .. import __version__
 
-    _check_param_keys(params, str(path))
-    doc = {"napari_sinkhorn_em_version": __version__, "parameters": jsonable(params)}
-    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    Raises
+    ------
+    ValueError
+        Naming the file, for unknown parameter names or invalid values.
+    """
+    if isinstance(params, SegmentationParams):
+        p, keys = params, SegmentationParams.names()
+    else:
+        p, keys = SegmentationParams.from_dict(params, where=str(path)), list(params)
+    # only the given keys (as before the parameter object), in the normalised form
+    text = p.to_json(keys=keys)
     with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+        fh.write(text)
 
 
 def load_params(path) -> dict:
@@ -144,134 +148,24 @@ def load_params(path) -> dict:
     Returns
     -------
     dict
-        Keyword arguments for :func:`segment_nuclei`.
+        Keyword arguments for :func:`segment_nuclei`: the parameters in the file, checked
+        and normalised by :class:`SegmentationParams`.
 
     Raises
     ------
     ValueError
-        Naming the file, for unreadable or invalid JSON, a non-object document or
-        unknown parameter names.
+        Naming the file, for unreadable or invalid JSON, a non-object document, unknown
+        parameter names or invalid values.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read parameter file {path}: {exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"parameter file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"parameter file {path} must hold a JSON object")
-    params = doc.get("parameters", doc) if "parameters" in doc else doc
-    if not isinstance(params, dict):
-        raise ValueError(f"parameter file {path}: 'parameters' must be a JSON object")
-    params = {k: v for k, v in params.items() if k != "napari_sinkhorn_em_version"}
-    _check_param_keys(params, str(path))
-    return params
-
-
-def _check_param_keys(params: dict, where: str) -> None:
-    known = _param_defaults()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown segmentation parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _resolve_refits(weight_refits, init: str, method: str) -> int:
-    """Number of weight re-estimations: an int >= 0, or "auto" (see segment_nuclei)."""
-    if isinstance(weight_refits, str):
-        _check_choice("weight_refits", weight_refits, ("auto",))
-        random_start = init in ("random", "k-means++")
-        return AUTO_REFITS if (random_start and method == "sinkhorn") else 0
-    if isinstance(weight_refits, bool) or not isinstance(weight_refits, (int, np.integer)):
-        raise ValueError(f"weight_refits must be an int >= 0 or 'auto', got {weight_refits!r}")
-    if weight_refits < 0:
-        raise ValueError(f"weight_refits must be >= 0, got {weight_refits}")
-    return int(weight_refits)
-
-
-def fit_iteration_budget(
-    *,
-    method: str = "sinkhorn",
-    init: str = "peaks",
-    max_iter: int = 100,
-    n_init: int = 1,
-    weight_refits: int | str = "auto",
-) -> int:
-    """Upper bound of the fit iterations :func:`segment_nuclei` reports to ``progress``.
-
-    Every weight re-estimation round runs at most ``min(max_iter, 10)`` iterations and the
-    last fit at most ``max_iter``, once per start (random and k-means++ starts run
-    ``n_init`` of them). A tiled fit (more than ``max_components_per_tile`` nuclei) runs
-    this once per slab. Progress bars use it as their length.
-    """
-    init_name = init if isinstance(init, str) else "array"
-    n_refits = _resolve_refits(weight_refits, init_name, method)
-    starts = int(n_init) if init_name in ("random", "k-means++") else 1
-    return starts * (n_refits * min(int(max_iter), REFIT_ITER) + int(max_iter))
-
-
-def _voronoi_mass(positions: np.ndarray, mass: np.ndarray, centres_um: np.ndarray) -> np.ndarray:
-    """Total mass of the voxels whose nearest centre (Euclidean, um) is each centre."""
-    _, nearest = cKDTree(centres_um).query(positions, k=1, workers=-1)
-    return np.bincount(nearest, weights=mass, minlength=centres_um.shape[0])
-
-
-def _weights_from_mass(mass: np.ndarray, floor: float = 0.01) -> np.ndarray:
-    """Normalise cell masses into mixing weights, flooring tiny cells at ``floor`` x median."""
-    m = np.asarray(mass, dtype=np.float64)
-    med = float(np.median(m[m > 0])) if np.any(m > 0) else 1.0
-    m = np.maximum(m, floor * med)
-    return m / m.sum()
-
-
-def _add_seeds(positions, mass, centres_um, n_extra, rng) -> np.ndarray:
-    """Add ``n_extra`` centres by D^2 sampling (mass x squared distance to the nearest
-    centre), as k-means++ does: new seeds go where mass is far from every centre."""
-    centres = [np.asarray(centres_um, dtype=np.float64)]
-    if centres[0].shape[0]:
-        d2 = cKDTree(centres[0]).query(positions, k=1, workers=-1)[0] ** 2
-    else:
-        d2 = np.ones(positions.shape[0])
-    for _ in range(n_extra):
-        p = mass * d2
-        tot = p.sum()
-        j = rng.choice(positions.shape[0], p=p / tot) if tot > 0 else rng.integers(len(p))
-        c = positions[j]
-        centres.append(c[None])
-        d2 = np.minimum(d2, ((positions - c) ** 2).sum(axis=1))
-    return np.vstack(centres)
-
-
-def _peak_start(positions, mass, peaks, vs, K, rng) -> np.ndarray:
-    """The first ``K`` detected nuclei (um), plus k-means++-style seeds if there are fewer."""
-    c_um = peaks.coords[:K] * vs
-    if len(peaks) < K:  # more nuclei than peaks: k-means++-style extra seeds
-        c_um = _add_seeds(positions, mass, c_um, K - len(peaks), rng)
-    return c_um
-
-
-def _mahalanobis_pos(positions, labels_k, means, covs, n_pos):
-    """Squared Mahalanobis distance of each point to its component (position block)."""
-    prec = np.linalg.inv(covs[:, :n_pos, :n_pos])
-    d = positions - means[labels_k, :n_pos]
-    return np.einsum("ni,nij,nj->n", d, prec[labels_k], d)
-
-
-def _label_dtype(n: int):
-    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    where = f"parameter file {path}"
+    values = parse_json(text, where=where)
+    full = SegmentationParams.from_dict(values, where=where).to_dict()
+    return {k: full[k] for k in values}
 
 
 # --------------------------------------------------------------------------- main
@@ -320,6 +214,8 @@ def segment_nuclei(
         Axis of ``image`` holding channels (None = single channel).
     channel_names : list of str, optional
         Names for the ``mean_<name>`` table columns; default ``ch0``, ``ch1``, ...
+        A repeated name gets a suffix (``GFP``, ``GFP_2``) so that no channel's column is
+        lost.
     n_nuclei : int, "auto" or None
         Number of nuclei; None / "auto" = the number of LoG peaks found (two scales, see
         :func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei`). A given count takes the strongest
@@ -404,498 +300,211 @@ def segment_nuclei(
     Raises
     ------
     ValueError
-        For invalid images or parameters (specific messages).
+        For invalid images or parameters (specific messages naming the parameter; see
+        :class:`~napari_sinkhorn_em.SegmentationParams`), a voxel size outside 1 nm ..
+        100 um, a ``nucleus_diameter`` larger than the image, or an implausible
+        ``channel_axis`` (more than 32 channels, or a long channel axis next to a short
+        one).
     SegmentationCancelled
         When ``progress`` returned True.
+
+    Warns
+    -----
+    SegmentationWarning
+        When no nuclei, or fewer than half the fitted components, were found.
     """
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    args = dict(locals())  # the keyword arguments, checked as one SegmentationParams
+    # one validation step: the keywords become the checked, normalised parameter object
+    p = SegmentationParams.from_dict({n: args[n] for n in SegmentationParams.names()})
+    clock = StageClock(progress)
+    init_array = None if isinstance(p.init, str) else np.asarray(p.init, dtype=np.float64)
+    init_name = p.init if init_array is None else "array"
+    n_refits = resolve_refits(p.weight_refits, init_name, p.method)
+    seed = p.random_state
+    if seed is None:  # drawn here and recorded, so that the run can be repeated
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    d = p.nucleus_diameter
 
-    def report(stage: str, it: int = 0, obj: float | None = None) -> None:
-        if progress is not None and progress(stage, it, obj):
-            raise SegmentationCancelled(f"segmentation cancelled during {stage!r}")
-
-    # ---- parameter checks (before any heavy work)
-    _check_choice("method", method, METHODS)
-    _check_choice("weights", weights, WEIGHT_MODES)
-    _check_choice("voxel_mass", voxel_mass, ("intensity", "uniform"))
-    init_array = None
-    if isinstance(init, str):
-        _check_choice("init", init, INITS)
-    else:
-        try:
-            init_array = np.asarray(init, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"init must be a string or an array of centres: {exc}") from exc
-    if not (np.isfinite(nucleus_diameter) and nucleus_diameter > 0):
-        raise ValueError(
-            f"nucleus_diameter must be a positive number of um, got {nucleus_diameter}"
-        )
-    if n_nuclei is not None and n_nuclei != "auto":
-        if isinstance(n_nuclei, bool) or not isinstance(n_nuclei, (int, np.integer)):
-            raise ValueError(
-                f"n_nuclei must be a positive integer, 'auto' or None, got {n_nuclei!r}"
-            )
-        if n_nuclei < 1:
-            raise ValueError(f"n_nuclei must be >= 1, got {n_nuclei}")
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
-        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    n_refits = _resolve_refits(weight_refits, init if init_array is None else "array", method)
-    lo_s, hi_s = (float(v) for v in covariance_scale)
-    if not 0 < lo_s <= hi_s:
-        raise ValueError(f"covariance_scale must satisfy 0 < lo <= hi, got {covariance_scale}")
-    if mahalanobis_radius <= 0:
-        raise ValueError(f"mahalanobis_radius must be > 0, got {mahalanobis_radius}")
-    _check_marginal_penalty(marginal_penalty)
-    if random_state is None:
-        random_state = int(np.random.SeedSequence().entropy % (2**31))
-    elif isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
-        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
-    random_state = int(random_state)
-
-    # ---- preprocessing
-    report("preprocess")
-    pre = preprocess(
-        image,
-        voxel_size=voxel_size,
-        channel_axis=channel_axis,
-        nucleus_diameter=nucleus_diameter,
-        background_scale=background_scale,
-        foreground_threshold=foreground_threshold,
-        threshold_method=threshold_method,
-        suppress_granules=suppress_granules,
-    )
-    vs = np.asarray(pre.voxel_size)
+    # preprocess -> features -> peaks; the image-sized arrays live only in there
+    found = _find_nuclei(image, p, clock, init_array)
+    feats, peaks, vs, K = found.features, found.peaks, found.voxel_size, found.n_components
+    X, a, pos = feats.X, feats.sample_weight, feats.positions
     ndim = vs.size
-    n_ch = pre.data.shape[-1]
-    fg_shape = pre.foreground.shape
-    if channel_names is None:
-        channel_names = [f"ch{i}" for i in range(n_ch)]
-    else:
-        channel_names = [str(c) for c in channel_names]
-        if len(channel_names) != n_ch:
-            raise ValueError(
-                f"channel_names has {len(channel_names)} names but the image has {n_ch} channels"
+    rng = np.random.default_rng(seed)
+
+    with clock.stage("init"):
+        if init_array is not None:
+            start = array_start(X, pos, init_array * vs, d)
+        elif p.init == "peaks":
+            start = peak_start(X, pos, a, peaks, vs, K, d, rng)
+        else:
+            start = p.init  # drawn by the estimator in the fit, n_init times
+
+    settings = FitSettings(
+        method=p.method, weights=p.weights, n_refits=n_refits,
+        covariance_bounds=covariance_bounds(d, p.covariance_scale), max_iter=p.max_iter,
+        tol=p.tol, n_neighbors=p.n_neighbors, marginal_penalty=p.marginal_penalty,
+        random_state=seed, position_dims=ndim,
+    )  # fmt: skip
+    with clock.stage("fit", report=False):
+        reference = None
+        if p.weights == "nuclei":
+            # the start centres of a peak or array start (e.g. hand-corrected centres),
+            # else the peak start (detected nuclei, plus D^2 seeds beyond them)
+            ref_um = start.centres_um if isinstance(start, Start) else None
+            ref_um = peak_centres(pos, a, peaks, vs, K, rng) if ref_um is None else ref_um
+            reference = reference_nuclei(pos, a, ref_um)
+        try:
+            fit = fit_mixture(
+                X, a, pos, start, settings, n_components=K, n_init=p.n_init,
+                reference=reference, max_components_per_tile=p.max_components_per_tile,
+                tile_margin=2.0 * d, callback=clock.iteration_callback("fit"),
+            )  # fmt: skip
+        except FitCancelled:
+            raise clock.cancelled("fit") from None
+
+    with clock.stage("labels"):
+        lab = labels_from_components(
+            feats.indices, pos, fit.components, fit.means, fit.covariances, found.shape, vs,
+            radius=p.mahalanobis_radius, min_volume=min_label_volume(d, ndim, p.min_size),
+        )  # fmt: skip
+
+    with clock.stage("table"):
+        tab = nucleus_table(
+            lab.labels, lab.component_ids, fit.means[:, :ndim] / vs,
+            channels_last(image, found.channel_axis), vs, found.channel_names,
+        )  # fmt: skip
+
+    used = p.replace(
+        voxel_size=tuple(vs.tolist()), channel_axis=found.channel_axis,
+        channel_names=found.channel_names, random_state=seed,
+        weight_refits=p.weight_refits if isinstance(p.weight_refits, str) else n_refits,
+    )  # fmt: skip
+    warn = _count_warnings(len(tab.table), K, p.n_nuclei)
+    for message in warn:
+        warnings.warn(message, SegmentationWarning, stacklevel=2)
+    info = _diagnostics(clock, found, fit, len(tab.table), n_refits, warn)
+    return SegmentationResult(lab.labels, tab.table, fit.model, used.to_dict(), tab.centres, info)
+
+
+@dataclass
+class _Found:
+    """What the fit needs from the image: features, detected nuclei, geometry."""
+
+    features: VoxelFeatures
+    peaks: Peaks | None
+    n_components: int
+    voxel_size: np.ndarray
+    shape: tuple[int, ...]
+    channel_axis: int | None
+    channel_names: tuple[str, ...]
+    threshold: float
+    preprocess_info: dict
+
+
+def _find_nuclei(image, p: SegmentationParams, clock: StageClock, init_array) -> _Found:
+    """Preprocess -> features -> peaks. The normalised stack dies with
+    :func:`_features` (before the peaks), the signal and the foreground mask here (before
+    the fit): only the voxel features and the peaks go on."""
+    feats, signal, foreground, meta = _features(image, p, clock)
+    vs = meta["voxel_size"]
+    auto = p.n_nuclei == "auto"
+    with clock.stage("peaks"):
+        peaks = None
+        if init_array is None and (p.init == "peaks" or auto or p.weights == "nuclei"):
+            peaks = detect_nuclei(
+                signal,
+                vs,
+                nucleus_diameter=p.nucleus_diameter,
+                foreground=foreground,
+                n_nuclei=None if auto else p.n_nuclei,
             )
-    timings["preprocess"] = time.perf_counter() - t0
-
-    # ---- features
-    t = time.perf_counter()
-    feats = voxel_features(
-        pre.data,
-        pre.foreground,
-        vs,
-        intensity_weight=intensity_weight,
-        mass=voxel_mass,
-        signal=pre.signal,
-    )
-    n_points = feats.n_points
-    # The full normalised stack (C float32 copies of the volume) is not needed any more:
-    # free it (and the granule mask) before the peaks and the fit, the larger stages.
-    pre.data = None
-    pre.granules = None
-    timings["features"] = time.perf_counter() - t
-
-    # ---- peaks / number of nuclei
-    report("peaks")
-    t = time.perf_counter()
-    need_peaks = init_array is None and (
-        init == "peaks" or n_nuclei in (None, "auto") or weights == "nuclei"
-    )
-    peaks = None
-    if need_peaks:
-        peaks = detect_nuclei(
-            pre.signal,
-            vs,
-            nucleus_diameter=nucleus_diameter,
-            foreground=pre.foreground,
-            n_nuclei=None if n_nuclei in (None, "auto") else int(n_nuclei),
-        )
-    if init_array is not None:
-        if init_array.ndim != 2 or init_array.shape[1] != ndim:
+        if init_array is not None and (init_array.ndim != 2 or init_array.shape[1] != vs.size):
             raise ValueError(
-                f"init array must have shape (K, {ndim}) (centres in voxel coordinates), "
+                f"init array must have shape (K, {vs.size}) (centres in voxel coordinates), "
                 f"got {init_array.shape}"
             )
-        if not np.all(np.isfinite(init_array)):
-            raise ValueError("init array contains NaN or infinite centres")
-        K = init_array.shape[0]
-        if n_nuclei not in (None, "auto") and int(n_nuclei) != K:
-            raise ValueError(f"n_nuclei={n_nuclei} differs from the {K} centres given in init")
-    elif n_nuclei in (None, "auto"):
-        K = len(peaks)
-        if K == 0:
-            raise ValueError("no nuclei detected (no LoG peaks in the foreground)")
-    else:
-        K = int(n_nuclei)
-    if n_points < K:
-        raise ValueError(
-            f"n_nuclei={K} is larger than the number of foreground voxels ({n_points}); "
-            "lower n_nuclei or foreground_threshold"
+        K = n_components(p.n_nuclei, peaks, init_array, feats.n_points)
+    return _Found(feats, peaks, K, shape=foreground.shape, **meta)
+
+
+def _features(image, p: SegmentationParams, clock: StageClock):
+    """Preprocess and voxel features; returns the features, the signal, the foreground
+    mask and the image metadata (the normalised stack is dropped on return)."""
+    with clock.stage("preprocess"):
+        pre = preprocess(
+            image,
+            voxel_size=p.voxel_size,
+            channel_axis=p.channel_axis,
+            nucleus_diameter=p.nucleus_diameter,
+            background_scale=p.background_scale,
+            foreground_threshold=p.foreground_threshold,
+            threshold_method=p.threshold_method,
+            suppress_granules=p.suppress_granules,
         )
-    pre.signal = pre.foreground = None  # only the peak detection needed them
-    timings["peaks"] = time.perf_counter() - t
-
-    # ---- initial means
-    report("init")
-    t = time.perf_counter()
-    X, a = feats.X, feats.sample_weight
-    pos = feats.positions
-    rng = np.random.default_rng(random_state)
-    D = X.shape[1]
-    tree = cKDTree(pos)
-    means0 = None
-    start_um = None  # the start centres of a peak or array start (um)
-    if init_array is not None or init == "peaks":
-        if init_array is not None:
-            c_um = start_um = init_array * vs
-        else:
-            c_um = start_um = _peak_start(pos, a, peaks, vs, K, rng)
-        kq = min(8, n_points)
-        _, nn = tree.query(c_um, k=kq, workers=-1)
-        nn = nn.reshape(K, kq)
-        means0 = np.empty((K, D))
-        means0[:, :ndim] = c_um
-        if ndim < D:
-            means0[:, ndim:] = X[nn, ndim:].mean(axis=1)
-    timings["init"] = time.perf_counter() - t
-
-    # ---- covariance bounds from the nucleus diameter
-    var_nominal = (nucleus_diameter / 2.0) ** 2 / 5.0
-    bounds = (lo_s * var_nominal, hi_s * var_nominal)
-    cov0 = None
-    if means0 is not None:
-        cov0 = np.zeros((K, D, D))
-        cov0[:, np.arange(ndim), np.arange(ndim)] = var_nominal
-        if ndim < D:
-            ivar = np.maximum(np.var(X[:, ndim:], axis=0), 1e-6) / 4.0
-            cov0[:, np.arange(ndim, D), np.arange(ndim, D)] = ivar
-
-    # ---- fit (possibly with weight re-estimation in an outer loop)
-    t = time.perf_counter()
-    n_fits = 1 + n_refits
-    total_iter = [0]
-
-    def callback(it: int, obj: float) -> bool:
-        total_iter[0] += 1
-        return bool(progress is not None and progress("fit", total_iter[0], float(obj)))
-
-    if weights == "nuclei":
-        # the reference nuclei, each with the voxel mass of its Voronoi cell: the start
-        # centres of a peak or array start (e.g. hand-corrected centres), else the peak
-        # start (detected nuclei, plus D^2 seeds when the count exceeds them)
-        ref_um = start_um if start_um is not None else _peak_start(pos, a, peaks, vs, K, rng)
-        ref_mass = _voronoi_mass(pos, a, ref_um)
-        ref_tree = cKDTree(ref_um)
-
-    def fit_block(Xb, ab, posb, means_b, cov_b, Kb):
-        model_b = None
-        alpha_b = None
-        for fit_i in range(n_fits):
-            if fit_i > 0:
-                means_b = model_b.means_.copy()
-                cov_b = model_b.covariances_.copy()
-            if weights == "uniform":
-                alpha_b = None
-            elif weights == "nuclei":
-                # each component claims the whole mass of the nucleus it sits in: two
-                # components in one nucleus both claim it, so one is pushed out
-                _, nearest = ref_tree.query(means_b[:, :ndim], workers=-1)
-                alpha_b = _weights_from_mass(ref_mass[nearest])
-            else:
-                alpha_b = _weights_from_mass(_voronoi_mass(posb, ab, means_b[:, :ndim]))
-            model_b = SinkhornEM(
-                Kb,
-                method="em" if method.startswith("em") else "sinkhorn",
-                weights=alpha_b,
-                learn_weights=method == "em-learned",
-                covariance_type="full",
-                covariance_bounds=bounds,
-                tol=tol,
-                max_iter=max_iter if fit_i == n_fits - 1 else min(max_iter, REFIT_ITER),
-                init=means_b,
-                covariances_init=cov_b,
-                n_neighbors=min(int(n_neighbors), Kb),
-                random_state=random_state,
-                position_dims=ndim,
-                callback=callback if progress is not None else None,
-                marginal_penalty=marginal_penalty if method == "sinkhorn" else None,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                comp_b = model_b.fit_predict(Xb, sample_weight=ab)
-            if getattr(model_b, "stopped_", False):
-                raise SegmentationCancelled("segmentation cancelled during 'fit'")
-        return model_b, comp_b, alpha_b
-
-    n_tiles = 1
-    if means0 is not None and max_components_per_tile < K:
-        n_tiles = int(np.ceil(K / max_components_per_tile))
-    if means0 is None:
-        # random / k-means++: the estimator draws each start (means and data-driven
-        # covariances, max_iter=0) so that the weights can be set from it as for peak
-        # starts; the best of n_init by the method's objective is kept.
-        starts = np.random.default_rng(random_state)
-        model = None
-        for _ in range(int(n_init)):
-            start = SinkhornEM(
-                K,
-                method="em",
-                covariance_type="full",
-                covariance_bounds=bounds,
-                max_iter=0,
-                init=init,
-                n_neighbors=min(int(n_neighbors), K),
-                random_state=starts,
-                position_dims=ndim,
-            ).fit(X, sample_weight=a)
-            run = fit_block(X, a, pos, start.means_, start.covariances_, K)
-            if model is None or run[0].objective_ > model.objective_:
-                model, comp, alpha = run
-        all_means, all_covs = model.means_, model.covariances_
-        converged, n_iter, objective = model.converged_, model.n_iter_, model.objective_
-    elif n_tiles == 1:
-        model, comp, alpha = fit_block(X, a, pos, means0, cov0, K)
-        all_means, all_covs = model.means_, model.covariances_
-        converged, n_iter, objective = model.converged_, model.n_iter_, model.objective_
-    else:
-        model, comp, all_means, all_covs, alpha, stats = _fit_tiles(
-            fit_block, X, a, pos, means0, cov0, n_tiles, ndim, 2.0 * nucleus_diameter
+        vs = np.asarray(pre.voxel_size)
+        names = _channel_names(p.channel_names, pre.data.shape[-1])
+    with clock.stage("features", report=False):
+        feats = voxel_features(
+            pre.data,
+            pre.foreground,
+            vs,
+            intensity_weight=p.intensity_weight,
+            mass=p.voxel_mass,
+            signal=pre.signal,
         )
-        converged, n_iter, objective = stats
-    timings["fit"] = time.perf_counter() - t
-
-    # ---- labels
-    report("labels")
-    t = time.perf_counter()
-    labels, comp_ids = _labels_from_components(
-        feats.indices,
-        pos,
-        comp,
-        all_means,
-        all_covs,
-        fg_shape,
-        ndim,
-        vs,
-        mahalanobis_radius,
-        min_size * (np.pi / 6.0) * nucleus_diameter**3 * (1 if ndim == 3 else 0)
-        + min_size * (np.pi / 4.0) * nucleus_diameter**2 * (1 if ndim == 2 else 0),
-    )
-    timings["labels"] = time.perf_counter() - t
-
-    # ---- table
-    report("table")
-    t = time.perf_counter()
-    raw = np.asarray(image)
-    raw = raw[..., None] if pre.channel_axis is None else np.moveaxis(raw, pre.channel_axis, -1)
-    table, centres = _make_table(labels, comp_ids, all_means[:, :ndim] / vs, raw, vs, channel_names)
-    timings["table"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-
-    params = {
-        "voxel_size": [float(v) for v in vs],
+    meta = {
+        "voxel_size": vs,
         "channel_axis": pre.channel_axis,
-        "channel_names": channel_names,
-        "n_nuclei": "auto" if n_nuclei in (None, "auto") else int(n_nuclei),
-        "nucleus_diameter": float(nucleus_diameter),
-        "method": method,
-        "init": init if isinstance(init, str) else init_array.tolist(),
-        "n_init": int(n_init),
-        "max_iter": int(max_iter),
-        "tol": float(tol),
-        "intensity_weight": float(intensity_weight),
-        "n_neighbors": int(n_neighbors),
-        "foreground_threshold": None
-        if foreground_threshold is None
-        else float(foreground_threshold),
-        "random_state": random_state,
-        "weights": weights,
-        "weight_refits": weight_refits if isinstance(weight_refits, str) else n_refits,
-        "marginal_penalty": None if marginal_penalty is None else float(marginal_penalty),
-        "voxel_mass": voxel_mass,
-        "covariance_scale": [lo_s, hi_s],
-        "mahalanobis_radius": float(mahalanobis_radius),
-        "min_size": float(min_size),
-        "background_scale": None if background_scale is None else float(background_scale),
-        "threshold_method": threshold_method,
-        "suppress_granules": bool(suppress_granules),
-        "max_components_per_tile": int(max_components_per_tile),
-    }
-    info = {
-        "timings": timings,
-        "n_components": K,
-        "n_nuclei": len(table),
-        "n_peaks": None if peaks is None else len(peaks),
-        "n_foreground_voxels": n_points,
+        "channel_names": names,
         "threshold": pre.threshold,
-        "converged": bool(converged),
-        "n_iter": int(n_iter),
-        "objective": float(objective),
-        "n_tiles": n_tiles,
-        "weight_refits": n_refits,
-        "weights": None if alpha is None else np.asarray(alpha).tolist(),
-        "preprocess": pre.info,
+        "preprocess_info": pre.info,
     }
-    return SegmentationResult(labels, table, model, params, centres, info)
+    return feats, pre.signal, pre.foreground, meta
 
 
-def _fit_tiles(fit_block, X, a, pos, means0, cov0, n_tiles, ndim, margin):
-    """Fit slabs along the longest axis of the foreground; merge into global components.
-
-    Returns the list of models, the per-voxel global component index, the global means
-    and covariances, the global weights and (converged, total iterations, mean objective).
-    """
-    ext = pos.max(axis=0) - pos.min(axis=0)
-    ax = int(np.argmax(ext))
-    c_ax = means0[:, ax]
-    order = np.sort(c_ax)
-    K = means0.shape[0]
-    split = [round(j * K / n_tiles) for j in range(1, n_tiles)]
-    cuts = [0.5 * (order[j - 1] + order[j]) for j in split]
-    bounds = [-np.inf, *cuts, np.inf]
-    models, results = [], []
-    # a slab's voxels are the Voronoi cells (by starting centre) of its components, so no
-    # nucleus at the slab's edge is cut by a plane (measured: 274 instead of 286
-    # iterations over the 10 slabs of a 10x stack)
-    near = cKDTree(means0[:, :ndim]).query(pos, k=1)[1]
-    for t_i in range(n_tiles):
-        lo, hi = bounds[t_i], bounds[t_i + 1]
-        csel = np.flatnonzero((c_ax >= lo - margin) & (c_ax < hi + margin))
-        member = np.zeros(K, dtype=bool)
-        member[csel] = True
-        vsel = np.flatnonzero(member[near])
-        ab = a[vsel] / a[vsel].sum()
-        m_b, comp_b, _ = fit_block(X[vsel], ab, pos[vsel], means0[csel], cov0[csel], csel.size)
-        models.append(m_b)
-        results.append((vsel, comp_b, lo, hi))
-    # global components: those whose fitted centre lies in their slab's core
-    g_means, g_covs, owner = [], [], []
-    for t_i, m_b in enumerate(models):
-        lo, hi = results[t_i][2], results[t_i][3]
-        core = (m_b.means_[:, ax] >= lo) & (m_b.means_[:, ax] < hi)
-        owner.append(np.full(core.size, -1, dtype=np.int64))
-        owner[t_i][core] = np.arange(core.sum()) + sum(len(x) for x in g_means)
-        g_means.append(m_b.means_[core])
-        g_covs.append(m_b.covariances_[core])
-    all_means = np.concatenate(g_means)
-    all_covs = np.concatenate(g_covs)
-    tree = cKDTree(all_means[:, :ndim])
-    # a component centred outside its core maps to the nearest owned component
-    for t_i, m_b in enumerate(models):
-        miss = owner[t_i] < 0
-        if miss.any():
-            owner[t_i][miss] = tree.query(m_b.means_[miss, :ndim], k=1)[1]
-    comp = np.full(pos.shape[0], -1, dtype=np.int64)
-    for t_i, (vsel, comp_b, lo, hi) in enumerate(results):
-        in_core = (pos[vsel, ax] >= lo) & (pos[vsel, ax] < hi)
-        comp[vsel[in_core]] = owner[t_i][comp_b[in_core]]
-    mass = np.bincount(comp, weights=a, minlength=all_means.shape[0])
-    stats = (
-        all(m.converged_ for m in models),
-        sum(m.n_iter_ for m in models),
-        float(np.mean([m.objective_ for m in models])),
-    )
-    return models, comp, all_means, all_covs, mass / mass.sum(), stats
+def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]) -> dict:
+    """``result.info``: timings, counts, threshold, convergence, weights, warnings."""
+    return {
+        "timings": clock.finish(),
+        "n_components": found.n_components,
+        "n_nuclei": n_found,
+        "n_peaks": None if found.peaks is None else len(found.peaks),
+        "n_foreground_voxels": found.features.n_points,
+        "threshold": found.threshold,
+        "converged": bool(fit.converged),
+        "n_iter": int(fit.n_iter),
+        "objective": float(fit.objective),
+        "n_tiles": fit.n_tiles,
+        "weight_refits": n_refits,
+        "weights": None if fit.weights is None else np.asarray(fit.weights).tolist(),
+        "preprocess": found.preprocess_info,
+        "low_count": bool(warn),
+        "warnings": warn,
+    }
 
 
-def _labels_from_components(
-    indices, positions, comp, means, covs, shape, ndim, vs, radius, min_volume_um3
-):
-    """Label image from per-voxel component assignments (see :func:`segment_nuclei`).
-
-    Returns the label image (values 1..K', consecutive) and, for each label value ``l``,
-    the component index ``comp_ids[l - 1]``.
-    """
-    K = means.shape[0]
-    d2 = _mahalanobis_pos(positions, comp, means, covs, ndim)
-    keep = d2 <= radius**2
-    # connected pieces of equal value, labelled in boxes around the kept voxels (cut at
-    # empty slabs, across which nothing connects); keep the largest piece per component
-    from skimage.measure import label as cc_label
-
-    kept_idx = indices[keep]
-    kept_val = comp[keep] + 1
-    boxes, groups = (
-        foreground_boxes(kept_idx, shape, min_gap=1, return_groups=True)
-        if kept_idx.size
-        else ([], [])
-    )
-    piece_of = np.zeros(kept_idx.shape[0], dtype=np.int64)
-    owner_parts, size_parts = [np.zeros(1, dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
-    n_pieces = 0
-    for box, sel in zip(boxes, groups, strict=True):
-        lo = np.array([b.start for b in box])
-        local = tuple((kept_idx[sel] - lo).T)
-        lab = np.zeros(tuple(b.stop - b.start for b in box), dtype=np.int32)
-        lab[local] = kept_val[sel]
-        pieces = cc_label(lab, background=0, connectivity=1)
-        p_sel = pieces[local].astype(np.int64)
-        k = int(pieces.max())
-        owner = np.zeros(k, dtype=np.int64)
-        owner[p_sel - 1] = kept_val[sel]
-        piece_of[sel] = p_sel + n_pieces
-        owner_parts.append(owner)
-        size_parts.append(np.bincount(p_sel, minlength=k + 1)[1:])
-        n_pieces += k
-    owner = np.concatenate(owner_parts)
-    size = np.concatenate(size_parts)
-    # largest piece per component; among equal sizes the one whose first voxel comes first
-    # in raster order (so the result does not depend on how the boxes were cut)
-    first = np.full(n_pieces + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    if kept_idx.size:
-        np.minimum.at(first, piece_of, np.ravel_multi_index(tuple(kept_idx.T), shape))
-    best_piece = np.zeros(K + 1, dtype=np.int64)
-    best_size = np.zeros(K + 1, dtype=np.int64)
-    # ascending size, then descending first voxel: later entries overwrite earlier ones
-    order = np.lexsort((-first[1:], size[1:])) + 1
-    best_piece[owner[order]] = order
-    best_size[owner[order]] = size[order]
-    min_vox = max(1, int(np.ceil(min_volume_um3 / float(np.prod(vs)))))
-    good = (best_size >= min_vox) & (np.arange(K + 1) > 0)
-    comp_ids = np.flatnonzero(good) - 1
-    new_value = np.zeros(n_pieces + 1, dtype=np.int64)
-    new_value[best_piece[good]] = np.arange(1, comp_ids.size + 1)
-    out = np.zeros(shape, dtype=_label_dtype(comp_ids.size))
-    if kept_idx.size:
-        out[tuple(kept_idx.T)] = new_value[piece_of]
-    return out, comp_ids
+def _count_warnings(n_found: int, n_components: int, n_nuclei) -> list[str]:
+    """Messages for a result with no nuclei or fewer than half the components fitted."""
+    asked = "requested" if n_nuclei != "auto" else "detected"
+    if n_found == 0:
+        return [
+            f"no nuclei found ({n_components} {asked}): check nucleus_diameter, the voxel "
+            "size and mahalanobis_radius / min_size"
+        ]
+    if n_found < LOW_COUNT_FRACTION * n_components:
+        return [
+            f"only {n_found} nuclei found for {n_components} {asked} (below "
+            f"{LOW_COUNT_FRACTION:.0%}): check n_nuclei, nucleus_diameter and the voxel size"
+        ]
+    return []
 
 
-def _make_table(labels, comp_ids, comp_centres_vox, raw, vs, channel_names):
-    """Per-nucleus table; centres are the fitted means, snapped into their label if needed."""
-    ndim = labels.ndim
-    n = comp_ids.size
-    idx = np.arange(1, n + 1)
-    centres = comp_centres_vox[comp_ids].copy() if n else np.zeros((0, ndim))
-    mask = labels > 0
-    lab_vals = labels[mask].astype(np.intp)
-    counts = np.bincount(lab_vals, minlength=n + 1)[1:]
-    if n:
-        rounded = np.clip(np.round(centres).astype(np.int64), 0, np.array(labels.shape) - 1)
-        inside = labels[tuple(rounded.T)] == idx
-        if not inside.all():
-            boxes = ndi.find_objects(labels)
-            for j in np.flatnonzero(~inside):
-                box = boxes[j]
-                offset = np.array([sl.start for sl in box])
-                vox = np.argwhere(labels[box] == idx[j]) + offset
-                dd = (((vox - centres[j]) * vs) ** 2).sum(axis=1)
-                centres[j] = vox[np.argmin(dd)]
-    cols: dict[str, Any] = {"label": idx.astype(np.int64)}
-    axes = ("z", "y", "x")[-ndim:]
-    for i, ax in enumerate(axes):
-        cols[ax] = centres[:, i]
-    for i, ax in enumerate(axes):
-        cols[f"{ax}_um"] = centres[:, i] * vs[i]
-    cols["volume_um3"] = counts * float(np.prod(vs))
-    for c, name in enumerate(channel_names):
-        vals = raw[..., c][mask].astype(np.float64)
-        sums = np.bincount(lab_vals, weights=vals, minlength=n + 1)[1:]
-        cols[f"mean_{name}"] = sums / np.maximum(counts, 1)
-    return pd.DataFrame(cols), centres
+def _channel_names(channel_names, n_ch: int) -> tuple[str, ...]:
+    if channel_names is None:
+        return tuple(f"ch{i}" for i in range(n_ch))
+    if len(channel_names) != n_ch:
+        raise ValueError(
+            f"channel_names has {len(channel_names)} names but the image has {n_ch} channels"
+        )
+    return channel_names

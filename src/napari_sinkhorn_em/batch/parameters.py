@@ -1,0 +1,215 @@
+"""Parameters of a batch run: flags + config file, per-file voxel size, up-front checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._json import jsonable
+from .._validation import check_voxel_size
+from .inputs import BatchError, BatchInput, derive_seed
+
+__all__ = ["build_parameters", "check_parameters_against_inputs", "resolve_voxel_size"]
+
+logger = logging.getLogger("napari_sinkhorn_em.batch")
+
+# Keys of ``segment_nuclei`` that the batch resolves per file (from metadata / flags).
+_PER_FILE_KEYS = ("voxel_size", "channel_axis", "channel_names", "random_state", "progress")
+
+
+def _normalise(value: Any) -> Any:
+    """JSON round trip, so that recorded and requested parameters compare equal."""
+    return json.loads(json.dumps(jsonable(value), sort_keys=True))
+
+
+def _check_voxel_size(value: Any, what: str) -> list[float] | None:
+    try:
+        vs = check_voxel_size(value, (2, 3), name=what)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from None
+    return None if vs is None else list(vs)
+
+
+def _check_segment_parameters(seg: Mapping[str, Any]) -> None:
+    """Validate the segmentation parameters now (not once per file, after files were
+    touched): unknown names, types, ranges, as :class:`SegmentationParams` does."""
+    from ..params import SegmentationParams
+
+    try:
+        SegmentationParams.from_dict(dict(seg), where="segmentation parameters")
+    except (TypeError, ValueError) as exc:
+        raise BatchError(str(exc)) from None
+
+
+def build_parameters(
+    config: Mapping[str, Any] | None = None,
+    *,
+    n_nuclei: int | str | None = None,
+    voxel_size: Sequence[float] | None = None,
+    channel_axis: int | None = None,
+    method: str | None = None,
+    nucleus_diameter: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Merge a parameter file and command-line flags into the parameters of a batch run.
+
+    Parameters
+    ----------
+    config : mapping, optional
+        Keyword arguments of :func:`napari_sinkhorn_em.segment_nuclei`, e.g. as read by
+        :func:`napari_sinkhorn_em.load_params` from the JSON the widget exports. Its
+        ``voxel_size`` is only a fallback for files without voxel size metadata; its
+        ``channel_axis``, ``channel_names`` and ``progress`` are ignored (they belong to
+        the image the file was made for), and so are ``init`` centres given as an array;
+        its ``random_state`` is the base seed unless ``seed`` is given.
+    n_nuclei, voxel_size, channel_axis, method, nucleus_diameter, seed
+        Command-line flags; ``None`` = not given. They override ``config``.
+        ``voxel_size`` and ``channel_axis`` override the files' metadata.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable dict with keys ``"segment"`` (keyword arguments passed to
+        ``segment_nuclei`` for every file), ``"voxel_size"`` / ``"channel_axis"``
+        (overrides or None), ``"fallback_voxel_size"`` (from the config or None) and
+        ``"seed"`` (base seed). This dict is recorded in ``run.json`` and compared on
+        resume.
+    """
+    seg = {k: v for k, v in dict(config or {}).items() if k not in _PER_FILE_KEYS}
+    if "init" in seg and not isinstance(seg["init"], str):
+        # centres for one particular image (e.g. after "Refine" in the widget)
+        logger.warning("ignoring the config's init centres: they belong to one image")
+        del seg["init"]
+    fallback_vs = _check_voxel_size((config or {}).get("voxel_size"), "voxel_size in the config")
+    base_seed = seed if seed is not None else (config or {}).get("random_state")
+    if base_seed is None:
+        base_seed = 0
+    derive_seed(base_seed, "")  # validates the seed
+    if n_nuclei is not None:
+        seg["n_nuclei"] = n_nuclei
+    if seg.get("n_nuclei") is None:
+        seg["n_nuclei"] = "auto"
+    nn = seg["n_nuclei"]
+    if isinstance(nn, str):
+        if nn != "auto":
+            raise BatchError(f"n_nuclei must be a positive integer or 'auto', got {nn!r}")
+    elif isinstance(nn, bool) or not isinstance(nn, (int, np.integer)) or nn < 1:
+        raise BatchError(f"n_nuclei must be a positive integer or 'auto', got {nn!r}")
+    if method is not None:
+        seg["method"] = method
+    if nucleus_diameter is not None:
+        if not (math.isfinite(nucleus_diameter) and nucleus_diameter > 0):
+            raise BatchError(f"nucleus diameter must be positive, got {nucleus_diameter}")
+        seg["nucleus_diameter"] = float(nucleus_diameter)
+    if channel_axis is not None and (
+        isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer))
+    ):
+        raise BatchError(f"channel axis must be an integer, got {channel_axis!r}")
+    _check_segment_parameters(seg)
+    return _normalise(
+        {
+            "segment": seg,
+            "voxel_size": _check_voxel_size(voxel_size, "--voxel-size"),
+            "channel_axis": None if channel_axis is None else int(channel_axis),
+            "fallback_voxel_size": fallback_vs,
+            "seed": int(base_seed),
+        }
+    )
+
+
+def resolve_voxel_size(
+    image: Any, parameters: Mapping[str, Any], name: str
+) -> tuple[tuple[float, ...], str]:
+    """Pick the voxel size of one file: flag > metadata > config > default.
+
+    The default is 1 um per pixel for 2-D images; a 3-D stack without any voxel size is
+    an error (ValueError naming the file).
+    """
+    data = image.data
+    ndim = data.ndim - (image.channel_axis is not None)
+    candidates = (
+        ("--voxel-size", parameters.get("voxel_size")),
+        ("metadata", image.voxel_size),
+        ("config", parameters.get("fallback_voxel_size")),
+    )
+    for source, vs in candidates:
+        if vs is None:
+            continue
+        vs = tuple(float(v) for v in vs)
+        if len(vs) != ndim:
+            raise ValueError(
+                f"{name}: voxel size from {source} has {len(vs)} values "
+                f"{list(vs)} but the image has {ndim} spatial axes (shape {data.shape})"
+            )
+        return vs, source
+    if ndim == 3:
+        # The z step of a fluorescence stack is almost never its pixel size: guessing
+        # isotropic voxels would silently distort the nuclei, so ask instead.
+        raise ValueError(
+            f"{name}: voxel size unknown (no ImageJ/OME calibration) for a 3-D stack "
+            f"(shape {data.shape}), whose z step usually differs from its pixel size; "
+            "pass --voxel-size Z Y X in micrometres"
+        )
+    logger.warning("%s: no pixel size in the metadata; assuming 1 um per pixel", name)
+    return (1.0,) * ndim, "default"
+
+
+def check_parameters_against_inputs(
+    items: Sequence[BatchInput], parameters: Mapping[str, Any], *, max_listed: int = 5
+) -> None:
+    """Refuse a run whose parameters cannot fit its inputs, before any file is touched.
+
+    Reads only the TIFF headers (no pixels). Checked: a ``--channel-axis`` override must
+    be an axis of every input, and a ``--voxel-size`` override must have one value per
+    spatial axis of every input (e.g. ``0.8 0.35`` for 3-D stacks is refused). Files
+    whose header cannot be read are left to fail on their own during the run (a bad
+    file never stops the others).
+
+    Raises
+    ------
+    BatchError
+        Naming the parameter, the offending files (up to ``max_listed``) and the reason.
+    """
+    from ..io import ImageReadError, read_image_axes
+
+    vs = parameters.get("voxel_size")
+    channel_axis = parameters.get("channel_axis")
+    if vs is None and channel_axis is None:
+        return
+    wrong_axis: list[str] = []
+    wrong_vs: list[str] = []
+    for inp in items:
+        try:
+            axes, shape = read_image_axes(inp.path, channel_axis=channel_axis)
+        except ImageReadError as exc:
+            if channel_axis is not None and f"channel_axis={channel_axis} is out" in str(exc):
+                wrong_axis.append(f"{inp.path.name} ({str(exc).rsplit('for ', 1)[-1]})")
+            continue
+        except OSError:
+            continue
+        spatial = axes.replace("C", "")
+        if vs is not None and len(spatial) != len(vs):
+            wrong_vs.append(f"{inp.path.name} ({len(spatial)}-D {spatial}, shape {list(shape)})")
+
+    def listed(names: list[str]) -> str:
+        more = f" and {len(names) - max_listed} more" if len(names) > max_listed else ""
+        return ", ".join(names[:max_listed]) + more
+
+    if wrong_axis:
+        raise BatchError(
+            f"--channel-axis {channel_axis} is not an axis of {len(wrong_axis)} input(s): "
+            f"{listed(wrong_axis)}; give the index of the channel axis in the stored array "
+            "(0 = first), or leave it to the metadata. Nothing was written."
+        )
+    if wrong_vs:
+        want = "Z Y X for 3-D stacks" if len(vs) == 2 else "Y X for 2-D images"
+        raise BatchError(
+            f"--voxel-size has {len(vs)} values {list(vs)} but {len(wrong_vs)} input(s) have "
+            f"another number of spatial axes: {listed(wrong_vs)}; give one value per "
+            f"spatial axis ({want}), or run 2-D and 3-D inputs separately. Nothing was written."
+        )

@@ -1,0 +1,95 @@
+"""Tests for the synthetic regimes of issue 12 (whole brain, embryo, 2-D field)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from napari_sinkhorn_em.synthetic import (
+    SyntheticWorm,
+    embryo_nucleus_diameter,
+    make_embryo,
+    make_nuclei_field_2d,
+    make_whole_brain,
+)
+
+
+def _check_truth(w: SyntheticWorm, n: int, shape: tuple[int, ...]):
+    assert isinstance(w, SyntheticWorm)
+    assert w.image.shape == (1, *shape) and w.image.dtype == np.uint16
+    assert w.channel_axis == 0 and w.channel_names == ["nuclei"]
+    assert w.n_nuclei == n and w.labels.shape == shape
+    assert int(w.labels.max()) == n
+    # every centre lies inside its own label
+    idx = tuple(np.rint(w.centres).astype(int).T)
+    np.testing.assert_array_equal(w.labels[idx], np.arange(1, n + 1))
+    np.testing.assert_allclose(w.centres_um, w.centres * np.asarray(w.voxel_size))
+    # no two nuclei closer than the sum of their radii (no overlap)
+    d, j = cKDTree(w.centres_um).query(w.centres_um, k=2)
+    r = w.diameters_um / 2
+    assert np.all(d[:, 1] >= r + r[j[:, 1]] - 1e-9)
+
+
+def test_whole_brain_regime():
+    w = make_whole_brain(seed=1)
+    _check_truth(w, 135, (15, 169, 411))
+    assert w.voxel_size == (2.0, 0.27, 0.27)
+    assert abs(np.mean(w.diameters_um) - 2.0) < 0.1
+    # dim: the brightest voxel is a few tens of photons above the offset
+    assert np.percentile(w.image, 99.99) < 100 + 4 * 60
+
+
+def test_embryo_regime_sizes_follow_stage_and_interior_is_dim():
+    assert embryo_nucleus_diameter(29) == pytest.approx(7.0)
+    assert embryo_nucleus_diameter(374) == pytest.approx(2.5)
+    early = make_embryo(n_nuclei=29, seed=2)
+    late = make_embryo(n_nuclei=300, seed=2)
+    shape = early.labels.shape
+    _check_truth(early, 29, shape)
+    _check_truth(late, 300, shape)
+    assert 6.0 < np.mean(early.diameters_um) < 8.0
+    assert 2.4 < np.mean(late.diameters_um) < 3.3
+    assert np.mean(early.diameters_um) > 2 * np.mean(late.diameters_um)
+    # depth attenuation: mean signal (above offset + background) in nuclei near the centre
+    # is several times lower than in nuclei near the surface (gain 5**-(1 - rho): ~0.3 for
+    # rho < 0.35 against ~0.8 for rho > 0.8, blur and cytoplasm lower the measured ratio)
+    img = late.image[0].astype(float) - 100 - late.params["background_photons"]
+    semi = np.asarray(late.params["embryo_semi_axes_um"])
+    mid = np.asarray(shape) * np.asarray(late.voxel_size) / 2
+    q = (late.centres_um + 0.5 * np.asarray(late.voxel_size) - mid) / semi
+    rho = np.sqrt((q**2).sum(1))
+    means = np.array([img[late.labels == i + 1].mean() for i in range(late.n_nuclei)])
+    inner, outer = means[rho < 0.35].mean(), means[rho > 0.8].mean()
+    assert outer / inner > 2.2
+
+
+def test_field_2d_regime():
+    w = make_nuclei_field_2d(seed=3)
+    _check_truth(w, 125, (440, 440))
+    assert w.voxel_size == (1.0, 1.0)
+    d = w.diameters_um
+    assert d.min() >= 16.0 and d.max() <= 32.0 and 22 < d.mean() < 26
+    sizes = np.bincount(w.labels.ravel())[1:]
+    assert sizes.max() / sizes.min() > 2.5  # areas vary ~4x for a 2x diameter range
+
+
+@pytest.mark.parametrize(
+    "make",
+    [make_whole_brain, lambda seed: make_embryo(n_nuclei=60, seed=seed), make_nuclei_field_2d],
+)
+def test_regimes_deterministic_by_seed(make):
+    a, b, c = make(seed=5), make(seed=5), make(seed=6)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    assert not np.array_equal(a.centres, c.centres)
+
+
+def test_regime_errors_are_specific():
+    with pytest.raises(ValueError, match="attenuation"):
+        make_embryo(attenuation=0.5)
+    with pytest.raises(ValueError, match="diameter_range"):
+        make_nuclei_field_2d(diameter_range=(30.0, 10.0))
+    with pytest.raises(ValueError, match="could only place"):
+        make_nuclei_field_2d(n_nuclei=500, shape=(100, 100))
