@@ -31,6 +31,9 @@ _EXPORTS = {
     "save_params": "pipeline.segment",
     "segment_nuclei": "pipeline.segment",
     "sinkhorn_responsibilities": "mixture.estep",
+    "TrackingCancelled": "pipeline.track",
+    "TrackingResult": "pipeline.track",
+    "track_nuclei": "pipeline.track",
 }
 
 __all__ = [
@@ -42,12 +45,15 @@ __all__ = [
     "SegmentationResult",
     "SegmentationWarning",
     "SinkhornEM",
+    "TrackingCancelled",
+    "TrackingResult",
     "__version__",
     "load_params",
     "read_image",
     "save_params",
     "segment_nuclei",
     "sinkhorn_responsibilities",
+    "track_nuclei",
     "write_image",
     "write_labels",
     "write_table",
@@ -87,3 +93,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         save_params,
         segment_nuclei,
     )
+    from .pipeline.track import TrackingCancelled, TrackingResult, track_nuclei
