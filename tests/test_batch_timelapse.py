@@ -282,3 +282,11 @@ def test_interrupt_mid_time_lapse_is_recorded_and_resumed(tmp_path):
     fresh = tmp_path / "fresh"
     assert main(["segment", str(src), "-o", str(fresh), *DIAMETER]) == 0
     assert _files(out) == _files(fresh)
+
+
+def test_worker_processes_give_the_same_outputs(movie_dir, reference, tmp_path):
+    out = tmp_path / "jobs2"
+    assert main(["segment", str(movie_dir), "-o", str(out), *DIAMETER, "--jobs", "2"]) == 0
+    assert _files(out) == _files(reference)
+    rec = json.loads((out / RUN_JSON).read_text())["files"]["movie"]
+    assert rec["status"] == "ok" and rec["frames_done"] == 3 and len(rec["frames"]) == 3
