@@ -15,7 +15,8 @@ from qtpy.QtCore import QTimer  # noqa: E402
 
 from napari_sinkhorn_em._napari._reader import read_tiff  # noqa: E402
 from napari_sinkhorn_em._napari._sample_data import sample_path  # noqa: E402
-from napari_sinkhorn_em._napari.widget import SinkhornEMWidget, merge_label_edits  # noqa: E402
+from napari_sinkhorn_em._napari.runner import STAGES, Outcome, Progress  # noqa: E402
+from napari_sinkhorn_em._napari.widget import SinkhornEMWidget  # noqa: E402
 from napari_sinkhorn_em.evaluation.metrics import match_centres  # noqa: E402
 from napari_sinkhorn_em.io import read_image  # noqa: E402
 from napari_sinkhorn_em.pipeline.segment import load_params  # noqa: E402
@@ -156,12 +157,17 @@ def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(5)
+    stages = []
+    widget.runner.progressed.connect(lambda p: stages.append(p.stage))
     widget.run_button.native.click()
     assert widget.is_running  # returned at once: the fit runs in a worker thread
     _wait(qtbot, widget)
     timer.stop()
     # the Qt event loop kept processing while the fit ran
     assert ticks["running"] >= 3
+    # per-stage progress, in pipeline order, every stage reported
+    assert list(dict.fromkeys(stages)) == list(STAGES)
+    assert widget.runner.progress_bar is None  # closed
 
     labels = viewer.layers["worm_head nuclei"]
     points = viewer.layers["worm_head centres"]
@@ -180,6 +186,17 @@ def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
     assert match.f1 >= 0.9, match.summary()
     assert widget.last_progress is not None
     assert widget.status.value == f"{k_before} nuclei"
+    # the summary: nuclei found, convergence, what was estimated; the estimate is shown
+    # in the greyed number box
+    params = labels.metadata["sinkhorn_em_params"]
+    summary = widget.summary.value
+    lines = summary.splitlines()
+    assert lines[0] == f"{k_before} nuclei (number estimated)"
+    assert lines[1].startswith("fit converged in ")
+    assert "threshold" in summary and "(auto)" in summary
+    assert f"nucleus diameter {params['nucleus_diameter']:.3g} µm" in summary
+    n_control = widget.form["n_nuclei"]
+    assert n_control.auto.value and n_control.box.value == k_before
 
     # the user deletes k centres and erases a small block of one nucleus by hand
     k = 4
@@ -219,7 +236,7 @@ def test_run_refine_export_on_sample(viewer_widget, qtbot, tmp_path):
     loaded = load_params(paths[2])
     assert loaded["n_nuclei"] == k_before - k
     assert loaded["voxel_size"] == pytest.approx(VOXEL)
-    assert json.loads(paths[2].read_text())["parameters"]["method"] == widget.method.value
+    assert json.loads(paths[2].read_text())["parameters"]["method"] == widget.form.value("method")
     # the hand-erased voxels are in the TIFF; the user is told the table is the fit's
     assert (img.data[block] == 0).all()
     assert "table and parameters describe the last fit" in _last_message()
@@ -249,8 +266,8 @@ def test_rerun_replaces_results_unless_kept_and_overwrite_refine(make_napari_vie
     assert _n_labels(labels.data) == k
     assert labels.data[nucleus].any()
 
-    widget.n_auto.value = False
-    widget.n_nuclei.value = k - 2
+    widget.form.set_value("n_nuclei", k - 2)
+    assert not widget.form["n_nuclei"].auto.value and widget.form["n_nuclei"].box.enabled
     widget.run()
     _wait(qtbot, widget)
     assert [layer.name for layer in viewer.layers] == ["crop", "crop nuclei", "crop centres"]
@@ -291,10 +308,9 @@ def test_two_dimensional_uncalibrated_plane(make_napari_viewer, qtbot, tmp_path)
 def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     before = [layer.name for layer in viewer.layers]
-    widget.n_auto.value = False
-    widget.n_nuclei.value = 75
-    widget.max_iter.value = 100_000
-    widget.tol.value = "0"  # never converges: only Cancel ends this fit
+    widget.form.set_value("n_nuclei", 75)
+    widget.form.set_value("max_iter", 100_000)
+    widget.form["tol"].box.value = "0"  # never converges: only Cancel ends this fit
     widget.run()
     qtbot.waitUntil(
         lambda: widget.last_progress is not None and widget.last_progress[0] == "fit",
@@ -311,7 +327,7 @@ def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbo
         lambda: widget.last_progress is not None and widget.last_progress[0] == "fit",
         timeout=FIT_TIMEOUT_MS,
     )
-    widget._pbar.cancel()
+    widget.runner.progress_bar.cancel()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=5_000)
     assert [layer.name for layer in viewer.layers] == before
 
@@ -328,34 +344,6 @@ def test_errors_from_the_pipeline_are_notifications(viewer_widget, qtbot):
     assert "image is constant" in _last_message()
 
 
-# ---------------------------------------------------------------------------------------
-# label-edit merging (pure function)
-# ---------------------------------------------------------------------------------------
-
-
-def test_merge_label_edits_keeps_erasures_and_extends_matching_nuclei():
-    new = np.zeros((1, 6, 8), np.uint16)
-    new[0, :3, :4] = 1  # refit numbering differs from the old one
-    new[0, 3:, 4:] = 2
-    current = np.zeros_like(new)
-    current[0, :3, :4] = 5  # old label 5 ~ new 1
-    current[0, 3:, 4:] = 9
-    edits = np.zeros(new.shape, bool)
-    current[0, 0, 0] = 0  # erased
-    edits[0, 0, 0] = True
-    current[0, 3, 0:2] = 5  # nucleus 5 extended by painting
-    edits[0, 3, 0:2] = True
-    current[0, 5, 0] = 40  # a brand-new nucleus painted from scratch
-    edits[0, 5, 0] = True
-    merged = merge_label_edits(new, current, edits)
-    assert merged[0, 0, 0] == 0
-    assert (merged[0, 3, 0:2] == 1).all()
-    assert merged[0, 5, 0] == 3
-    untouched = ~edits
-    np.testing.assert_array_equal(merged[untouched], new[untouched])
-    np.testing.assert_array_equal(merge_label_edits(new, current, np.zeros_like(edits)), new)
-
-
 def test_exported_parameters_give_the_same_result_in_batch(make_napari_viewer, qtbot, tmp_path):
     """GUI -> Export -> ``segment --config``: the batch tool reproduces the widget's result."""
     from napari_sinkhorn_em.batch import build_parameters, run_batch
@@ -368,8 +356,8 @@ def test_exported_parameters_give_the_same_result_in_batch(make_napari_viewer, q
     viewer.add_image(crop, **{**kwargs, "name": "crop"})
     widget = SinkhornEMWidget(viewer)
     # a start that depends on the seed, so the seed must travel with the parameters
-    widget.init.value = "k-means++"
-    widget.seed.value = 5
+    widget.form.set_value("init", "k-means++")
+    widget.form.set_value("random_state", 5)
     widget.run()
     _wait(qtbot, widget)
     gui_labels = np.asarray(viewer.layers["crop nuclei"].data)
@@ -429,3 +417,100 @@ def test_multichannel_open_is_in_the_file_menu(make_napari_viewer):
     with sample_path("worm_head.tif") as p:
         injected(path=p)
     assert [layer.data.shape for layer in viewer.layers] == [(4, 39, 89, 135)]
+
+
+def _crop_viewer(make_napari_viewer, width=40):
+    viewer = make_napari_viewer()
+    with sample_path("worm_head.tif") as p:
+        [(data, kwargs, _)] = read_tiff(p, split_channels=False)
+    viewer.add_image(np.ascontiguousarray(data[..., :width]), **{**kwargs, "name": "crop"})
+    return viewer, SinkhornEMWidget(viewer)
+
+
+def test_summary_says_when_the_fit_did_not_converge(make_napari_viewer, qtbot):
+    viewer, widget = _crop_viewer(make_napari_viewer)
+    widget.form.set_value("max_iter", 2)
+    widget.form.set_value("nucleus_diameter", 2.8)
+    widget.run()
+    _wait(qtbot, widget)
+    params = viewer.layers["crop nuclei"].metadata["sinkhorn_em_params"]
+    assert params["max_iter"] == 2
+    k = len(viewer.layers["crop centres"].data)
+    assert widget.summary.value.splitlines()[:3] == [
+        f"{k} nuclei (number estimated)",
+        "fit did NOT converge in 2 iterations (raise max iterations)",
+        "nucleus diameter 2.8 µm",  # given, not estimated
+    ]
+    assert "(estimated)" not in widget.summary.value
+
+
+def test_reports_of_a_superseded_run_are_dropped(make_napari_viewer, qtbot):
+    viewer, widget = _crop_viewer(make_napari_viewer)
+    runner = widget.runner
+    widget.run()
+    _wait(qtbot, widget)
+    first = runner.run_id
+    labels = np.array(viewer.layers["crop nuclei"].data, copy=True)
+    outcomes = []
+    runner.finished.connect(outcomes.append)
+    widget.form.set_value("n_nuclei", 3)
+    widget.run()
+    assert runner.run_id == first + 1
+    # late signals of the first run, as its worker thread would deliver them now
+    runner._relay.emit(Progress(first, "fit", 99, -1.0))
+    assert runner.last_progress is None or runner.last_progress.run_id == first + 1
+    runner._on_returned(Outcome(first, error="stale"))
+    assert outcomes == [] and widget.is_running  # dropped: the second run goes on
+    _wait(qtbot, widget)
+    assert [o.run_id for o in outcomes] == [first + 1] and outcomes[0].result is not None
+    assert _n_labels(viewer.layers["crop nuclei"].data) == 3
+    assert not np.array_equal(viewer.layers["crop nuclei"].data, labels)
+
+
+def test_pipeline_warnings_reach_the_user(make_napari_viewer, qtbot):
+    """A run that finds no nuclei: the pipeline's warning is a napari notification and a
+    summary line, and the empty result is shown (empty layers), not an error."""
+    viewer, widget = _crop_viewer(make_napari_viewer)
+    # every label is smaller than 1000 nominal nucleus volumes: all are removed
+    widget.form.set_value("min_size", 1000.0)
+    n_records = len(notification_manager.records)
+    widget.run()
+    _wait(qtbot, widget)
+    assert _n_labels(viewer.layers["crop nuclei"].data) == 0
+    assert len(viewer.layers["crop centres"].data) == 0
+    assert widget.status.value == "0 nuclei"
+    new = [str(r.message) for r in notification_manager.records[n_records:]]
+    warned = [m for m in new if m.startswith("Sinkhorn-EM: ")]
+    assert len(warned) == 1 and "no nuclei" in warned[0], new
+    lines = widget.summary.value.splitlines()
+    assert lines[0] == "0 nuclei (number estimated)"
+    assert lines[-1] == "warning: " + warned[0].removeprefix("Sinkhorn-EM: ")
+
+
+def test_run_warnings_become_notifications_once(make_napari_viewer, qtbot):
+    """The display half of the warning path: UserWarnings of a run (and texts the pipeline
+    recorded in ``info["warnings"]``) are napari notifications and summary lines, each
+    once; other categories are re-issued as Python warnings."""
+    import warnings
+
+    from napari_sinkhorn_em._napari.runner import run_segmentation
+
+    viewer, widget = _crop_viewer(make_napari_viewer, width=30)
+    inp = widget._input()
+    kwargs = {**widget.form.values(), "voxel_size": inp.voxel_size, "channel_axis": 0}
+    outcome = run_segmentation(7, inp.array, kwargs)
+    assert outcome.result is not None and outcome.warnings == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("only 3 nuclei found, 40 requested", UserWarning, stacklevel=1)
+        warnings.warn("only 3 nuclei found, 40 requested", UserWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    outcome.warnings = list(caught)
+    outcome.result.info["warnings"] = ["the fit did not converge"]
+    n_records = len(notification_manager.records)
+    with pytest.warns(DeprecationWarning, match="old API"):
+        shown = widget._report_warnings(outcome)
+    assert shown == ["only 3 nuclei found, 40 requested", "the fit did not converge"]
+    new = [str(r.message) for r in notification_manager.records[n_records:]]
+    assert new == [f"Sinkhorn-EM: {t}" for t in shown]
+    assert len(viewer.layers) == 1  # reporting alone changes no layer

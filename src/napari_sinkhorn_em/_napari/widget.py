@@ -1,28 +1,37 @@
 """The "Sinkhorn-EM nuclei" dock widget for napari.
 
-All algorithmic work is one call to :func:`napari_sinkhorn_em.segment_nuclei`, run in a
-napari ``thread_worker`` so that the viewer stays responsive. The widget only wires the
-viewer to it:
+The widget only wires three parts to the viewer:
+
+* :mod:`.form`: the parameter controls, generated from
+  :class:`~napari_sinkhorn_em.params.SegmentationParams` (defaults, help texts);
+* :mod:`.runner`: :func:`~napari_sinkhorn_em.segment_nuclei` in a thread worker, with a
+  cancelable progress bar and a filter that drops reports of superseded runs;
+* :mod:`.layers`: image layers -> input, result -> Labels + Points layers, edited points
+  -> the ``init`` of a refit.
+
+Actions:
 
 * **Run** segments the selected image layer(s) and adds (or replaces) a Labels layer
   ``"<image> nuclei"`` and a Points layer ``"<image> centres"`` whose features are the
-  per-nucleus table.
+  per-nucleus table; a summary line says how many nuclei were found, whether the fit
+  converged and which parameters were estimated; pipeline warnings (e.g. no nuclei) are
+  shown as napari notifications.
 * **Refine** re-fits warm-started from the (edited) centre points — K = number of points —
   and updates the labels in place, keeping the label edits painted since the last run
-  unless "overwrite painted edits" is ticked.
+  unless "overwrite painted edits" is ticked (:func:`~napari_sinkhorn_em.pipeline.edits.
+  merge_label_edits`).
 * **Cancel** (also the cancel button of the napari progress bar) stops the fit at the
   next iteration and leaves the viewer unchanged.
 * **Export** writes ``<name>_labels.tif``, ``<name>_nuclei.csv`` and ``<name>_params.json``
   (the parameter file the batch command accepts with ``--config``).
 
-This is the only module of the package that imports napari and Qt.
+The widget modules are the only ones of the package that import napari and Qt.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
-import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,48 +44,38 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
     Select,
-    SpinBox,
 )
 from napari.layers import Image, Labels, Points
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from napari.utils.progress import cancelable_progress
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from napari_sinkhorn_em._validation import check_voxel_size
-from napari_sinkhorn_em.io import write_labels, write_table
-from napari_sinkhorn_em.pipeline.segment import (
-    SegmentationCancelled,
-    SegmentationResult,
-    fit_iteration_budget,
-    save_params,
-    segment_nuclei,
+from napari_sinkhorn_em._napari.form import ParameterForm
+from napari_sinkhorn_em._napari.layers import (
+    PARAMS_KEY,
+    ImageInput,
+    estimated_diameter,
+    image_input,
+    points_to_init,
+    show_result,
+    spatial_axes,
+    update_points,
 )
+from napari_sinkhorn_em._napari.runner import (
+    Outcome,
+    Progress,
+    SegmentationRunner,
+    result_summary,
+)
+from napari_sinkhorn_em.io import write_labels, write_table
+from napari_sinkhorn_em.pipeline.edits import merge_label_edits
+from napari_sinkhorn_em.pipeline.segment import save_params
 
 __all__ = ["SinkhornEMWidget", "open_multichannel"]
-
-_METHODS = (
-    ("Sinkhorn-EM", "sinkhorn"),
-    ("EM (fixed weights)", "em"),
-    ("EM (learned weights)", "em-learned"),
-)
-_INITS = (("detected peaks", "peaks"), ("k-means++", "k-means++"), ("random voxels", "random"))
-
-
-def _defaults() -> dict[str, Any]:
-    """Keyword defaults of :func:`segment_nuclei`, so the widget starts where the API does."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(segment_nuclei).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
 
 
 def _file_stem(name: str) -> str:
@@ -85,44 +84,11 @@ def _file_stem(name: str) -> str:
     return stem or "image"
 
 
-class _Relay(QObject):
-    """Carries progress reports from the worker thread to the GUI thread."""
-
-    progressed = Signal(int, str, int, object)  # run id, stage, iteration, objective
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A ValueError raised by the pipeline, carried back to the GUI thread as a value."""
-
-    message: str
-
-
-@dataclass
-class _Input:
-    """What a run segments: the chosen layers and how to turn them into one array."""
-
-    layers: list[Image]
-    channel_axis: int | None
-    channel_names: list[str] | None
-    voxel_size: tuple[float, ...]
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
-    name: str
-    units: tuple[str, ...] | None = None
-
-    def array(self) -> np.ndarray:
-        """The image as one array (called in the worker thread: may load lazy data)."""
-        if len(self.layers) == 1:
-            return np.asarray(_full_res(self.layers[0].data))
-        return np.stack([np.asarray(_full_res(layer.data)) for layer in self.layers], axis=0)
-
-
 @dataclass
 class _State:
     """The last result shown in the viewer, for Refine and Export."""
 
-    inp: _Input
+    inp: ImageInput
     params: dict[str, Any]
     table: pd.DataFrame
     labels_layer: Labels
@@ -130,11 +96,7 @@ class _State:
     displayed: np.ndarray  # the labels array the widget last put in the layer
     centres: np.ndarray  # the centres the widget last put in the points layer
     edits: np.ndarray | None = field(default=None)  # voxels painted by the user (kept)
-
-
-def _full_res(data: Any) -> Any:
-    """Full-resolution level of (possibly multiscale) layer data."""
-    return data[0] if isinstance(data, list | tuple) else data
+    diameter: float | None = None  # nucleus diameter (um) the fit used, estimated or given
 
 
 class SinkhornEMWidget(QWidget):
@@ -144,24 +106,28 @@ class SinkhornEMWidget(QWidget):
     ----------
     napari_viewer : napari.viewer.Viewer
         The viewer the widget is docked in (injected by napari).
+
+    Attributes
+    ----------
+    form : ParameterForm
+        The segmentation parameters (``form.values()`` are the keyword arguments of
+        ``segment_nuclei``; ``form.set_value(name, value)`` sets one).
+    runner : SegmentationRunner
+        The background run (progress bar: ``runner.progress_bar``).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        d = _defaults()
-        self._worker = None
-        self._pbar: cancelable_progress | None = None
-        self._cancel = threading.Event()
-        self._relay = _Relay()
-        self._relay.progressed.connect(self._on_progress)
+        self.runner = SegmentationRunner(self)
+        self.runner.progressed.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
         self._state: _State | None = None
-        self._run_id = 0
+        # the input, keyword arguments and kind (refine?) of the running segmentation
+        self._pending: tuple[ImageInput, dict[str, Any], bool] | None = None
         self._auto_select = True  # pick the layers until the user chooses
-        #: last (stage, iteration, objective) reported by the running fit
-        self.last_progress: tuple[str, int, float | None] | None = None
 
-        # --- input ---------------------------------------------------------------
+        # --- input (from the layers) ------------------------------------------------
         self.image_layers = Select(
             label="image layers",
             choices=self._image_choices,
@@ -181,86 +147,9 @@ class SinkhornEMWidget(QWidget):
             tooltip="Voxel size along the spatial axes (z, y, x) in micrometres, "
             "comma-separated. Prefilled from the layer scale.",
         )
-        # --- main settings ---------------------------------------------------------
-        n_default = d.get("n_nuclei")
-        self.n_nuclei = SpinBox(
-            label="number of nuclei",
-            min=1,
-            max=1_000_000,
-            value=n_default if isinstance(n_default, int) else 100,
-            tooltip="Number of nuclei to fit (used when 'auto' is unticked).",
-        )
-        self.n_auto = CheckBox(
-            text="auto",
-            value=not isinstance(n_default, int),
-            tooltip="Estimate the number of nuclei from the image.",
-        )
-        self.n_nuclei.enabled = not self.n_auto.value
-        self.n_auto.changed.connect(lambda auto: setattr(self.n_nuclei, "enabled", not auto))
-        self.nucleus_diameter = FloatSpinBox(
-            label="nucleus diameter (µm)",
-            min=0.1,
-            max=1000.0,
-            step=0.1,
-            value=float(d.get("nucleus_diameter", 3.0)),
-            tooltip="Typical nucleus diameter; sets the peak detection scale and the "
-            "bounds of the nucleus shapes.",
-        )
-        self.method = ComboBox(
-            label="method",
-            choices=list(_METHODS),
-            value=d.get("method", "sinkhorn"),
-            tooltip="Sinkhorn-EM (entropic optimal transport; each nucleus's weight "
-            "estimated from the data), EM with the same fixed weights, or classic EM "
-            "with learned weights.",
-        )
-        seed = d.get("random_state")
-        self.seed = SpinBox(
-            label="random seed",
-            min=0,
-            max=2**31 - 1,
-            value=seed if isinstance(seed, int) else 0,
-        )
-        # --- advanced settings ---------------------------------------------------
-        self.max_iter = SpinBox(
-            label="max iterations", min=1, max=100_000, value=int(d.get("max_iter", 100))
-        )
-        self.tol = LineEdit(
-            label="tolerance",
-            value=repr(float(d.get("tol", 1e-4))),
-            tooltip="Stop when the objective changes by less than this.",
-        )
-        self.intensity_weight = FloatSpinBox(
-            label="intensity weight",
-            min=0.0,
-            max=1000.0,
-            step=0.1,
-            value=float(d.get("intensity_weight", 1.0)),
-            tooltip="Weight of the channel intensities relative to position.",
-        )
-        self.n_neighbors = SpinBox(
-            label="neighbours",
-            min=1,
-            max=1024,
-            value=int(d.get("n_neighbors", 16)),
-            tooltip="Nuclei each voxel interacts with (sparse E-step).",
-        )
-        init_default = d.get("init", "peaks")
-        self.init = ComboBox(
-            label="initialisation",
-            choices=list(_INITS),
-            value=init_default if isinstance(init_default, str) else "peaks",
-        )
-        self.n_init = SpinBox(
-            label="restarts (n_init)", min=1, max=100, value=int(d.get("n_init", 1))
-        )
-        thr = d.get("foreground_threshold")
-        self.foreground_threshold = LineEdit(
-            label="foreground threshold",
-            value="auto" if thr is None else repr(float(thr)),
-            tooltip="'auto' or a number in normalised intensity units (0-1).",
-        )
-        # --- output options --------------------------------------------------------
+        # --- parameters (generated from SegmentationParams) ---------------------------
+        self.form = ParameterForm()
+        # --- output options and actions ----------------------------------------------
         self.keep_previous = CheckBox(
             text="keep previous results",
             value=False,
@@ -271,41 +160,19 @@ class SinkhornEMWidget(QWidget):
             value=False,
             tooltip="Unticked: label edits painted since the last run survive Refine.",
         )
-        # --- actions ---------------------------------------------------------------
         self.run_button = PushButton(text="Run")
         self.refine_button = PushButton(text="Refine from points")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.export_folder = FileEdit(label="export folder", mode="d")
         self.export_button = PushButton(text="Export labels + table + parameters")
         self.status = Label(value="")
+        #: what the last run found (nuclei, convergence, estimated parameters, warnings)
+        # one part per line: a word-wrapped label gets too little height in the form
+        self.summary = Label(value="")
 
-        main = Container(
-            widgets=[
-                self.image_layers,
-                self.channel_axis,
-                self.voxel_size,
-                Container(
-                    widgets=[self.n_nuclei, self.n_auto],
-                    layout="horizontal",
-                    labels=False,
-                    label="number of nuclei",
-                ),
-                self.nucleus_diameter,
-                self.method,
-                self.seed,
-            ]
-        )
-        advanced = Container(
-            widgets=[
-                self.max_iter,
-                self.tol,
-                self.intensity_weight,
-                self.n_neighbors,
-                self.init,
-                self.n_init,
-                self.foreground_threshold,
-            ]
-        )
+        # the input controls head the main section, so that the label columns line up
+        for i, control in enumerate((self.image_layers, self.channel_axis, self.voxel_size)):
+            self.form.main.insert(i, control)
         actions = Container(
             widgets=[
                 self.keep_previous,
@@ -318,13 +185,14 @@ class SinkhornEMWidget(QWidget):
                 self.export_folder,
                 self.export_button,
                 self.status,
+                self.summary,
             ]
         )
         self.advanced = QCollapsible("Advanced settings")
-        self.advanced.addWidget(advanced.native)
-        self._containers = (main, advanced, actions)  # keep the magicgui wrappers alive
+        self.advanced.addWidget(self.form.advanced.native)
+        self._containers = (self.form.main, actions)  # keep the magicgui wrappers alive
         layout = QVBoxLayout(self)
-        layout.addWidget(main.native)
+        layout.addWidget(self.form.main.native)
         layout.addWidget(self.advanced)
         layout.addWidget(actions.native)
         layout.addStretch(1)
@@ -417,10 +285,6 @@ class SinkhornEMWidget(QWidget):
             self.channel_axis.enabled = False
         self._prefill_voxel_size()
 
-    def _spatial_axes(self, layer: Image, channel_axis: int | None) -> list[int]:
-        n = layer.ndim
-        return [i for i in range(n) if i != channel_axis]
-
     def _prefill_voxel_size(self, _value: Any = None) -> None:
         layers = list(self.image_layers.value)
         if not layers:
@@ -428,97 +292,27 @@ class SinkhornEMWidget(QWidget):
             return
         layer = layers[0]
         ca = self.channel_axis.value if len(layers) == 1 and not layer.rgb else None
-        scale = [float(layer.scale[i]) for i in self._spatial_axes(layer, ca)]
+        scale = [float(layer.scale[i]) for i in spatial_axes(layer, ca)]
         self.voxel_size.value = ", ".join(f"{s:g}" for s in scale)
-
-    # ----------------------------------------------------------------------------------
-    # gathering the settings
-    # ----------------------------------------------------------------------------------
-    def _input(self) -> _Input:
-        """Validate the layer choice and voxel size; raise ValueError with a clear message."""
-        layers = [layer for layer in self.image_layers.value if layer in self.viewer.layers]
-        if not layers:
-            raise ValueError("select an image layer to segment")
-        ref = layers[0]
-        if len(layers) == 1:
-            ca = self.channel_axis.value
-            if ref.rgb:
-                ca = ref.ndim
-            names = ref.metadata.get("channel_names") if ca is not None else None
-            data_shape = np.shape(_full_res(ref.data))
-            if names is not None and (ca >= len(data_shape) or len(names) != data_shape[ca]):
-                names = None
-            spatial = self._spatial_axes(ref, None if ref.rgb else ca)
-            name = ref.name
-        else:
-            shapes = {layer.name: tuple(np.shape(_full_res(layer.data))) for layer in layers}
-            if len(set(shapes.values())) > 1:
-                detail = ", ".join(f"{k!r} {v}" for k, v in shapes.items())
-                raise ValueError(
-                    f"the selected channel layers must all have the same shape; got {detail}"
-                )
-            if any(layer.rgb for layer in layers):
-                raise ValueError("RGB layers cannot be combined with other layers as channels")
-            ca = 0
-            names = [str(layer.metadata.get("channel_name") or layer.name) for layer in layers]
-            if len(set(names)) != len(names):
-                names = [layer.name for layer in layers]
-            spatial = list(range(ref.ndim))
-            sources = {layer.metadata.get("source_name") for layer in layers}
-            name = sources.pop() if len(sources) == 1 and None not in sources else ref.name
-        text = self.voxel_size.value.strip()
-        try:
-            vs = tuple(float(v) for v in re.split(r"[,\s;]+", text) if v)
-        except ValueError:
-            raise ValueError(
-                f"voxel size {text!r} is not a list of numbers; write e.g. '0.8, 0.35, 0.35'"
-            ) from None
-        vs = check_voxel_size(vs, len(spatial), name="voxel size")
-        scale = tuple(float(ref.scale[i]) for i in spatial)
-        translate = tuple(float(ref.translate[i]) for i in spatial)
-        units = getattr(ref, "units", None)  # napari >= 0.6
-        if units is not None:
-            units = tuple(str(units[i]) for i in spatial)
-        return _Input(list(layers), ca, names, vs, scale, translate, str(name), units)
-
-    def _settings(self) -> dict[str, Any]:
-        """Algorithm keyword arguments of segment_nuclei from the controls."""
-        try:
-            tol = float(self.tol.value)
-        except ValueError:
-            raise ValueError(f"tolerance {self.tol.value!r} is not a number") from None
-        thr_text = self.foreground_threshold.value.strip().lower()
-        if thr_text in ("", "auto", "none"):
-            thr = None
-        else:
-            try:
-                thr = float(thr_text)
-            except ValueError:
-                raise ValueError(
-                    f"foreground threshold {self.foreground_threshold.value!r} is neither "
-                    "'auto' nor a number"
-                ) from None
-        return {
-            "n_nuclei": None if self.n_auto.value else int(self.n_nuclei.value),
-            "nucleus_diameter": float(self.nucleus_diameter.value),
-            "method": self.method.value,
-            "init": self.init.value,
-            "n_init": int(self.n_init.value),
-            "max_iter": int(self.max_iter.value),
-            "tol": tol,
-            "intensity_weight": float(self.intensity_weight.value),
-            "n_neighbors": int(self.n_neighbors.value),
-            "foreground_threshold": thr,
-            "random_state": int(self.seed.value),
-        }
 
     # ----------------------------------------------------------------------------------
     # running
     # ----------------------------------------------------------------------------------
+    def _input(self) -> ImageInput:
+        """The chosen layers and voxel size, validated (ValueError with a clear message)."""
+        layers = [layer for layer in self.image_layers.value if layer in self.viewer.layers]
+        return image_input(layers, self.channel_axis.value, self.voxel_size.value)
+
     @property
     def is_running(self) -> bool:
         """True while a segmentation runs in the background."""
-        return self._worker is not None
+        return self.runner.is_running
+
+    @property
+    def last_progress(self) -> tuple[str, int, float | None] | None:
+        """Last (stage, iteration, objective) reported by the running fit."""
+        p = self.runner.last_progress
+        return None if p is None else (p.stage, p.iteration, p.objective)
 
     def run(self) -> None:
         """Segment the selected image layer(s) in a background thread."""
@@ -526,7 +320,7 @@ class SinkhornEMWidget(QWidget):
             return
         try:
             inp = self._input()
-            kwargs = self._settings()
+            kwargs = self.form.values()
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return
@@ -545,89 +339,37 @@ class SinkhornEMWidget(QWidget):
             points = state.points_layer
             if points not in self.viewer.layers:
                 raise ValueError(f"the centres layer {points.name!r} was removed")
-            centres = self._points_in_image_voxels(points, inp)
+            centres = points_to_init(points, inp)
             if len(centres) == 0:
                 raise ValueError(
                     f"the points layer {points.name!r} is empty; add at least one centre"
                 )
-            kwargs = self._settings()
+            kwargs = self.form.values()
             kwargs.update(init=centres, n_nuclei=len(centres), n_init=1)
+            # refit at the scale the run estimated (and shows), not a new estimate
+            if kwargs.get("nucleus_diameter") in (None, "auto") and state.diameter is not None:
+                kwargs["nucleus_diameter"] = state.diameter
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return
         self._start(inp, kwargs, refine=True)
 
-    def _points_in_image_voxels(self, points: Points, inp: _Input) -> np.ndarray:
-        """Point coordinates converted to voxel coordinates of the segmented image."""
-        data = np.asarray(points.data, dtype=np.float64)
-        ndim = len(inp.scale)
-        if data.ndim != 2 or (len(data) and data.shape[1] != ndim):
-            raise ValueError(
-                f"the points layer {points.name!r} is {points.ndim}-D but the image has "
-                f"{ndim} spatial axes"
-            )
-        world = data * np.asarray(points.scale)[-ndim:] + np.asarray(points.translate)[-ndim:]
-        return (world - np.asarray(inp.translate)) / np.asarray(inp.scale)
-
-    def _start(self, inp: _Input, kwargs: dict[str, Any], *, refine: bool) -> None:
-        self._cancel.clear()
-        self.last_progress = None
-        self._run_id += 1
-        run_id = self._run_id
-        total = fit_iteration_budget(
-            method=kwargs["method"],
-            init=kwargs["init"],
-            max_iter=kwargs["max_iter"],
-            n_init=kwargs.get("n_init", 1),
-        )
-        self._pbar = cancelable_progress(total=total, cancel_callback=self.cancel)
-        self._pbar.set_description("Sinkhorn-EM: starting")
-        relay = self._relay
-        cancel = self._cancel
-        pbar = self._pbar
-
-        def report(stage: str, iteration: int, objective: float | None) -> bool:
-            # worker thread: hand the numbers to the GUI thread, answer the cancel question
-            relay.progressed.emit(run_id, str(stage), int(iteration), objective)
-            if pbar.is_canceled:  # the cancel button of napari's progress bar
-                cancel.set()
-            return cancel.is_set()
-
-        def job() -> SegmentationResult | _Failure | None:
-            image = inp.array()
-            try:
-                return segment_nuclei(
-                    image,
-                    voxel_size=inp.voxel_size,
-                    channel_axis=inp.channel_axis,
-                    channel_names=inp.channel_names,
-                    progress=report,
-                    **kwargs,
-                )
-            except SegmentationCancelled:
-                return None
-            except ValueError as exc:
-                # a user-facing problem: shown as a notification, not a traceback (a worker
-                # re-raises exceptions it returns, so wrap it)
-                return _Failure(str(exc))
-
-        worker = create_worker(
-            job,
-            _connect={
-                "returned": lambda res: self._on_returned(res, inp, refine),
-                "errored": self._on_errored,
-                "finished": self._on_finished,
-            },
-            _start_thread=False,
-        )
-        self._worker = worker
+    def _start(self, inp: ImageInput, kwargs: dict[str, Any], *, refine: bool) -> None:
+        kwargs = {
+            **kwargs,
+            "voxel_size": inp.voxel_size,
+            "channel_axis": inp.channel_axis,
+            "channel_names": inp.channel_names,
+        }
+        if self.runner.start(inp.array, kwargs) is None:
+            return
+        self._pending = (inp, kwargs, refine)
         self._set_busy(True, "refining…" if refine else "segmenting…")
-        worker.start()
 
     def cancel(self) -> None:
         """Ask the running fit to stop; the viewer is left as it was."""
-        if self.is_running and not self._cancel.is_set():
-            self._cancel.set()
+        if self.is_running and not self.runner.cancel_requested:
+            self.runner.cancel()
             self.status.value = "cancelling…"
 
     def closeEvent(self, event: Any) -> None:
@@ -643,114 +385,98 @@ class SinkhornEMWidget(QWidget):
         if text:
             self.status.value = text
 
-    def _on_progress(self, run_id: int, stage: str, iteration: int, objective: Any) -> None:
-        pbar = self._pbar
-        if run_id != self._run_id or pbar is None:
-            return  # a late report of a finished run
-        self.last_progress = (stage, iteration, objective)
-        text = f"Sinkhorn-EM {stage}"
-        if stage == "fit":
-            text += f": iteration {iteration}"
-            if objective is not None and np.isfinite(objective):
-                text += f", objective {objective:.6g}"
-        if not self._cancel.is_set():
-            self.status.value = text
-        # updating the bar can process events (and finish the run): do it last
-        if stage == "fit":
-            pbar.n = min(iteration, pbar.total)
-        pbar.set_description(text)
+    def _on_progress(self, p: Progress) -> None:
+        if not self.runner.cancel_requested:
+            self.status.value = p.text()
 
-    def _on_returned(self, result: Any, inp: _Input, refine: bool) -> None:
-        if result is None or self._cancel.is_set():
+    def _on_finished(self, outcome: Outcome) -> None:
+        inp, kwargs, refine = self._pending or (None, {}, False)
+        self._pending = None
+        self._set_busy(False)
+        if outcome.cancelled:
             self.status.value = "cancelled; nothing changed"
             show_info("Sinkhorn-EM: cancelled, the viewer is unchanged")
             return
-        if isinstance(result, _Failure):
-            self.status.value = f"error: {result.message}"
-            show_error(f"Sinkhorn-EM: {result.message}")
+        messages = self._report_warnings(outcome)
+        if outcome.error is not None:
+            self.status.value = f"error: {outcome.error}"
+            show_error(f"Sinkhorn-EM: {outcome.error}")
+            return
+        result = outcome.result
+        if result is None or inp is None:
             return
         if refine:
             self._apply_refine(result)
         else:
             self._apply_run(result, inp)
+        self._show_estimates(result, kwargs)
         n = len(result.table)
         self.status.value = f"{n} nuclei" + (" (refined)" if refine else "")
+        self.summary.value = "\n".join(
+            [result_summary(result, sep="\n", requested=kwargs)]
+            + [f"warning: {m}" for m in messages]
+        )
+        # the summary grew by some lines: without this the dock keeps its old layout and
+        # squeezes the button row (seen in the screenshot under Xvfb)
+        for container in self._containers:
+            container.native.adjustSize()
+        self.adjustSize()
 
-    def _on_errored(self, exc: Exception) -> None:
-        # napari's worker already shows the exception (with its traceback) as a notification
-        self.status.value = f"error: {type(exc).__name__}: {exc}"
+    def _report_warnings(self, outcome: Outcome) -> list[str]:
+        """Show the run's warnings as napari warnings (each text once).
 
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self._set_busy(False)
+        UserWarnings the pipeline issued (e.g. no nuclei, far fewer than requested) and
+        any texts it recorded in ``result.info["warnings"]``; other categories (library
+        deprecations) are re-issued as ordinary Python warnings.
+        """
+        texts: list[str] = []
+        for w in outcome.warnings:
+            if issubclass(w.category, UserWarning):
+                texts.append(str(w.message))
+            else:  # e.g. a library DeprecationWarning: not the user's business here
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        info = getattr(outcome.result, "info", None) or {}
+        recorded = info.get("warnings") or []
+        texts += [str(t) for t in recorded] if isinstance(recorded, list | tuple) else []
+        shown = list(dict.fromkeys(texts))
+        for text in shown:
+            show_warning(f"Sinkhorn-EM: {text}")
+        return shown
+
+    def _show_estimates(self, result: Any, requested: dict[str, Any]) -> None:
+        """Put the numbers the run estimated into the greyed 'auto' boxes."""
+        if requested.get("n_nuclei") in (None, "auto"):
+            self.form["n_nuclei"].show_estimate(len(result.table) or 1)
+        diameter = estimated_diameter(result)
+        if diameter is not None and requested.get("nucleus_diameter") in (None, "auto"):
+            self.form["nucleus_diameter"].show_estimate(diameter)
 
     # ----------------------------------------------------------------------------------
     # results into the viewer
     # ----------------------------------------------------------------------------------
-    def _points_size(self, inp: _Input) -> float:
-        diameter = float(self.nucleus_diameter.value)
-        return max(1.0, 0.5 * diameter / float(np.mean(inp.voxel_size[-2:])))
-
-    def _apply_run(self, result: SegmentationResult, inp: _Input) -> None:
-        labels = result.labels
-        centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, labels.ndim)
-        table = result.table.reset_index(drop=True)
+    def _apply_run(self, result: Any, inp: ImageInput) -> None:
         old = self._state
-        replace = (
+        replace = None
+        if (
             old is not None
             and not self.keep_previous.value
             and old.labels_layer in self.viewer.layers
             and old.points_layer in self.viewer.layers
-        )
-        meta = {"sinkhorn_em_params": result.params}
-        geometry: dict[str, Any] = {"scale": inp.scale, "translate": inp.translate}
-        if inp.units is not None:
-            geometry["units"] = inp.units
-        if replace:
-            labels_layer, points_layer = old.labels_layer, old.points_layer
-            labels_layer.data = labels
-            for key, value in geometry.items():
-                setattr(labels_layer, key, value)
-            labels_layer.metadata.update(meta)
-            # the features follow the rows of the new data
-            points_layer.data = centres
-            points_layer.features = table
-            for key, value in geometry.items():
-                setattr(points_layer, key, value)
-            points_layer.size = self._points_size(inp)
-            points_layer.metadata.update(meta)
-        else:
-            labels_layer = self.viewer.add_labels(
-                labels,
-                name=f"{inp.name} nuclei",
-                metadata=meta,
-                **geometry,
-            )
-            points_layer = self.viewer.add_points(
-                centres,
-                name=f"{inp.name} centres",
-                features=table,
-                size=self._points_size(inp),
-                face_color="transparent",
-                border_color="yellow",
-                border_width=0.15,
-                metadata=meta,
-                **geometry,
-            )
+        ):
+            replace = (old.labels_layer, old.points_layer)
+        labels_layer, points_layer = show_result(self.viewer, result, inp, replace=replace)
         self._state = _State(
             inp=inp,
             params=result.params,
-            table=table,
+            table=result.table.reset_index(drop=True),
             labels_layer=labels_layer,
             points_layer=points_layer,
-            displayed=np.array(labels, copy=True),
-            centres=centres.copy(),
+            displayed=np.array(result.labels, copy=True),
+            centres=np.array(points_layer.data, dtype=np.float64, copy=True),
+            diameter=estimated_diameter(result),
         )
 
-    def _apply_refine(self, result: SegmentationResult) -> None:
+    def _apply_refine(self, result: Any) -> None:
         state = self._require_state()
         new = np.asarray(result.labels)
         layer = state.labels_layer
@@ -766,22 +492,19 @@ class SinkhornEMWidget(QWidget):
         if layer in self.viewer.layers:
             layer.data = merged
         else:  # the user deleted the labels layer: bring it back
-            layer = self.viewer.add_labels(
-                merged, name=layer.name, scale=state.inp.scale, translate=state.inp.translate
-            )
-        table = result.table.reset_index(drop=True)
-        centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, new.ndim)
+            layer = self.viewer.add_labels(merged, name=layer.name, **state.inp.geometry())
         points = state.points_layer
         if points in self.viewer.layers:
-            points.data = centres
-            points.features = table
-        layer.metadata["sinkhorn_em_params"] = result.params
-        points.metadata["sinkhorn_em_params"] = result.params
+            update_points(points, result)
+        else:
+            points.metadata[PARAMS_KEY] = result.params
+        layer.metadata[PARAMS_KEY] = result.params
         state.labels_layer = layer
         state.params = result.params
-        state.table = table
+        state.diameter = estimated_diameter(result) or state.diameter
+        state.table = result.table.reset_index(drop=True)
         state.displayed = np.array(merged, copy=True)
-        state.centres = centres.copy()
+        state.centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, new.ndim).copy()
         state.edits = edits if edits is not None and edits.any() else None
 
     def _require_state(self) -> _State:
@@ -854,58 +577,6 @@ class SinkhornEMWidget(QWidget):
                 + "; press Refine to fit the edited centres."
             )
         return [Path(out_labels), Path(out_table), out_params]
-
-
-def merge_label_edits(new: np.ndarray, current: np.ndarray, edits: np.ndarray) -> np.ndarray:
-    """Carry the user's painted label edits over to a re-fitted label image.
-
-    Voxels outside ``edits`` take the new labels. Edited voxels keep the user's value:
-    erased voxels stay background, and voxels painted with label ``p`` get the new label
-    that overlaps most with the unedited part of ``p`` in ``current`` (so a nucleus that
-    was extended by painting stays one nucleus), or a fresh label number when ``p`` has no
-    unedited voxels left (a nucleus painted from scratch).
-
-    Parameters
-    ----------
-    new : numpy.ndarray
-        Label image of the re-fit.
-    current : numpy.ndarray
-        The labels as the user left them (same shape).
-    edits : numpy.ndarray of bool
-        Voxels the user changed.
-
-    Returns
-    -------
-    numpy.ndarray
-        The merged labels (dtype widened if fresh labels need it).
-    """
-    merged = np.array(new, copy=True)
-    if not edits.any():
-        return merged
-    painted = current[edits]
-    next_label = int(merged.max()) + 1
-    mapping: dict[int, int] = {}
-    for p in np.unique(painted):
-        p = int(p)
-        if p == 0:
-            mapping[p] = 0
-            continue
-        unedited = (current == p) & ~edits
-        under = new[unedited]
-        under = under[under > 0]
-        if under.size:
-            ids, counts = np.unique(under, return_counts=True)
-            mapping[p] = int(ids[np.argmax(counts)])
-        else:
-            mapping[p] = next_label
-            next_label += 1
-    if merged.dtype.kind in "ui" and next_label - 1 > np.iinfo(merged.dtype).max:
-        merged = merged.astype(np.uint32)
-    keys = np.fromiter(mapping.keys(), dtype=np.int64)
-    vals = np.fromiter(mapping.values(), dtype=np.int64)
-    idx = np.searchsorted(keys, painted.astype(np.int64))
-    merged[edits] = vals[idx].astype(merged.dtype)
-    return merged
 
 
 def open_multichannel(viewer: napari.viewer.Viewer, path: str | Path | None = None) -> list:
