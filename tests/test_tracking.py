@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_sinkhorn_em import TrackingCancelled, TrackingResult, track_nuclei
+from napari_sinkhorn_em import TrackingCancelled, TrackingResult, save_tracking, track_nuclei
 from napari_sinkhorn_em.evaluation.tracking import link_accuracy, link_nearest, match_points
 from napari_sinkhorn_em.synthetic import make_dividing_embryo, make_moving_worm
 
@@ -351,3 +351,52 @@ def test_targettrack_frame_tracked_onto_itself_keeps_every_identity():
     # measured: median 0.31 um (the motion estimate between the fitted centres and the
     # LoG peaks is not exactly the identity), nucleus diameter 2 um
     assert np.median(d) < 0.5 and np.mean(d < 1.0) >= 0.98
+
+
+@pytest.mark.parametrize("motion", ["deformable", "rigid"])
+def test_two_dimensional_time_lapse(moving_head, motion):
+    """A single optical section per frame, (T, Y, X), without a channel axis."""
+    w = moving_head
+    z = w.image.shape[2] // 2
+    stack = w.image[:, 3, z]  # the pan-nuclear channel of the middle plane
+    r = track_nuclei(
+        stack, voxel_size=w.voxel_size[1:], nucleus_diameter=2.7, random_state=0, motion=motion
+    )
+    assert r.labels.shape == stack.shape
+    assert list(r.tracks.columns) == [
+        "track_id", "t", "y", "x", "y_um", "x_um", "parent_id", "label", "volume_um3", "mean_ch0",
+    ]  # fmt: skip
+    # the nuclei cut by the plane are followed through all frames (measured: 6 tracks, none
+    # new or ended after the reference frame)
+    n = r.frames[0]["n_tracks"]
+    assert n >= 4
+    for f in r.frames[1:]:
+        assert f["n_tracks"] == n and not f["new"] and not f["ended"]
+    vs = np.asarray(w.voxel_size[1:])
+    truth = [(c[:, 1:] * vs)[np.abs(c[:, 0] - z) < 1.0] for c in w.centres]
+    ids = [i[np.abs(c[:, 0] - z) < 1.0] for c, i in zip(w.centres, w.ids, strict=True)]
+    acc = link_accuracy(r.tracks, truth, ids, 1.35, columns=("y_um", "x_um"))
+    assert acc["linked_given_found"] == 1.0
+
+
+def test_save_tracking_round_trip(tmp_path, embryo, embryo_tracks):
+    import json
+
+    import tifffile
+
+    r = embryo_tracks
+    paths = save_tracking(r, tmp_path / "out", stem="embryo")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "embryo_labels.tif", "embryo_tracking.json", "embryo_tracks.csv",
+    ]  # fmt: skip
+    with tifffile.TiffFile(paths["labels"]) as tif:
+        assert tif.series[0].axes == "TZYX"
+        np.testing.assert_array_equal(tif.asarray(), r.labels)
+        assert tif.imagej_metadata["spacing"] == pytest.approx(embryo.voxel_size[0])
+        x_res = tif.pages[0].tags["XResolution"].value
+        assert x_res[1] / x_res[0] == pytest.approx(embryo.voxel_size[2])
+    back = pd.read_csv(paths["tracks"])
+    pd.testing.assert_frame_equal(back, r.tracks, check_dtype=False)
+    doc = json.loads(paths["info"].read_text(encoding="utf-8"))
+    assert doc["parameters"] == json.loads(json.dumps(r.params))
+    assert len(doc["frames"]) == embryo.n_frames

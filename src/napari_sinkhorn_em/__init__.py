@@ -34,6 +34,7 @@ _EXPORTS = {
     "TrackingCancelled": "pipeline.track",
     "TrackingResult": "pipeline.track",
     "track_nuclei": "pipeline.track",
+    "save_tracking": "pipeline.track",
 }
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "load_params",
     "read_image",
     "save_params",
+    "save_tracking",
     "segment_nuclei",
     "sinkhorn_responsibilities",
     "track_nuclei",
@@ -93,4 +95,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         save_params,
         segment_nuclei,
     )
-    from .pipeline.track import TrackingCancelled, TrackingResult, track_nuclei
+    from .pipeline.track import TrackingCancelled, TrackingResult, save_tracking, track_nuclei

@@ -43,7 +43,7 @@ from .peaks import detect_nuclei
 from .preprocess import preprocess
 from .segment import SegmentationCancelled, segment_nuclei
 
-__all__ = ["TrackingCancelled", "TrackingResult", "track_nuclei"]
+__all__ = ["TrackingCancelled", "TrackingResult", "save_tracking", "track_nuclei"]
 
 MOTIONS = ("none", "translation", "rigid", "deformable")
 METHODS = ("sinkhorn", "em")
@@ -518,7 +518,8 @@ threshold_method, suppress_granules, tol, max_iter
         component's Voronoi cell in the new frame (default); the mass of the LoG peak's
         cell each component sits in (``segment_nuclei``'s "nuclei"); the weights of the
         previous frame's fit, carried per track; or equal. Measured on moving heads
-        (docs/tracking.md): "voronoi" keeps the most identities.
+        (docs/tracking.md): "voronoi" keeps the most identities (0.931 of the links,
+        "previous" 0.911, "uniform" 0.856).
     weight_refits : int
         Extra fits per frame with the Voronoi weights re-estimated around the fitted
         centres (0 = one fit).
@@ -1061,3 +1062,73 @@ threshold_method, suppress_granules, tol, max_iter
     info_list = [frame_info[t] for t in range(T)]
     info_list[ref]["timings"]["tracking_total"] = time.perf_counter() - t_start
     return TrackingResult(all_labels, tracks, params, info_list)
+
+
+def save_tracking(result: TrackingResult, folder, stem: str = "tracking") -> dict:
+    """Write a tracking result: labels (TZYX / TYX TIFF), tracks (CSV), run info (JSON).
+
+    Files, each written atomically (a temporary file renamed into place):
+
+    - ``<stem>_labels.tif``: the labels, time first, calibrated (voxel size in
+      micrometres); an ImageJ hyperstack when the track ids fit in 16 bits, else an
+      OME-TIFF (uint32);
+    - ``<stem>_tracks.csv``: :attr:`TrackingResult.tracks`;
+    - ``<stem>_tracking.json``: ``{"parameters": params, "frames": per-frame info}``
+      (``track_nuclei(stack, **parameters)`` repeats the run).
+
+    Parameters
+    ----------
+    result : TrackingResult
+    folder : str or os.PathLike
+        Output folder (created if needed).
+    stem : str
+        File name prefix.
+
+    Returns
+    -------
+    dict
+        ``{"labels": path, "tracks": path, "info": path}``.
+    """
+    import json
+    from pathlib import Path
+
+    import tifffile
+
+    from .._json import jsonable
+    from ..io import atomic_write, write_table
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "labels": folder / f"{stem}_labels.tif",
+        "tracks": folder / f"{stem}_tracks.csv",
+        "info": folder / f"{stem}_tracking.json",
+    }
+    labels = np.asarray(result.labels)
+    vs = [float(v) for v in result.params["voxel_size"]]
+    axes = "TZYX" if labels.ndim == 4 else "TYX"
+    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
+        meta: dict[str, Any] = {"axes": axes, "unit": "micron"}
+        if labels.ndim == 4:
+            meta["spacing"] = vs[0]
+        kwargs: dict[str, Any] = {
+            "imagej": True,
+            "metadata": meta,
+            "resolution": (1.0 / vs[-1], 1.0 / vs[-2]),
+        }
+        data = labels.astype(np.uint16)
+    else:
+        meta = {"axes": axes}
+        for a, v in zip(axes[1:], vs, strict=True):
+            meta[f"PhysicalSize{a}"] = v
+            meta[f"PhysicalSize{a}Unit"] = "\u00b5m"
+        kwargs = {"ome": True, "metadata": meta}
+        data = labels.astype(np.uint32)
+    with atomic_write(paths["labels"], "wb") as fh:
+        tifffile.imwrite(fh, np.ascontiguousarray(data), compression="zlib", **kwargs)
+    write_table(paths["tracks"], result.tracks)
+    doc = {"parameters": jsonable(result.params), "frames": jsonable(result.frames)}
+    text = json.dumps(doc, indent=1, allow_nan=True)
+    with atomic_write(paths["info"], "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    return paths
