@@ -93,12 +93,23 @@ def test_predict_proba_sparse_and_fit_predict():
 
 @pytest.mark.parametrize(
     ("shape", "m"),
-    [("blobs", 16), ("blobs", 1), ("uniform", 5), ("flat", 4), ("line", 3), ("twins", 2)],
+    [
+        ("blobs", 16),
+        ("blobs", 1),
+        ("uniform", 5),
+        ("flat", 4),
+        ("line", 3),
+        ("twins", 2),
+        ("6d", 16),
+        ("6d", 39),
+    ],
 )
-def test_grid_neighbors_are_exact(shape, m):
-    """The grid search returns exactly the m nearest means (brute force), in any layout."""
+@pytest.mark.parametrize("search", ["grid", "brute"])
+def test_grid_neighbors_are_exact(shape, m, search):
+    """Both searches (grid, brute-force scan) return exactly the m nearest means, in any
+    layout, and keep the budgets that let later refreshes skip points."""
     from napari_sinkhorn_em.mixture import _kernels
-    from napari_sinkhorn_em.mixture.estimator import _NeighborGrid
+    from napari_sinkhorn_em.mixture._neighbors import _BruteNeighbors, _NeighborGrid
 
     rng = np.random.default_rng(7)
     K = 40
@@ -113,11 +124,14 @@ def test_grid_neighbors_are_exact(shape, m):
         means = rng.uniform(0, 10, size=(K, 3))
     elif shape == "line":
         X, means = rng.normal(size=(2000, 1)), rng.normal(size=(K, 1)) * 2
+    elif shape == "6d":
+        means = rng.uniform(0, 6, size=(K, 6))
+        X = means[rng.integers(0, K, 3000)] + rng.normal(0, 0.5, size=(3000, 6))
     else:  # all points at two positions
         X = np.repeat([[0.0, 0.0], [5.0, 1.0]], 500, axis=0)
         means = rng.uniform(-1, 6, size=(K, 2))
     X = np.ascontiguousarray(X)
-    grid = _NeighborGrid(X, K, m)
+    grid = (_NeighborGrid if search == "grid" else _BruteNeighbors)(X, K, m)
     # then small moves (most points keep their neighbours without a search), then one
     # component jumps across the data (every point is searched again)
     jump = np.zeros_like(means)
@@ -418,3 +432,137 @@ def test_soft_marginal_objective_is_monotone_and_bad_values_raise():
     for bad in (0.0, -1.0, "big", True):
         with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
             SinkhornEM(2, marginal_penalty=bad).fit(np.zeros((5, 2)) + np.arange(5)[:, None])
+
+
+@pytest.mark.parametrize("kw", [{}, {"init": "random"}, {"n_neighbors": 1}, {"method": "em"}])
+def test_data_beyond_float_range_is_a_clear_error(kw):
+    """Issue 16: data scaled by 1e200 used to fail deep inside the initialisation with
+    "Probabilities contain NaN"; its variances (1e400) do not exist in float64, so the
+    error names X, the magnitude and the remedy. 1e150 (squares 1e300) still fits."""
+    X, _, _ = blobs(16, K=2, sep=6.0)
+    with pytest.raises(ValueError, match=r"X has values of magnitude up to .*e\+200.*rescale X"):
+        SinkhornEM(2, random_state=0, **kw).fit(X * 1e200)
+    est = SinkhornEM(2, random_state=0, **kw).fit(X * 1e150)
+    ref = SinkhornEM(2, random_state=0, **kw).fit(X)
+    assert np.all(np.isfinite(est.means_)) and np.all(np.isfinite(est.covariances_))
+    np.testing.assert_allclose(est.means_ / 1e150, ref.means_, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(est.predict(X * 1e150), ref.predict(X))
+
+
+def test_tiny_coordinates_keep_the_neighbour_grid_finite():
+    """Tiny coordinates in 6-D (1e-60: the product of the six extents underflows) made
+    the grid's cell count infinite ("dimensions are too large"); it uses extent ratios
+    now. Spreads whose squares underflow (1e-200) are a clear error like 1e200."""
+    X, _, _ = blobs(17, K=3, D=6, sep=6.0)
+    est = SinkhornEM(3, n_neighbors=2, reg_covar=0.0, random_state=0).fit(X * 1e-60)
+    ref = SinkhornEM(3, n_neighbors=2, reg_covar=0.0, random_state=0).fit(X)
+    np.testing.assert_allclose(est.means_ * 1e60, ref.means_, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"X varies by at most .*e-19.*rescale X"):
+        SinkhornEM(3, random_state=0).fit(X * 1e-200)
+
+
+# ---------------------------------------------------------------- issue 15
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_neighbors": 4}, {"covariance_type": "diag"}])
+def test_fast_start_reaches_the_exact_fit(kw):
+    """fast_start (inexact early E-steps, sampled Hessian, scaling passes) converges to
+    the fit of exact E-steps from the same random start, declares convergence only on an
+    exact E-step and leaves an exact final E-step (marginal error at the final tolerance)."""
+    X, _, _ = blobs(21, K=6, D=3, sep=5.0, n=300)
+    common = {"init": "random", "random_state": 4, "tol": 1e-6, "max_iter": 300, **kw}
+    fast = SinkhornEM(6, fast_start=True, **common).fit(X)
+    exact = SinkhornEM(6, fast_start=False, **common).fit(X)
+    assert fast.converged_ and exact.converged_
+    np.testing.assert_allclose(
+        np.sort(fast.means_, axis=0), np.sort(exact.means_, axis=0), atol=1e-3
+    )
+    assert fast.objective_ == pytest.approx(exact.objective_, abs=1e-5)
+    assert fast.marginal_error_ < 1e-8
+    # the objective still rises up to the error of an inexact E-step (marginal error
+    # e <= 1e-3: objective error about e^2 K / 2 = 3e-6)
+    assert np.all(np.diff(fast.objective_history_) >= -1e-5)
+
+
+def test_fast_start_auto_is_off_for_given_means_and_max_iter_end_is_exact():
+    X, _, centers = blobs(22, K=4, D=2, sep=6.0)
+    start = centers + 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        auto = SinkhornEM(4, init=start, max_iter=6, tol=1e-12).fit(X)
+        off = SinkhornEM(4, init=start, max_iter=6, tol=1e-12, fast_start=False).fit(X)
+    # bit for bit: given means keep the exact E-steps of earlier versions (the pipeline)
+    assert np.array_equal(auto.means_, off.means_)
+    assert auto.objective_history_ == off.objective_history_
+    with pytest.warns(ConvergenceWarning):
+        short = SinkhornEM(4, init=start, max_iter=2, tol=0, fast_start=True).fit(X)
+    # stopped by max_iter on an inexact E-step: the last E-step is finished exactly
+    assert short.marginal_error_ < 1e-8
+    with pytest.raises(ValueError, match="fast_start must be"):
+        SinkhornEM(4, fast_start="yes").fit(X)
+
+
+def test_sparse_e_step_caps_weights_the_lists_cannot_deliver():
+    """A component listed by points holding less than its weight: the sparse problem has
+    no solution (the E-step used to run its pass limit). Its weight is capped at half that
+    mass, the excess spread over the others in proportion, and the E-step converges."""
+    from napari_sinkhorn_em import sinkhorn_responsibilities
+
+    rng = np.random.default_rng(3)
+    N, K, m = 2000, 5, 3
+    idx = np.empty((N, m), dtype=np.int64)
+    for i in range(N):
+        idx[i] = rng.choice(4, size=m, replace=False)  # components 0..3, each ~75% of rows
+    idx[:30, 2] = 4  # component 4 is listed by 30 points only: 1.5% of the mass < 20%
+    A = rng.normal(size=(N, m))
+    R, info = sinkhorn_responsibilities(A, np.full(K, 0.2), neighbors=idx, return_info=True)
+    assert info.converged and info.n_passes < 40
+    col = np.bincount(idx.ravel(), weights=R.ravel() / N, minlength=K)
+    assert col[4] == pytest.approx(0.5 * 30 / N, rel=1e-6)
+    np.testing.assert_allclose(col[:4], (1 - 0.5 * 30 / N) / 4, rtol=1e-6)
+
+
+def unequal_blobs(seed, K, weights, sep=7.0, n=2000):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, sep * K, size=(K, 2))
+    while np.min(np.linalg.norm(centers[:, None] - centers[None], axis=2) + 1e9 * np.eye(K)) < sep:
+        centers = rng.uniform(0, sep * K, size=(K, 2))
+    counts = np.round(np.asarray(weights) * n).astype(int)
+    X = np.concatenate([c + rng.normal(size=(k, 2)) for c, k in zip(centers, counts, strict=True)])
+    return X, centers
+
+
+def test_weights_estimate_learns_unequal_weights():
+    w = np.array([0.6, 0.3, 0.1])
+    X, centers = unequal_blobs(23, 3, w)
+    est = SinkhornEM(3, weights="estimate", init="random", random_state=0, tol=1e-6).fit(X)
+    order = match(est.means_, centers)
+    np.testing.assert_allclose(est.means_[order], centers, atol=0.15)
+    np.testing.assert_allclose(est.weights_[order], w, atol=0.01)
+    # an EM fixed point: the objective is the mean log-likelihood
+    assert est.objective_ == pytest.approx(est.score(X), abs=1e-6)
+    assert est.n_iter_ > 1 and est.converged_
+    for bad in ({"weights": "learn"}, {"weights": "estimate", "method": "em"}):
+        with pytest.raises(ValueError, match="'estimate'"):
+            SinkhornEM(3, **bad).fit(X)
+
+
+def test_weights_estimate_from_random_starts_beats_em():
+    """Ten equal clusters, 6 random starts: weights="estimate" reaches the global optimum
+    at least as often as EM with learned weights from the same starts, and its
+    log-likelihood is never below EM's by more than noise (study: docs/method.md)."""
+    X, centers = unequal_blobs(24, 10, np.full(10, 0.1), n=1500)
+    wins = {"em": 0, "estimate": 0}
+    for seed in range(6):
+        kw = {"init": "random", "random_state": seed, "tol": 1e-6, "max_iter": 500}
+        em = SinkhornEM(10, method="em", learn_weights=True, **kw)
+        est = SinkhornEM(10, weights="estimate", **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            em.fit(X)
+            est.fit(X)
+        for name, model in (("em", em), ("estimate", est)):
+            d = np.linalg.norm(centers[:, None] - model.means_[None], axis=2)
+            wins[name] += bool(np.all(d.min(axis=1) < 0.5)) and len(set(d.argmin(axis=1))) == 10
+        assert est.score(X) >= em.score(X) - 1e-3
+    assert wins["estimate"] >= wins["em"] and wins["estimate"] >= 5

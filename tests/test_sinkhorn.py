@@ -240,3 +240,31 @@ def test_sinkhorn_responsibilities_soft_marginal():
     np.testing.assert_allclose(R_stiff, R_exact, atol=1e-6)
     with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
         sinkhorn_responsibilities(A, w, marginal_penalty=-1.0)
+
+
+def test_rows_with_zero_density_everywhere_raise_and_name_the_rows():
+    """Issue 16: a row that is -inf in every column used to come back uniform with
+    converged=True. With positive mass it is now a ValueError naming the rows; with zero
+    mass it carries nothing (documented: its row is softmax(potential)) and the rest is
+    solved as if it were absent."""
+    A, w, a = problem(7, N=40, K=4)
+    A[[3, 17]] = -np.inf
+    with pytest.raises(ValueError, match=r"2 row\(s\) with positive mass \(rows 3, 17\)"):
+        sinkhorn_responsibilities(A, w, a)
+    idx = np.tile(np.arange(4), (40, 1))
+    with pytest.raises(ValueError, match=r"rows 3, 17"):
+        sinkhorn_responsibilities(A, w, a, neighbors=idx)
+    a0 = a.copy()
+    a0[[3, 17]] = 0.0
+    R, info = sinkhorn_responsibilities(A, w, a0, tol=1e-11, return_info=True)
+    keep = a0 > 0
+    ref = sinkhorn_responsibilities(A[keep], w, a0[keep], tol=1e-11)
+    np.testing.assert_allclose(R[keep], ref, atol=1e-9)
+    g = info.potential
+    np.testing.assert_allclose(R[[3, 17]], np.tile(np.exp(g) / np.exp(g).sum(), (2, 1)))
+    assert info.converged
+    # a single -inf entry is zero density for that component only
+    A1 = problem(7, N=40, K=4)[0]
+    A1[5, 2] = -np.inf
+    R1 = sinkhorn_responsibilities(A1, w, a, tol=1e-11)
+    assert R1[5, 2] == 0.0 and np.isclose(R1[5].sum(), 1.0)

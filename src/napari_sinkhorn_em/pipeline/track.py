@@ -76,9 +76,12 @@ class TrackingResult:
         Every keyword argument used (JSON-serialisable).
     frames : list of dict
         Per-frame fit information, in time order: ``t``, ``n_tracks``, ``new``,
-        ``ended``, ``divided`` (track ids), ``motion`` (translation and rotation of the
-        global estimate, residual after it), ``n_iter``, ``converged``, ``objective``,
-        ``timings`` (s). The reference frame holds ``segment_nuclei``'s info.
+        ``ended``, ``divided`` (track ids), ``reasons`` (which rule started or ended
+        which track: "new", "vanished", "duplicate"), ``motion`` (phase shift, rotation
+        and translation of the global estimate, residual after it, how far the fit moved
+        the components), ``n_iter``, ``converged``, ``objective``, ``timings`` (s),
+        ``reference``. The reference frame also holds ``segment_nuclei``'s info
+        (``segmentation``) and the diameter used (``nucleus_diameter_um``).
     """
 
     labels: np.ndarray
