@@ -17,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # Imports of these top-level names are refused in the child interpreter below,
 # as if napari and Qt were not installed.
 GUI_PACKAGES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui")
-GUI_MODULES = {"_napari.widget", "_napari.form", "_napari.runner", "_napari.layers"}
+GUI_MODULES = {
+    "_napari.widget",
+    "_napari.form",
+    "_napari.runner",
+    "_napari.layers",
+    "_napari.timelapse",
+}
 
 
 def test_core_imports_without_gui_stack():

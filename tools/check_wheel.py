@@ -24,7 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "napari_sinkhorn_em"
 # Modules allowed to import napari / Qt (the widget and the modules only it uses);
 # everything else is "core".
-GUI_MODULES = {"_napari.widget", "_napari.form", "_napari.runner", "_napari.layers"}
+GUI_MODULES = {
+    "_napari.widget",
+    "_napari.form",
+    "_napari.runner",
+    "_napari.layers",
+    "_napari.timelapse",
+}
 
 CORE_IMPORT_CHECK = f"""
 import importlib, pkgutil, sys

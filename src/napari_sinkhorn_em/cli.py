@@ -81,7 +81,9 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Segment nuclei in TIFF stacks. For each input <stem>.tif writes "
             "<stem>_labels.tif and <stem>_nuclei.csv into the output folder, and one run.json "
-            "with version, parameters and per-file status, timings and errors. Rerunning "
+            "with version, parameters and per-file status, timings and errors. A time-lapse "
+            "(ImageJ frames / OME T axis, or --time-axis) is tracked: <stem>_labels.tif "
+            "over T (a nucleus keeps its label) and <stem>_tracks.csv. Rerunning "
             "skips inputs whose outputs are complete and were made with the same parameters. "
             "Exit code: 0 if every file succeeded, 1 if any failed, 2 for usage errors."
         ),
@@ -136,6 +138,28 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
         metavar="UM",
         help=_param_help("nucleus_diameter")
         + "; the value used is in each result's info.nucleus_diameter_um",
+    )
+    p.add_argument(
+        "--time-axis",
+        type=int,
+        default=None,
+        metavar="A",
+        help="index of the time axis in the stored array: every input is a time-lapse, "
+        "tracked through time (<stem>_labels.tif over T + <stem>_tracks.csv); default: "
+        "from the metadata (ImageJ frames / OME T)",
+    )
+    p.add_argument(
+        "--motion",
+        choices=("deformable", "rigid", "translation", "none"),
+        default=None,
+        help="time-lapses: motion model between frames (default deformable)",
+    )
+    p.add_argument(
+        "--reference-frame",
+        type=_int_at_least(0, "a non-negative integer"),
+        default=None,
+        metavar="T",
+        help="time-lapses: the frame segmented from scratch, tracked forward and back (default 0)",
     )
     p.add_argument(
         "--config",
@@ -294,6 +318,9 @@ def _segment(args: argparse.Namespace, argv: Sequence[str], build_parameters, ru
         method=args.method,
         nucleus_diameter=args.nucleus_diameter,
         seed=args.seed,
+        time_axis=args.time_axis,
+        motion=args.motion,
+        reference_frame=args.reference_frame,
     )
     report = run_batch(
         args.inputs,

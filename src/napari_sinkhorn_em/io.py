@@ -94,7 +94,8 @@ class ImageData:
         Pixel data as stored (dtype unchanged), with a singleton time axis removed.
     axes : str
         One letter per axis of ``data``, from ``"Z"``, ``"C"``, ``"Y"``, ``"X"``, e.g.
-        ``"ZCYX"`` for an ImageJ hyperstack, ``"ZYX"``, ``"CYX"`` or ``"YX"``.
+        ``"ZCYX"`` for an ImageJ hyperstack, ``"ZYX"``, ``"CYX"`` or ``"YX"``; a
+        time-lapse read with ``time_series=True`` also has a ``"T"`` (e.g. ``"TZCYX"``).
     voxel_size : tuple of float or None
         Size of a voxel along the spatial axes (in the order they appear in ``axes``,
         channel axis excluded) in micrometres; None when the file carries no
@@ -105,6 +106,9 @@ class ImageData:
         One name per channel when the metadata provides them.
     path : pathlib.Path
         The file that was read.
+    time_axis : int or None
+        Index of the time axis in ``data`` (time-lapses read with ``time_series=True``),
+        else None.
     """
 
     data: np.ndarray
@@ -113,16 +117,22 @@ class ImageData:
     channel_axis: int | None
     channel_names: list[str] | None
     path: Path
+    time_axis: int | None = None
 
     @property
     def spatial_axes(self) -> str:
-        """The axes letters without the channel axis, e.g. ``"ZYX"``."""
-        return self.axes.replace("C", "")
+        """The axes letters without the channel and time axes, e.g. ``"ZYX"``."""
+        return self.axes.replace("C", "").replace("T", "")
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        """Shape of the spatial axes (channel axis removed)."""
-        return tuple(n for n, a in zip(self.data.shape, self.axes, strict=True) if a != "C")
+        """Shape of the spatial axes (channel and time axes removed)."""
+        return tuple(n for n, a in zip(self.data.shape, self.axes, strict=True) if a not in "CT")
+
+    @property
+    def n_frames(self) -> int:
+        """Number of time points (1 without a time axis)."""
+        return 1 if self.time_axis is None else int(self.data.shape[self.time_axis])
 
     @property
     def n_channels(self) -> int:
@@ -355,13 +365,21 @@ def _fail(path: Path, reason: str) -> ImageReadError:
     return ImageReadError(f"cannot read {path.name!r} ({path}): {reason}")
 
 
-def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> ImageData:
-    """Read a 2-D or 3-D (optionally multichannel) TIFF with its calibration.
+def read_image(
+    path: str | os.PathLike,
+    *,
+    channel_axis: int | None = None,
+    time_series: bool = False,
+    time_axis: int | None = None,
+) -> ImageData:
+    """Read a 2-D or 3-D (optionally multichannel, optionally time-lapse) TIFF with its
+    calibration.
 
     Supports plain TIFF, ImageJ hyperstacks (voxel size from the X/YResolution tags,
     ``spacing`` and ``unit``) and OME-TIFF (``PhysicalSizeX/Y/Z`` with their units,
     ``DimensionOrder`` and channel names). Units (micron, um, µm, nm, mm, ...) are
-    converted to micrometres. A singleton time axis is dropped.
+    converted to micrometres. A singleton time axis is dropped (unless ``time_axis``
+    names it).
 
     Parameters
     ----------
@@ -372,6 +390,15 @@ def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> I
         time axis). Overrides the metadata; needed for plain TIFFs whose channel axis
         cannot be recognised. Without metadata a 3-D array is taken as ``ZYX`` and a
         4-D array as ``ZCYX`` (or ``CZYX`` when the first axis is the shorter one).
+        For a time-lapse: the index in the stored array, time axis included.
+    time_series : bool, default False
+        Accept a time-lapse: a time axis of more than one frame from the metadata
+        (ImageJ ``frames``, OME ``SizeT``) is kept as ``"T"`` in ``axes`` and
+        ``time_axis``. Without it such a file is an error.
+    time_axis : int, optional
+        Index of the time axis in the stored array (implies ``time_series``), for files
+        whose metadata do not name it (e.g. a plain ``(T, Z, Y, X)`` TIFF); overrides
+        the metadata. A length-1 axis is a one-frame time-lapse.
 
     Returns
     -------
@@ -383,8 +410,9 @@ def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> I
     ------
     ImageReadError
         If the file does not exist, is empty, is not a TIFF, is truncated or corrupt,
-        holds more than one time point, or is not 2-D/3-D spatial plus at most one
-        channel axis. A constant image is *not* an error here.
+        holds more than one time point (without ``time_series`` / ``time_axis``), or is
+        not 2-D/3-D spatial plus at most one channel axis (and one time axis). A
+        constant image is *not* an error here.
     """
     path = Path(path)
     if not path.exists():
@@ -423,18 +451,16 @@ def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> I
             if data.size == 0 or 0 in data.shape:
                 raise _fail(path, f"image is empty (shape {data.shape})")
 
-            # time axis: drop when singleton, reject otherwise
-            if "T" in raw_axes:
+            raw_axes, t_idx = _time_axis(path, raw_axes, data.shape, time_series, time_axis)
+            if "T" in raw_axes and raw_axes.index("T") != t_idx:
+                # a singleton time axis that is not the chosen one: dropped
                 t = raw_axes.index("T")
-                if data.shape[t] != 1:
-                    raise _fail(
-                        path,
-                        f"holds {data.shape[t]} time points (axes {series.axes}, shape "
-                        f"{data.shape}); time series are not supported, save one time "
-                        "point per file",
-                    )
                 data = np.take(data, 0, axis=t)
                 raw_axes = raw_axes[:t] + raw_axes[t + 1 :]
+                if t_idx is not None and t_idx > t:
+                    t_idx -= 1
+            if t_idx is not None:
+                raw_axes = raw_axes[:t_idx] + "T" + raw_axes[t_idx + 1 :]
 
             ndim = data.ndim
             if channel_axis is not None:
@@ -445,17 +471,29 @@ def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> I
                         f"{ndim} axes (shape {data.shape})",
                     )
                 channel_axis = channel_axis % ndim
+                if channel_axis == t_idx:
+                    raise _fail(path, f"channel_axis={channel_axis} is the time axis")
 
-            axes = _resolve_axes(raw_axes, data.shape, channel_axis)
+            # the axes of one frame, then the time axis put back in place
+            frame_shape = (
+                data.shape if t_idx is None else data.shape[:t_idx] + data.shape[t_idx + 1 :]
+            )
+            frame_raw = raw_axes if t_idx is None else raw_axes[:t_idx] + raw_axes[t_idx + 1 :]
+            frame_ch = channel_axis
+            if channel_axis is not None and t_idx is not None and channel_axis > t_idx:
+                frame_ch = channel_axis - 1
+            axes = _resolve_axes(frame_raw, frame_shape, frame_ch)
             if axes is None:
                 raise _fail(
                     path,
                     f"wrong number of axes: expected a 2-D or 3-D image plus at most one "
-                    f"channel axis, got {ndim}-D data with shape {data.shape} "
-                    f"(axes {series.axes!r})",
+                    f"channel axis{'' if t_idx is None else ' and the time axis'}, got "
+                    f"{ndim}-D data with shape {data.shape} (axes {series.axes!r})",
                 )
+            if t_idx is not None:
+                axes = axes[:t_idx] + "T" + axes[t_idx:]
 
-            spatial = axes.replace("C", "")
+            spatial = axes.replace("C", "").replace("T", "")
             voxel_size: tuple[float, ...] | None = None
             channel_names: list[str] | None = None
             pixels = _ome_pixels(tif) if tif.is_ome else None
@@ -478,7 +516,55 @@ def read_image(path: str | os.PathLike, *, channel_axis: int | None = None) -> I
         channel_axis=c_axis,
         channel_names=channel_names,
         path=path,
+        time_axis=axes.index("T") if "T" in axes else None,
     )
+
+
+def _time_axis(
+    path: Path,
+    raw_axes: str,
+    shape: tuple[int, ...],
+    time_series: bool,
+    time_axis: int | None,
+) -> tuple[str, int | None]:
+    """The raw axes with the time axis marked ``"T"`` and its index (None: no time-lapse).
+
+    ``time_axis`` (an index into the stored array) wins over the metadata; without it the
+    metadata's T axis is the time axis when it has more than one frame and
+    ``time_series`` is set. A metadata T axis of several frames that is not the chosen
+    one, or one met without ``time_series``, is an error naming the file.
+    """
+    ndim = len(shape)
+    meta_t = raw_axes.index("T") if "T" in raw_axes else None
+    if time_axis is not None:
+        if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)):
+            raise _fail(path, f"time_axis must be an integer, got {time_axis!r}")
+        if not -ndim <= time_axis < ndim:
+            raise _fail(
+                path,
+                f"time_axis={time_axis} is out of range for an image with {ndim} axes "
+                f"(shape {shape})",
+            )
+        t = int(time_axis) % ndim
+        if meta_t is not None and meta_t != t and shape[meta_t] != 1:
+            raise _fail(
+                path,
+                f"time_axis={time_axis} but the metadata put the {shape[meta_t]} time "
+                f"points on axis {meta_t} (axes {raw_axes}, shape {shape})",
+            )
+        if meta_t is not None and meta_t != t:
+            return raw_axes, t  # the singleton metadata T is dropped by the caller
+        return raw_axes[:t] + "T" + raw_axes[t + 1 :], t
+    if meta_t is None or shape[meta_t] == 1:
+        return raw_axes, None
+    if not time_series:
+        raise _fail(
+            path,
+            f"holds {shape[meta_t]} time points (axes {raw_axes}, shape {shape}); "
+            "read time-lapses with time_series=True (the command line takes them as "
+            "they are, or with --time-axis), or save one time point per file",
+        )
+    return raw_axes, meta_t
 
 
 def _resolve_axes(raw_axes: str, shape: tuple[int, ...], channel_axis: int | None) -> str | None:
@@ -548,8 +634,8 @@ def _write_tiff(
     voxel_size: tuple[float, ...] | None,
     channel_names: list[str] | None,
 ) -> None:
-    """Write ``data`` (axes in Z, C, Y, X order, a subset) as ImageJ or OME-TIFF."""
-    spatial = axes.replace("C", "")
+    """Write ``data`` (axes in T, Z, C, Y, X order, a subset) as ImageJ or OME-TIFF."""
+    spatial = axes.replace("C", "").replace("T", "")
     if data.dtype in _IMAGEJ_DTYPES:
         metadata: dict[str, Any] = {"axes": axes}
         if voxel_size is not None:
@@ -557,7 +643,9 @@ def _write_tiff(
             if "Z" in spatial:
                 metadata["spacing"] = voxel_size[spatial.index("Z")]
         if channel_names is not None:
-            n_planes = int(np.prod([n for n, a in zip(data.shape, axes, strict=True) if a in "ZC"]))
+            n_planes = int(
+                np.prod([n for n, a in zip(data.shape, axes, strict=True) if a in "TZC"])
+            )
             n_c = len(channel_names)
             metadata["Labels"] = [channel_names[i % n_c] for i in range(n_planes)]
         kwargs = {"imagej": True, "metadata": metadata, **_resolution_kwargs(voxel_size, spatial)}
@@ -587,6 +675,8 @@ def write_labels(
     path: str | os.PathLike,
     labels: np.ndarray,
     voxel_size: Sequence[float] | None,
+    *,
+    time_axis: bool = False,
 ) -> Path:
     """Write a label image as a compressed, calibrated TIFF, atomically.
 
@@ -603,10 +693,13 @@ def write_labels(
     path : str or os.PathLike
         Destination ``.tif`` file (its folder must exist). Replaced if present.
     labels : numpy.ndarray
-        2-D (YX) or 3-D (ZYX) array of non-negative integers (0 = background).
+        2-D (YX) or 3-D (ZYX) array of non-negative integers (0 = background); with
+        ``time_axis``, a time-lapse ``(T, [Z,] Y, X)`` (written as ImageJ frames / OME T).
     voxel_size : sequence of float or None
-        Voxel size in micrometres, one value per axis of ``labels``; None writes an
-        uncalibrated file.
+        Voxel size in micrometres, one value per spatial axis of ``labels``; None writes
+        an uncalibrated file.
+    time_axis : bool, default False
+        The first axis of ``labels`` is time.
 
     Returns
     -------
@@ -622,8 +715,10 @@ def write_labels(
     path = Path(path)
     labels = np.asarray(labels)
     what = f"cannot write labels to {path.name!r}"
-    if labels.ndim not in (2, 3):
-        raise ValueError(f"{what}: labels must be 2-D or 3-D, got shape {labels.shape}")
+    n_t = 1 if time_axis else 0
+    if labels.ndim - n_t not in (2, 3):
+        kind = "(T, [Z,] Y, X)" if time_axis else "2-D or 3-D"
+        raise ValueError(f"{what}: labels must be {kind}, got shape {labels.shape}")
     if labels.size == 0:
         raise ValueError(f"{what}: labels are empty (shape {labels.shape})")
     if labels.dtype == bool:
@@ -635,9 +730,9 @@ def write_labels(
         raise ValueError(f"{what}: labels must be >= 0, found {lo}")
     if hi >= 2**32:
         raise ValueError(f"{what}: label {hi} does not fit in uint32")
-    vs = _check_voxel_size(voxel_size, labels.ndim, what)
+    vs = _check_voxel_size(voxel_size, labels.ndim - n_t, what)
     dtype = np.uint16 if hi < 2**16 else np.uint32
-    axes = "ZYX" if labels.ndim == 3 else "YX"
+    axes = ("T" if time_axis else "") + ("ZYX" if labels.ndim - n_t == 3 else "YX")
     _write_tiff(path, np.ascontiguousarray(labels, dtype=dtype), axes, vs, None)
     return path
 
@@ -666,8 +761,9 @@ def write_image(
         Voxel size in micrometres for the spatial axes, in the order they appear in
         ``axes``; None writes an uncalibrated file.
     axes : str
-        One letter per axis of ``image`` from Z, C, Y, X (each at most once; Y and X
-        required), e.g. ``"ZCYX"``, ``"CZYX"``, ``"ZYX"``, ``"YX"``.
+        One letter per axis of ``image`` from T, Z, C, Y, X (each at most once; Y and X
+        required), e.g. ``"ZCYX"``, ``"CZYX"``, ``"ZYX"``, ``"YX"``; ``"T"`` marks a
+        time axis (ImageJ frames, e.g. ``"TCZYX"`` is stored as ``"TZCYX"``).
     channel_names : sequence of str, optional
         One name per channel.
 
@@ -683,13 +779,13 @@ def write_image(
     if (
         len(axes) != image.ndim
         or len(set(axes)) != len(axes)
-        or not set(axes) <= set("ZCYX")
+        or not set(axes) <= set("TZCYX")
         or "Y" not in axes
         or "X" not in axes
     ):
         raise ValueError(
             f"{what}: axes {axes!r} do not describe an image of shape {image.shape}; use "
-            "one letter per axis from Z, C, Y, X with Y and X present (e.g. 'ZCYX')"
+            "one letter per axis from T, Z, C, Y, X with Y and X present (e.g. 'ZCYX')"
         )
     if image.size == 0:
         raise ValueError(f"{what}: image is empty (shape {image.shape})")
@@ -697,13 +793,13 @@ def write_image(
         image = image.astype(np.uint8)
     if image.dtype.kind not in "uif":
         raise ValueError(f"{what}: unsupported dtype {image.dtype}")
-    order = [axes.index(a) for a in "ZCYX" if a in axes]
+    order = [axes.index(a) for a in "TZCYX" if a in axes]
     ij_axes = "".join(axes[i] for i in order)
-    spatial_in = axes.replace("C", "")
+    spatial_in = axes.replace("C", "").replace("T", "")
     vs = _check_voxel_size(voxel_size, len(spatial_in), what)
     if vs is not None:
         size = dict(zip(spatial_in, vs, strict=True))
-        vs = tuple(size[a] for a in ij_axes.replace("C", ""))
+        vs = tuple(size[a] for a in ij_axes.replace("C", "").replace("T", ""))
     names = None
     if channel_names is not None:
         names = [str(n) for n in channel_names]
@@ -737,7 +833,11 @@ def write_table(path: str | os.PathLike, dataframe) -> Path:
 
 
 def read_image_axes(
-    path: str | os.PathLike, *, channel_axis: int | None = None
+    path: str | os.PathLike,
+    *,
+    channel_axis: int | None = None,
+    time_series: bool = False,
+    time_axis: int | None = None,
 ) -> tuple[str, tuple[int, ...]]:
     """Axes and shape of a TIFF's image as :func:`read_image` would see them, from the
     header only (no pixels are read; fast enough to check every input of a batch).
@@ -746,13 +846,14 @@ def read_image_axes(
     ----------
     path : str or os.PathLike
         The TIFF file.
-    channel_axis : int, optional
+    channel_axis, time_series, time_axis
         As in :func:`read_image`.
 
     Returns
     -------
     axes : str
-        Z/C/Y/X letters, e.g. ``"ZCYX"`` (a singleton time axis dropped).
+        T/Z/C/Y/X letters, e.g. ``"ZCYX"`` (a singleton time axis dropped) or
+        ``"TZCYX"`` for a time-lapse.
     shape : tuple of int
         Shape of the stored array without the singleton time axis.
 
@@ -771,17 +872,30 @@ def read_image_axes(
                 shape = tuple(int(n) for n in series.shape)
         except Exception as exc:
             raise _fail(path, f"cannot read the TIFF header ({exc})") from exc
-    if "T" in raw_axes:
+    raw_axes, t_idx = _time_axis(path, raw_axes, shape, time_series, time_axis)
+    if "T" in raw_axes and raw_axes.index("T") != t_idx:
         t = raw_axes.index("T")
-        if shape[t] != 1:
-            raise _fail(path, f"holds {shape[t]} time points; time series are not supported")
         shape = shape[:t] + shape[t + 1 :]
         raw_axes = raw_axes[:t] + raw_axes[t + 1 :]
+        if t_idx is not None and t_idx > t:
+            t_idx -= 1
     if channel_axis is not None:
         if not -len(shape) <= channel_axis < len(shape):
             raise _fail(path, f"channel_axis={channel_axis} is out of range for shape {shape}")
         channel_axis = channel_axis % len(shape)
-    axes = _resolve_axes(raw_axes, shape, channel_axis)
+        if channel_axis == t_idx:
+            raise _fail(path, f"channel_axis={channel_axis} is the time axis")
+    if t_idx is None:
+        axes = _resolve_axes(raw_axes, shape, channel_axis)
+    else:
+        frame_ch = channel_axis
+        if channel_axis is not None and channel_axis > t_idx:
+            frame_ch = channel_axis - 1
+        axes = _resolve_axes(
+            raw_axes[:t_idx] + raw_axes[t_idx + 1 :], shape[:t_idx] + shape[t_idx + 1 :], frame_ch
+        )
+        if axes is not None:
+            axes = axes[:t_idx] + "T" + axes[t_idx:]
     if axes is None:
         raise _fail(path, f"wrong number of axes (shape {shape})")
     return axes, shape

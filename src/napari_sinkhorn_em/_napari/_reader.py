@@ -117,7 +117,9 @@ def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]
     ----------
     path : str or os.PathLike
         A TIFF, OME-TIFF or ImageJ hyperstack, 2-D or 3-D with at most one channel
-        axis.
+        axis, optionally a time-lapse (ImageJ frames / OME T): its layers then have the
+        time axis first (after the channel axis of an unsplit layer), scale 1 along it,
+        and ``metadata["time_axis"]`` (the widget tracks such layers).
     split_channels : bool
         True (default): one image layer per channel, named ``"<stem> <channel>"``.
         False: a single layer holding the channel axis, moved first so the spatial axes
@@ -134,7 +136,7 @@ def read_tiff(path: PathLike, *, split_channels: bool = True) -> list[LayerData]
     napari_sinkhorn_em.io.ImageReadError
         With the file name and the reason (not a TIFF, corrupt, wrong axes, ...).
     """
-    return image_layer_data(read_image(path), split_channels=split_channels)
+    return image_layer_data(read_image(path, time_series=True), split_channels=split_channels)
 
 
 def is_label_file(img: ImageData) -> bool:
@@ -164,6 +166,18 @@ def is_label_file(img: ImageData) -> bool:
     )
 
 
+def _time_first(img: ImageData) -> ImageData:
+    """The same image with its time axis moved to axis 0."""
+    import dataclasses
+
+    t = img.time_axis
+    axes = "T" + img.axes[:t] + img.axes[t + 1 :]
+    c = axes.index("C") if "C" in axes else None
+    return dataclasses.replace(
+        img, data=np.moveaxis(img.data, t, 0), axes=axes, channel_axis=c, time_axis=0
+    )
+
+
 def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[LayerData]:
     """Convert an :class:`~napari_sinkhorn_em.io.ImageData` into napari layer data.
 
@@ -186,6 +200,8 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
     stem = img.path.stem
     if stem.lower().endswith(".ome"):
         stem = stem[:-4]
+    if getattr(img, "time_axis", None) is not None:
+        img = _time_first(img)
     n_spatial = len(img.spatial_axes)
     calibrated = img.voxel_size is not None
     spatial_scale = tuple(img.voxel_size) if calibrated else (1.0,) * n_spatial
@@ -198,6 +214,12 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
         "voxel_size_um": tuple(img.voxel_size) if calibrated else None,
         "spatial_axes": img.spatial_axes,
     }
+    if img.time_axis is not None:
+        # a time-lapse: the time axis leads the layer's axes (scale 1 = one frame)
+        spatial_scale = (1.0, *spatial_scale)
+        if "units" in extra:
+            extra["units"] = ("pixel", *extra["units"])
+        base_meta["time_axis"] = 0
     if img.channel_axis is None and is_label_file(img):
         kwargs = {"name": stem, "scale": spatial_scale, "metadata": dict(base_meta), **extra}
         return [(img.data, kwargs, "labels")]
@@ -219,6 +241,8 @@ def image_layer_data(img: ImageData, *, split_channels: bool = True) -> list[Lay
         # centres) instead of the channel axis standing in for z.
         data = np.moveaxis(img.data, img.channel_axis, 0)
         meta = {**base_meta, "channel_axis": 0, "channel_names": list(names)}
+        if img.time_axis is not None:
+            meta["time_axis"] = 1  # (C, T, ...): the T axis lines up with the labels' T
         kwargs = {"name": stem, "scale": (1.0, *spatial_scale), "metadata": meta}
         if "units" in extra:
             kwargs["units"] = ("pixel", *extra["units"])

@@ -25,6 +25,15 @@ Actions:
 * **Export** writes ``<name>_labels.tif``, ``<name>_nuclei.csv`` and ``<name>_params.json``
   (the parameter file the batch command accepts with ``--config``).
 
+Time-lapses (:mod:`.timelapse`): with "time-lapse" ticked (automatic for a layer with
+more axes than 3 spatial ones + the channel axis, or a reader layer with a time axis),
+**Run** tracks the nuclei through time with :func:`~napari_sinkhorn_em.track_nuclei`: a
+Labels layer over T (a nucleus keeps its label), a Tracks layer and the centres over T;
+the progress bar counts frames; Cancel stops at the next report. **Refine** re-tracks
+from the frame on screen, started at that frame's (edited) centre points; the frames
+before it stay as they were and the tracks keep their ids. **Export** writes the labels
+over T and ``<name>_tracks.csv``.
+
 The widget modules are the only ones of the package that import napari and Qt.
 """
 
@@ -68,8 +77,17 @@ from napari_sinkhorn_em._napari.layers import (
 from napari_sinkhorn_em._napari.runner import (
     Outcome,
     Progress,
-    SegmentationRunner,
     result_summary,
+)
+from napari_sinkhorn_em._napari.timelapse import (
+    TimeLapseInput,
+    TrackingRunner,
+    refine_from_frame,
+    show_tracks,
+    splice_tracking,
+    time_axis_of,
+    timelapse_input,
+    tracking_kwargs,
 )
 from napari_sinkhorn_em.io import write_labels, write_table
 from napari_sinkhorn_em.pipeline.edits import merge_label_edits
@@ -99,6 +117,18 @@ class _State:
     diameter: float | None = None  # nucleus diameter (um) the fit used, estimated or given
 
 
+@dataclass
+class _TrackState:
+    """The last tracking result shown in the viewer, for Refine and Export."""
+
+    inp: TimeLapseInput
+    kwargs: dict[str, Any]  # the track_nuclei keyword arguments of the run
+    result: Any  # TrackingResult
+    labels_layer: Labels
+    tracks_layer: Any  # napari.layers.Tracks
+    points_layer: Points
+
+
 class SinkhornEMWidget(QWidget):
     """Dock widget that segments nuclei with Sinkhorn-EM.
 
@@ -112,17 +142,22 @@ class SinkhornEMWidget(QWidget):
     form : ParameterForm
         The segmentation parameters (``form.values()`` are the keyword arguments of
         ``segment_nuclei``; ``form.set_value(name, value)`` sets one).
-    runner : SegmentationRunner
+    runner : TrackingRunner
         The background run (progress bar: ``runner.progress_bar``).
+    time_lapse : magicgui CheckBox
+        Track through time (ticked automatically for a layer with a time axis).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.runner = SegmentationRunner(self)
+        self.runner = TrackingRunner(self)
         self.runner.progressed.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
         self._state: _State | None = None
+        self._track_state: _TrackState | None = None
+        # a running tracking: ("track", None) or ("refine", (t0, point_ids, old result))
+        self._tracking: tuple[str, Any] | None = None
         # the input, keyword arguments and kind (refine?) of the running segmentation
         self._pending: tuple[ImageInput, dict[str, Any], bool] | None = None
         self._auto_select = True  # pick the layers until the user chooses
@@ -146,6 +181,13 @@ class SinkhornEMWidget(QWidget):
             label="voxel size (µm)",
             tooltip="Voxel size along the spatial axes (z, y, x) in micrometres, "
             "comma-separated. Prefilled from the layer scale.",
+        )
+        self.time_lapse = CheckBox(
+            text="time-lapse: track nuclei through time",
+            value=False,
+            tooltip="The first axis (after a channel axis) is time: Run tracks the nuclei "
+            "from frame to frame (labels over T + a Tracks layer). Ticked automatically "
+            "for a layer with more axes than 3 spatial ones + channels.",
         )
         # --- parameters (generated from SegmentationParams) ---------------------------
         self.form = ParameterForm()
@@ -171,7 +213,8 @@ class SinkhornEMWidget(QWidget):
         self.summary = Label(value="")
 
         # the input controls head the main section, so that the label columns line up
-        for i, control in enumerate((self.image_layers, self.channel_axis, self.voxel_size)):
+        controls = (self.image_layers, self.channel_axis, self.voxel_size, self.time_lapse)
+        for i, control in enumerate(controls):
             self.form.main.insert(i, control)
         actions = Container(
             widgets=[
@@ -198,7 +241,8 @@ class SinkhornEMWidget(QWidget):
         layout.addStretch(1)
 
         self.image_layers.changed.connect(self._on_user_selection)
-        self.channel_axis.changed.connect(self._prefill_voxel_size)
+        self.channel_axis.changed.connect(self._on_channel_axis_changed)
+        self.time_lapse.changed.connect(self._prefill_voxel_size)
         self.run_button.changed.connect(self.run)
         self.refine_button.changed.connect(self.refine)
         self.cancel_button.changed.connect(self.cancel)
@@ -274,8 +318,8 @@ class SinkhornEMWidget(QWidget):
                 choices: list[tuple[str, int | None]] = [("none", None)]
                 choices += [(f"axis {i} (size {n})", i) for i, n in enumerate(shape)]
                 guess = layer.metadata.get("channel_axis")
-                if guess is None and layer.ndim == 4:
-                    guess = int(np.argmin(shape[:2]))  # ZCYX or CZYX
+                if guess is None and layer.ndim == 4 and time_axis_of(layer, None) is None:
+                    guess = int(np.argmin(shape[:2]))  # ZCYX or CZYX (not a TZYX time-lapse)
                 self.channel_axis.choices = choices
                 self.channel_axis.value = guess if guess in range(len(shape)) else None
                 self.channel_axis.enabled = True
@@ -283,7 +327,34 @@ class SinkhornEMWidget(QWidget):
             self.channel_axis.choices = [("none (layers are the channels)", None)]
             self.channel_axis.value = None
             self.channel_axis.enabled = False
+        self._auto_time_lapse()
         self._prefill_voxel_size()
+
+    def _on_channel_axis_changed(self, _value: Any = None) -> None:
+        self._auto_time_lapse()
+        self._prefill_voxel_size()
+
+    def _auto_time_lapse(self) -> None:
+        """Tick "time-lapse" when the chosen layer has a time axis (untick otherwise)."""
+        layers = list(self.image_layers.value)
+        auto = bool(layers) and self._detected_time_axis(layers) is not None
+        with self.time_lapse.changed.blocked():
+            self.time_lapse.value = auto
+
+    def _detected_time_axis(self, layers: list[Image]) -> int | None:
+        ca = self.channel_axis.value if len(layers) == 1 else None
+        return time_axis_of(layers[0], ca)
+
+    def _time_axis(self, layers: list[Image]) -> int | None:
+        """Time axis of the chosen layer(s) when "time-lapse" is ticked: the detected one,
+        else the first axis that is not the channel axis."""
+        if not self.time_lapse.value or not layers:
+            return None
+        found = self._detected_time_axis(layers)
+        if found is not None:
+            return found
+        ca = self.channel_axis.value if len(layers) == 1 else None
+        return 1 if ca == 0 else 0
 
     def _prefill_voxel_size(self, _value: Any = None) -> None:
         layers = list(self.image_layers.value)
@@ -292,7 +363,8 @@ class SinkhornEMWidget(QWidget):
             return
         layer = layers[0]
         ca = self.channel_axis.value if len(layers) == 1 and not layer.rgb else None
-        scale = [float(layer.scale[i]) for i in spatial_axes(layer, ca)]
+        ta = self._time_axis(layers)
+        scale = [float(layer.scale[i]) for i in spatial_axes(layer, ca) if i != ta]
         self.voxel_size.value = ", ".join(f"{s:g}" for s in scale)
 
     # ----------------------------------------------------------------------------------
@@ -301,6 +373,10 @@ class SinkhornEMWidget(QWidget):
     def _input(self) -> ImageInput:
         """The chosen layers and voxel size, validated (ValueError with a clear message)."""
         layers = [layer for layer in self.image_layers.value if layer in self.viewer.layers]
+        ta = self._time_axis(layers)
+        if ta is not None:
+            ca = self.channel_axis.value if len(layers) == 1 else None
+            return timelapse_input(layers, ca, self.voxel_size.value, ta)
         return image_input(layers, self.channel_axis.value, self.voxel_size.value)
 
     @property
@@ -324,11 +400,18 @@ class SinkhornEMWidget(QWidget):
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return
+        if isinstance(inp, TimeLapseInput):
+            self._start_tracking(inp, tracking_kwargs(kwargs), None)
+            return
         self._start(inp, kwargs, refine=False)
 
     def refine(self) -> None:
-        """Re-fit warm-started from the current centre points (K = number of points)."""
+        """Re-fit warm-started from the current centre points (K = number of points);
+        for a time-lapse, re-track from the frame on screen (see :meth:`refine_frame`)."""
         if self.is_running:
+            return
+        if self.time_lapse.value and self._track_state is not None:
+            self.refine_frame()
             return
         try:
             state = self._require_state()
@@ -356,6 +439,58 @@ class SinkhornEMWidget(QWidget):
             show_error(f"Sinkhorn-EM: {exc}")
             return
         self._start(inp, kwargs, refine=True)
+
+    def refine_frame(self, t: int | None = None) -> None:
+        """Re-track from frame ``t`` (default: the frame on screen), started at that
+        frame's (edited) centre points; earlier frames and the track ids are kept."""
+        if self.is_running:
+            return
+        try:
+            state = self._track_state
+            if state is None:
+                raise ValueError("track the time-lapse first (Refine uses its result)")
+            if state.points_layer not in self.viewer.layers:
+                raise ValueError(f"the centres layer {state.points_layer.name!r} was removed")
+            if t is None:
+                t = self.current_frame()
+            kwargs = {**tracking_kwargs(self.form.values())}
+            image, kw, ids = refine_from_frame(
+                state.result, state.inp, state.points_layer, t, kwargs
+            )
+        except ValueError as exc:
+            show_error(f"Sinkhorn-EM: {exc}")
+            return
+        self._start_tracking(state.inp, kw, (int(t), ids, state.result), image=image)
+
+    def current_frame(self) -> int:
+        """The frame of the last tracking result shown by the viewer's time slider."""
+        state = self._track_state
+        if state is None:
+            return 0
+        point = self.viewer.dims.point
+        data = state.labels_layer.world_to_data(point[-state.labels_layer.ndim :])
+        return int(np.clip(np.rint(data[0]), 0, state.inp.n_frames - 1))
+
+    def _start_tracking(
+        self,
+        inp: TimeLapseInput,
+        kwargs: dict[str, Any],
+        refine: tuple[int, np.ndarray, Any] | None,
+        image: Any = None,
+    ) -> None:
+        kwargs = {
+            **kwargs,
+            "time_axis": inp.time_axis,
+            "voxel_size": inp.voxel_size,
+            "channel_axis": inp.channel_axis,
+            "channel_names": inp.channel_names,
+        }
+        n_frames = inp.n_frames - (refine[0] if refine else 0)
+        if self.runner.start_tracking(image or inp.array, kwargs, n_frames) is None:
+            return
+        self._pending = (inp, kwargs, refine is not None)
+        self._tracking = ("refine", refine) if refine else ("track", None)
+        self._set_busy(True, "re-tracking…" if refine else "tracking…")
 
     def _start(self, inp: ImageInput, kwargs: dict[str, Any], *, refine: bool) -> None:
         kwargs = {
@@ -395,6 +530,7 @@ class SinkhornEMWidget(QWidget):
     def _on_finished(self, outcome: Outcome) -> None:
         inp, kwargs, refine = self._pending or (None, {}, False)
         self._pending = None
+        tracking, self._tracking = self._tracking, None
         self._set_busy(False)
         if outcome.cancelled:
             self.status.value = "cancelled; nothing changed"
@@ -407,6 +543,9 @@ class SinkhornEMWidget(QWidget):
             return
         result = outcome.result
         if result is None or inp is None:
+            return
+        if tracking is not None:
+            self._apply_tracking(result, inp, kwargs, tracking)
             return
         if refine:
             self._apply_refine(result)
@@ -510,6 +649,42 @@ class SinkhornEMWidget(QWidget):
         state.centres = np.asarray(result.centres, dtype=np.float64).reshape(-1, new.ndim).copy()
         state.edits = edits if edits is not None and edits.any() else None
 
+    def _apply_tracking(
+        self, result: Any, inp: TimeLapseInput, kwargs: dict[str, Any], tracking: tuple
+    ) -> None:
+        kind, refine = tracking
+        old = self._track_state
+        if kind == "refine" and old is not None:
+            t0, ids, previous = refine
+            result = splice_tracking(previous, result, t0, ids)
+            kwargs = old.kwargs
+        replace = None
+        layers = (old.labels_layer, old.tracks_layer, old.points_layer) if old else ()
+        if (
+            old is not None
+            and (kind == "refine" or not self.keep_previous.value)
+            and all(layer in self.viewer.layers for layer in layers)
+        ):
+            replace = layers
+        labels_layer, tracks_layer, points_layer = show_tracks(
+            self.viewer, result, inp, replace=replace
+        )
+        self._track_state = _TrackState(
+            inp, kwargs, result, labels_layer, tracks_layer, points_layer
+        )
+        n_tracks = int(result.tracks["track_id"].nunique()) if len(result.tracks) else 0
+        frames = result.frames
+        n_conv = sum(bool(f.get("converged")) for f in frames)
+        done = f"re-tracked from frame {refine[0]}" if kind == "refine" else "tracked"
+        self.status.value = f"{n_tracks} tracks over {len(frames)} frames ({done})"
+        self.summary.value = "\n".join(
+            [
+                f"{n_tracks} tracks over {len(frames)} frames",
+                f"fit converged in {n_conv} of {len(frames)} frames",
+                f"{sum(f.get('n_iter', 0) for f in frames)} iterations in all",
+            ]
+        )
+
     def _require_state(self) -> _State:
         if self._state is None:
             raise ValueError("run the segmentation first (Refine and Export use its result)")
@@ -551,6 +726,8 @@ class SinkhornEMWidget(QWidget):
         ValueError
             If nothing was segmented yet or the result layers were removed.
         """
+        if self.time_lapse.value and self._track_state is not None:
+            return self._export_tracks(Path(folder), name)
         state = self._require_state()
         folder = Path(folder)
         if not folder.is_dir():
@@ -580,6 +757,22 @@ class SinkhornEMWidget(QWidget):
                 + "; press Refine to fit the edited centres."
             )
         return [Path(out_labels), Path(out_table), out_params]
+
+    def _export_tracks(self, folder: Path, name: str | None) -> list[Path]:
+        """Labels over T (``<name>_labels.tif``) and the tracks (``<name>_tracks.csv``)."""
+        state = self._track_state
+        assert state is not None
+        if not folder.is_dir():
+            raise ValueError(f"export folder {folder} does not exist")
+        if state.labels_layer not in self.viewer.layers:
+            raise ValueError(f"the labels layer {state.labels_layer.name!r} was removed")
+        stem = _file_stem(name or state.inp.name)
+        labels = np.asarray(state.labels_layer.data)
+        out_labels = write_labels(
+            folder / f"{stem}_labels.tif", labels, state.inp.voxel_size, time_axis=True
+        )
+        out_table = write_table(folder / f"{stem}_tracks.csv", state.result.tracks)
+        return [Path(out_labels), Path(out_table)]
 
 
 def open_multichannel(viewer: napari.viewer.Viewer, path: str | Path | None = None) -> list:

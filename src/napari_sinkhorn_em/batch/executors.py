@@ -170,15 +170,18 @@ def deferred() -> Iterator[None]:
 
 
 class Events:
-    """What an executor reports: a file started (and where), a file finished."""
+    """What an executor reports: a file started (and where), a file finished, and (for a
+    time-lapse, in-process and process-pool executors) the frames done so far."""
 
     def __init__(
         self,
         started: Callable[[FileTask, str], None],
         finished: Callable[[FileTask, dict], None],
+        frame_done: Callable[[FileTask, int], None] | None = None,
     ) -> None:
         self.started = started
         self.finished = finished
+        self.frame_done = frame_done
 
 
 def execute(
@@ -227,14 +230,18 @@ def executor_name(jobs: int, dask_scheduler: str | None) -> str:
 
 
 class _FileProgress:
-    """Progress callback: checks for Ctrl-C, shows the iterations in a tqdm bar."""
+    """Progress callback: checks for Ctrl-C, shows the iterations in a tqdm bar; stage
+    ``"frame"`` (a time-lapse) reports the frames done to ``on_frame``."""
 
-    def __init__(self, bar: Any) -> None:
+    def __init__(self, bar: Any, on_frame: Callable[[int], None] | None = None) -> None:
         self.bar = bar
         self.stage: str | None = None
+        self.on_frame = on_frame
 
     def __call__(self, stage: str, iteration: int, objective: float | None = None) -> None:
         check_interrupt()
+        if stage == "frame" and self.on_frame is not None:
+            self.on_frame(int(iteration))
         if self.bar is None:
             return None
         if stage != self.stage or int(iteration) < self.bar.n:  # new stage or a new fit
@@ -264,7 +271,13 @@ def _run_in_process(
         for task in tasks:
             check_interrupt()
             events.started(task, "in-process")
-            rec = work(task, _FileProgress(inner))
+            on_frame = None
+            if events.frame_done is not None:
+
+                def on_frame(k: int, task: FileTask = task) -> None:
+                    events.frame_done(task, k)
+
+            rec = work(task, _FileProgress(inner, on_frame))
             events.finished(task, rec)
     finally:
         if inner is not None:
@@ -298,7 +311,19 @@ def _worker_main(conn: Any, work: Work) -> None:
             return
         if task is None:
             return
-        conn.send(work(task, None))
+        conn.send(work(task, _PipeProgress(conn)))
+
+
+class _PipeProgress:
+    """A worker's progress callback: sends ``("frame", k)`` to the parent per frame done
+    (time-lapses), so that run.json shows the frames done while the file runs."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __call__(self, stage: str, iteration: int, objective: float | None = None) -> None:
+        if stage == "frame":
+            self.conn.send(("frame", int(iteration)))
 
 
 class _Worker:
@@ -384,6 +409,10 @@ def _run_pool(tasks: Sequence[FileTask], work: Work, events: Events, jobs: int) 
                         rec = w.conn.recv()
                     except (EOFError, OSError):
                         rec = None  # died while sending: handled below
+                    if isinstance(rec, tuple):  # ("frame", k): progress, not the end
+                        if events.frame_done is not None:
+                            events.frame_done(task, int(rec[1]))
+                        continue
                     if rec is not None:
                         w.task = None
                         events.finished(task, rec)

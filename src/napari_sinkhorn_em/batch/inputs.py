@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "LABELS_SUFFIX",
     "TABLE_SUFFIX",
+    "TRACKS_SUFFIX",
     "BatchError",
     "BatchInput",
     "FileTask",
@@ -32,6 +33,8 @@ logger = logging.getLogger("napari_sinkhorn_em.batch")
 #: Suffixes of the outputs written for an input ``<stem>.tif``.
 LABELS_SUFFIX = "_labels.tif"
 TABLE_SUFFIX = "_nuclei.csv"
+#: Table of a time-lapse input (one row per nucleus per frame), instead of TABLE_SUFFIX.
+TRACKS_SUFFIX = "_tracks.csv"
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
@@ -51,7 +54,8 @@ class BatchInput:
         Output name relative to the output folder, POSIX style and without suffix, e.g.
         ``"worm_000"`` or, for files found in sub-folders with ``recursive=True``,
         ``"day1/worm_000"``. Outputs are ``<key>_labels.tif`` and ``<key>_nuclei.csv``; the
-        key also seeds the file's random number generator.
+        key also seeds the file's random number generator. A time-lapse writes
+        ``<key>_tracks.csv`` instead of ``<key>_nuclei.csv``.
     """
 
     path: Path
@@ -118,11 +122,14 @@ def _is_tiff_name(name: str) -> bool:
 
 
 def _is_own_output(path: Path) -> bool:
-    """True for a ``<stem>_labels.tif`` that sits next to its ``<stem>_nuclei.csv``."""
+    """True for a ``<stem>_labels.tif`` that sits next to its ``<stem>_nuclei.csv`` (or,
+    for a time-lapse, ``<stem>_tracks.csv``)."""
     if not path.name.endswith(LABELS_SUFFIX):
         return False
     stem = path.name[: -len(LABELS_SUFFIX)]
-    return (path.parent / f"{stem}{TABLE_SUFFIX}").is_file()
+    return any(
+        (path.parent / f"{stem}{suffix}").is_file() for suffix in (TABLE_SUFFIX, TRACKS_SUFFIX)
+    )
 
 
 def _is_relative_to(path: Path, other: Path) -> bool:
@@ -244,12 +251,15 @@ def discover_inputs(
     return sorted((BatchInput(p, k) for p, k in found.items()), key=lambda b: (b.key, str(b.path)))
 
 
-def output_paths(output_dir: str | os.PathLike[str], key: str) -> tuple[Path, Path]:
-    """Return ``(labels_path, table_path)`` of the input with output key ``key``."""
+def output_paths(
+    output_dir: str | os.PathLike[str], key: str, *, time_lapse: bool = False
+) -> tuple[Path, Path]:
+    """Return ``(labels_path, table_path)`` of the input with output key ``key``: the
+    table is ``<key>_nuclei.csv``, or ``<key>_tracks.csv`` for a time-lapse."""
     base = Path(output_dir) / key
     return (
         base.parent / f"{base.name}{LABELS_SUFFIX}",
-        base.parent / f"{base.name}{TABLE_SUFFIX}",
+        base.parent / f"{base.name}{TRACKS_SUFFIX if time_lapse else TABLE_SUFFIX}",
     )
 
 

@@ -14,7 +14,12 @@ from .._json import jsonable
 from .._validation import check_voxel_size
 from .inputs import BatchError, BatchInput, derive_seed
 
-__all__ = ["build_parameters", "check_parameters_against_inputs", "resolve_voxel_size"]
+__all__ = [
+    "build_parameters",
+    "check_parameters_against_inputs",
+    "resolve_voxel_size",
+    "tracking_kwargs",
+]
 
 logger = logging.getLogger("napari_sinkhorn_em.batch")
 
@@ -55,6 +60,9 @@ def build_parameters(
     method: str | None = None,
     nucleus_diameter: float | None = None,
     seed: int | None = None,
+    time_axis: int | None = None,
+    motion: str | None = None,
+    reference_frame: int | None = None,
 ) -> dict[str, Any]:
     """Merge a parameter file and command-line flags into the parameters of a batch run.
 
@@ -70,6 +78,12 @@ def build_parameters(
     n_nuclei, voxel_size, channel_axis, method, nucleus_diameter, seed
         Command-line flags; ``None`` = not given. They override ``config``.
         ``voxel_size`` and ``channel_axis`` override the files' metadata.
+    time_axis : int, optional
+        Index of the time axis in the stored arrays (``--time-axis``): every input is
+        then a time-lapse, tracked with :func:`~napari_sinkhorn_em.track_nuclei`. None =
+        from the metadata (ImageJ ``frames`` / OME ``T`` of more than one frame).
+    motion, reference_frame : optional
+        ``track_nuclei``'s ``motion`` and ``reference_frame`` for time-lapse inputs.
 
     Returns
     -------
@@ -77,8 +91,9 @@ def build_parameters(
         JSON-serialisable dict with keys ``"segment"`` (keyword arguments passed to
         ``segment_nuclei`` for every file), ``"voxel_size"`` / ``"channel_axis"``
         (overrides or None), ``"fallback_voxel_size"`` (from the config or None) and
-        ``"seed"`` (base seed). This dict is recorded in ``run.json`` and compared on
-        resume.
+        ``"seed"`` (base seed), ``"time_axis"`` (override or None) and ``"track"``
+        (``track_nuclei``-only keyword arguments for time-lapse inputs). This dict is
+        recorded in ``run.json`` and compared on resume.
     """
     seg = {k: v for k, v in dict(config or {}).items() if k not in _PER_FILE_KEYS}
     if "init" in seg and not isinstance(seg["init"], str):
@@ -111,6 +126,7 @@ def build_parameters(
     ):
         raise BatchError(f"channel axis must be an integer, got {channel_axis!r}")
     _check_segment_parameters(seg)
+    track = _track_parameters(time_axis, motion, reference_frame)
     return _normalise(
         {
             "segment": seg,
@@ -118,8 +134,63 @@ def build_parameters(
             "channel_axis": None if channel_axis is None else int(channel_axis),
             "fallback_voxel_size": fallback_vs,
             "seed": int(base_seed),
+            "time_axis": None if time_axis is None else int(time_axis),
+            "track": track,
         }
     )
+
+
+def _track_parameters(time_axis: Any, motion: Any, reference_frame: Any) -> dict[str, Any]:
+    """Check the time-lapse flags; return the ``track_nuclei``-only keyword arguments."""
+    if time_axis is not None and (
+        isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer))
+    ):
+        raise BatchError(f"time axis must be an integer, got {time_axis!r}")
+    track: dict[str, Any] = {}
+    if motion is not None:
+        from ..pipeline.track import MOTIONS
+
+        if motion not in MOTIONS:
+            raise BatchError(f"motion must be one of {', '.join(MOTIONS)}; got {motion!r}")
+        track["motion"] = str(motion)
+    if reference_frame is not None:
+        if (
+            isinstance(reference_frame, bool)
+            or not isinstance(reference_frame, (int, np.integer))
+            or reference_frame < 0
+        ):
+            raise BatchError(
+                f"reference frame must be a non-negative integer, got {reference_frame!r}"
+            )
+        track["reference_frame"] = int(reference_frame)
+    return track
+
+
+#: ``segment_nuclei`` parameters that ``track_nuclei`` takes with another meaning or
+#: default (its ``weights`` / ``weight_refits`` choose per-frame weights; its
+#: ``marginal_penalty`` default, 10, kept more identities on moving heads than 1000:
+#: docs/tracking.md) or not at all; a time-lapse uses ``track_nuclei``'s defaults.
+_NOT_FOR_TRACKING = ("weights", "weight_refits", "marginal_penalty", "n_init",
+                     "max_components_per_tile")  # fmt: skip
+
+
+def tracking_kwargs(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``track_nuclei`` for a time-lapse input of a batch run: the
+    run's segmentation parameters that tracking shares, plus its ``track`` options."""
+    import inspect
+
+    from ..pipeline.track import track_nuclei
+
+    accepted = set(inspect.signature(track_nuclei).parameters)
+    kw = {
+        k: v
+        for k, v in parameters["segment"].items()
+        if k in accepted and k not in _NOT_FOR_TRACKING
+    }
+    kw.update(parameters.get("track") or {})
+    if isinstance(kw.get("covariance_scale"), list):
+        kw["covariance_scale"] = tuple(kw["covariance_scale"])
+    return kw
 
 
 def resolve_voxel_size(
@@ -131,7 +202,11 @@ def resolve_voxel_size(
     an error (ValueError naming the file).
     """
     data = image.data
-    ndim = data.ndim - (image.channel_axis is not None)
+    ndim = (
+        data.ndim
+        - (image.channel_axis is not None)
+        - (getattr(image, "time_axis", None) is not None)
+    )
     candidates = (
         ("--voxel-size", parameters.get("voxel_size")),
         ("metadata", image.voxel_size),
@@ -179,20 +254,26 @@ def check_parameters_against_inputs(
 
     vs = parameters.get("voxel_size")
     channel_axis = parameters.get("channel_axis")
-    if vs is None and channel_axis is None:
+    time_axis = parameters.get("time_axis")
+    if vs is None and channel_axis is None and time_axis is None:
         return
     wrong_axis: list[str] = []
     wrong_vs: list[str] = []
+    wrong_time: list[str] = []
     for inp in items:
         try:
-            axes, shape = read_image_axes(inp.path, channel_axis=channel_axis)
+            axes, shape = read_image_axes(
+                inp.path, channel_axis=channel_axis, time_series=True, time_axis=time_axis
+            )
         except ImageReadError as exc:
             if channel_axis is not None and f"channel_axis={channel_axis} is out" in str(exc):
                 wrong_axis.append(f"{inp.path.name} ({str(exc).rsplit('for ', 1)[-1]})")
+            if time_axis is not None and f"time_axis={time_axis} " in str(exc):
+                wrong_time.append(f"{inp.path.name} ({str(exc).split('): ', 1)[-1]})")
             continue
         except OSError:
             continue
-        spatial = axes.replace("C", "")
+        spatial = axes.replace("C", "").replace("T", "")
         if vs is not None and len(spatial) != len(vs):
             wrong_vs.append(f"{inp.path.name} ({len(spatial)}-D {spatial}, shape {list(shape)})")
 
@@ -204,6 +285,12 @@ def check_parameters_against_inputs(
         raise BatchError(
             f"--channel-axis {channel_axis} is not an axis of {len(wrong_axis)} input(s): "
             f"{listed(wrong_axis)}; give the index of the channel axis in the stored array "
+            "(0 = first), or leave it to the metadata. Nothing was written."
+        )
+    if wrong_time:
+        raise BatchError(
+            f"--time-axis {time_axis} does not fit {len(wrong_time)} input(s): "
+            f"{listed(wrong_time)}; give the index of the time axis in the stored array "
             "(0 = first), or leave it to the metadata. Nothing was written."
         )
     if wrong_vs:

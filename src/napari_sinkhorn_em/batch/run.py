@@ -7,6 +7,10 @@ For every input file ``<stem>.tif`` the batch writes ``<stem>_labels.tif`` (nucl
 over the spatial axes, voxel size in the metadata) and ``<stem>_nuclei.csv`` (one row per
 nucleus) into the output folder, plus one ``run.json`` per output folder that records the
 package version, the parameters and, per file, its status, timings, warnings and error.
+A time-lapse input (a time axis of several frames in the ImageJ / OME metadata, or
+``--time-axis``) is tracked with :func:`~napari_sinkhorn_em.track_nuclei`: its
+``<stem>_labels.tif`` is over T (a nucleus keeps its label value in every frame) and its
+table is ``<stem>_tracks.csv``; ``run.json`` adds the frames done and each frame's fit.
 
 Safety: parameter errors that can be seen from the files' headers stop the run before
 anything is written. A file's new outputs are written under temporary names and swapped
@@ -59,7 +63,12 @@ from .inputs import (
     input_fingerprint,
     output_paths,
 )
-from .parameters import _normalise, build_parameters, check_parameters_against_inputs
+from .parameters import (
+    _normalise,
+    build_parameters,
+    check_parameters_against_inputs,
+    tracking_kwargs,
+)
 from .parameters import resolve_voxel_size as _resolve_voxel_size
 from .runlog import (
     RUN_JSON,
@@ -170,7 +179,6 @@ def process_file(
         "parameters_used", "outputs": {"labels": {"name", "size"}, "table": {...}}}``.
     """
     from ..io import read_image, write_labels, write_table
-    from ..pipeline.segment import segment_nuclei
 
     if not isinstance(task, FileTask):
         task = FileTask.from_mapping(task)
@@ -182,9 +190,15 @@ def process_file(
     stage = "read"
     try:
         check_interrupt()
-        image = read_image(task.input, channel_axis=params.get("channel_axis"))
+        image = read_image(
+            task.input,
+            channel_axis=params.get("channel_axis"),
+            time_series=True,
+            time_axis=params.get("time_axis"),
+        )
         timings["read"] = time.perf_counter() - t0
-        stage = "segment"
+        time_lapse = image.time_axis is not None
+        stage = "track" if time_lapse else "segment"
         check_interrupt()
         voxel_size, vs_source = _resolve_voxel_size(image, params, name)
         record.update(
@@ -193,45 +207,62 @@ def process_file(
             voxel_size_source=vs_source,
             channel_axis=image.channel_axis,
         )
+        if time_lapse:
+            record.update(time_axis=image.time_axis, n_frames=image.n_frames, frames_done=0)
         t1 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = segment_nuclei(
-                image.data,
-                voxel_size=voxel_size,
-                channel_axis=image.channel_axis,
-                channel_names=image.channel_names,
-                random_state=int(task.seed),
-                progress=progress if progress is not None else _check_progress,
-                **params["segment"],
-            )
+            if time_lapse:
+                result = _track(image, voxel_size, task, progress)
+            else:
+                from ..pipeline.segment import segment_nuclei
+
+                result = segment_nuclei(
+                    image.data,
+                    voxel_size=voxel_size,
+                    channel_axis=image.channel_axis,
+                    channel_names=image.channel_names,
+                    random_state=int(task.seed),
+                    progress=progress if progress is not None else _check_progress,
+                    **params["segment"],
+                )
         check_interrupt()
-        timings["segment"] = time.perf_counter() - t1
-        record["warnings"] = _result_warnings(result, params["segment"].get("n_nuclei"), caught)
+        timings[stage] = time.perf_counter() - t1
+        if time_lapse:
+            record["warnings"] = _tracking_warnings(result, caught)
+        else:
+            n_req = params["segment"].get("n_nuclei")
+            record["warnings"] = _result_warnings(result, n_req, caught)
         stage = "write"
         t2 = time.perf_counter()
         labels_path, table_path = Path(task.labels), Path(task.table)
+        table = result.tracks if time_lapse else result.table
         with staged_outputs(labels_path, table_path, commit_guard=deferred) as (new_l, new_t):
             try:
-                write_labels(new_l, result.labels, voxel_size)
+                write_labels(new_l, result.labels, voxel_size, time_axis=time_lapse)
             except OSError as exc:
                 raise write_error(labels_path, exc) from exc
             try:
-                write_table(new_t, result.table)
+                write_table(new_t, table)
             except OSError as exc:
                 raise write_error(table_path, exc) from exc
             sizes = {"labels": new_l.stat().st_size, "table": new_t.stat().st_size}
         timings["write"] = time.perf_counter() - t2
-        info = result.info
+        if time_lapse:
+            record.update(_tracking_record(result))
+        else:
+            info = result.info
+            record.update(
+                n_nuclei=len(result.table),
+                fit={
+                    "converged": bool(info["converged"]),
+                    "n_iter": int(info["n_iter"]),
+                    "n_components": int(info["n_components"]),
+                    "n_tiles": int(info["n_tiles"]),
+                },
+            )
         record.update(
             status="ok",
-            n_nuclei=len(result.table),
-            fit={
-                "converged": bool(info["converged"]),
-                "n_iter": int(info["n_iter"]),
-                "n_components": int(info["n_components"]),
-                "n_tiles": int(info["n_tiles"]),
-            },
             parameters_used=jsonable(result.params),
             outputs={
                 "labels": {"name": labels_path.name, "size": sizes["labels"]},
@@ -246,6 +277,76 @@ def process_file(
     timings["total"] = time.perf_counter() - t0
     record["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return record
+
+
+def _track(image: Any, voxel_size: Sequence[float], task: FileTask, progress: Any) -> Any:
+    """Track the nuclei of a time-lapse input with ``track_nuclei`` (the run's
+    parameters that tracking shares, plus ``--motion`` / ``--reference-frame``)."""
+    from ..pipeline.track import track_nuclei
+
+    def track_progress(stage: str, done: int, n_frames: int) -> None:
+        check_interrupt()
+        if progress is not None and stage == "frame":
+            progress("frame", done, None)  # frames done (run.json, progress bar)
+        return None
+
+    return track_nuclei(
+        image.data,
+        time_axis=image.time_axis,
+        voxel_size=voxel_size,
+        channel_axis=image.channel_axis,
+        channel_names=image.channel_names,
+        random_state=int(task.seed),
+        progress=track_progress,
+        **tracking_kwargs(task.parameters),
+    )
+
+
+def _tracking_warnings(result: Any, caught: list) -> list[str]:
+    """Warnings of one tracked time-lapse: raised ones, and frames without nuclei."""
+    out: list[str] = []
+    for w in caught:
+        message = str(w.message)
+        category = w.category.__name__
+        text = message if category == "SegmentationWarning" else f"{category}: {message}"
+        if text not in out:
+            out.append(text)
+    empty = [int(f["t"]) for f in result.frames if int(f.get("n_tracks", 0)) == 0]
+    if len(result.tracks) == 0:
+        out.append("no nuclei found (check the voxel size, nucleus_diameter and threshold)")
+    elif empty:
+        out.append(f"no nuclei in frame(s) {empty}")
+    return out
+
+
+def _tracking_record(result: Any) -> dict[str, Any]:
+    """What run.json keeps of a tracked time-lapse: counts and per-frame fit status."""
+    frames = [
+        {
+            "t": int(f["t"]),
+            "converged": bool(f["converged"]),
+            "n_iter": int(f["n_iter"]),
+            "n_tracks": int(f["n_tracks"]),
+            "new": len(f.get("new") or ()),
+            "ended": len(f.get("ended") or ()),
+            "divided": len(f.get("divided") or ()),
+            "seconds": round(float((f.get("timings") or {}).get("total", 0.0)), 4),
+        }
+        for f in result.frames
+    ]
+    n_tracks = int(result.tracks["track_id"].nunique()) if len(result.tracks) else 0
+    return {
+        "n_nuclei": n_tracks,
+        "n_tracks": n_tracks,
+        "n_frames": len(frames),
+        "frames_done": len(frames),
+        "frames": frames,
+        "fit": {
+            "converged": all(f["converged"] for f in frames),
+            "n_iter": sum(f["n_iter"] for f in frames),
+            "frames_not_converged": [f["t"] for f in frames if not f["converged"]],
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -290,7 +391,8 @@ def _make_tasks(
     input_paths = {i.path for i in items}
     tasks = []
     for inp in items:
-        labels_path, table_path = output_paths(out, inp.key)
+        time_lapse = _is_time_lapse(inp.path, params)
+        labels_path, table_path = output_paths(out, inp.key, time_lapse=time_lapse)
         for p in (labels_path, table_path):
             if p.resolve() in input_paths:
                 raise BatchError(f"output {p} would overwrite an input; choose another --output")
@@ -307,6 +409,22 @@ def _make_tasks(
             )
         )
     return tasks
+
+
+def _is_time_lapse(path: Path, params: Mapping[str, Any]) -> bool:
+    """From the header: is this input a time-lapse (tracked, ``<key>_tracks.csv``)?"""
+    from ..io import ImageReadError, read_image_axes
+
+    try:
+        axes, _ = read_image_axes(
+            path,
+            channel_axis=params.get("channel_axis"),
+            time_series=True,
+            time_axis=params.get("time_axis"),
+        )
+    except (ImageReadError, OSError):
+        return params.get("time_axis") is not None  # fails on its own when run
+    return "T" in axes
 
 
 class _Recorder:
@@ -363,6 +481,15 @@ class _Recorder:
             self.log.save()
         if self.bar is not None:
             self.bar.set_postfix_str(Path(task.input).name, refresh=True)
+
+    def frame_done(self, task: FileTask, done: int) -> None:
+        """A time-lapse file finished ``done`` frames: recorded in run.json."""
+        with deferred():
+            entry = self.log.files[task.key]
+            entry["frames_done"] = int(done)
+            self.log.save()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{Path(task.input).name} frame {done}", refresh=True)
 
     def finished(self, task: FileTask, rec: Mapping[str, Any]) -> None:
         key = task.key
@@ -546,7 +673,7 @@ def run_batch(
             execute(
                 todo,
                 process_file,
-                Events(rec.started, rec.finished),
+                Events(rec.started, rec.finished, rec.frame_done),
                 jobs=jobs,
                 dask_scheduler=dask_scheduler,
                 progress_bar=progress_bar,

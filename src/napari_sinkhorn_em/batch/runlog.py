@@ -78,7 +78,12 @@ class RunLog:
                          "pending" | "running" | "ok" | "failed" | "interrupted",
                          "error", "warnings", "timings", "n_nuclei", "fit", "shape",
                          "voxel_size", "voxel_size_source", "channel_axis",
-                         "parameters_used", "outputs", "previous", "finished"}}}
+                         "parameters_used", "outputs", "previous", "finished",
+                         # time-lapses only (tracked; the table is <key>_tracks.csv):
+                         "time_axis", "n_frames", "frames_done" (updated while the file
+                         runs, kept when it is interrupted), "n_tracks", "frames": [{"t",
+                         "converged", "n_iter", "n_tracks", "new", "ended", "divided",
+                         "seconds"}]}}}
     """
 
     def __init__(self, output_dir: Path) -> None:
