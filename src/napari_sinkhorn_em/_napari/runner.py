@@ -34,6 +34,7 @@ __all__ = [
     "Progress",
     "SegmentationRunner",
     "result_summary",
+    "run_guarded",
     "run_segmentation",
 ]
 
@@ -110,14 +111,23 @@ def run_segmentation(
         With the result, the ValueError message, or ``cancelled=True``, and the warnings.
         Other exceptions (bugs) propagate.
     """
+    return run_guarded(
+        run_id, lambda: segment_nuclei(image(), progress=report, **kwargs), SegmentationCancelled
+    )
+
+
+def run_guarded(run_id: int, compute: Callable[[], Any], cancelled: type[Exception]) -> Outcome:
+    """``compute()`` as an :class:`Outcome`: its result, or ``cancelled=True`` when it
+    raised ``cancelled``, or the message of a ValueError; the warnings it issued are
+    recorded. Other exceptions (bugs) propagate."""
     # warnings.catch_warnings swaps process-wide state: a warning another thread issues
     # meanwhile is recorded here too (and then shown as this run's warning). Python 3.11
     # has no per-thread warning filters; the run is the only long computation in the GUI.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
-            result = segment_nuclei(image(), progress=report, **kwargs)
-        except SegmentationCancelled:
+            result = compute()
+        except cancelled:
             return Outcome(run_id, cancelled=True)
         except ValueError as exc:
             # a user-facing problem (bad image or parameter): a message, not a traceback

@@ -19,7 +19,6 @@ Used only by the widget (imports napari and Qt).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,12 @@ from napari_sinkhorn_em._napari.layers import (
     parse_voxel_size,
     points_size,
 )
-from napari_sinkhorn_em._napari.runner import Outcome, Progress, SegmentationRunner
+from napari_sinkhorn_em._napari.runner import (
+    Outcome,
+    Progress,
+    SegmentationRunner,
+    run_guarded,
+)
 from napari_sinkhorn_em.pipeline.track import TrackingCancelled, TrackingResult, track_nuclei
 
 __all__ = [
@@ -224,15 +228,9 @@ def run_tracking(
 ) -> Outcome:
     """``track_nuclei(image(), **kwargs)``; never raises for a user error (as
     :func:`~napari_sinkhorn_em._napari.runner.run_segmentation`)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            result = track_nuclei(image(), progress=report, **kwargs)
-        except TrackingCancelled:
-            return Outcome(run_id, cancelled=True)
-        except ValueError as exc:
-            return Outcome(run_id, error=str(exc), warnings=list(caught))
-    return Outcome(run_id, result=result, warnings=list(caught))
+    return run_guarded(
+        run_id, lambda: track_nuclei(image(), progress=report, **kwargs), TrackingCancelled
+    )
 
 
 class TrackingRunner(SegmentationRunner):
