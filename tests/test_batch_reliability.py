@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import installed_script as _script
 from napari_sinkhorn_em.batch import RUN_JSON, BatchError, build_parameters, run_batch
 from napari_sinkhorn_em.batch.executors import deferred, handle_interrupts
 from napari_sinkhorn_em.batch.run import count_warning, process_file
@@ -27,16 +28,6 @@ from napari_sinkhorn_em.cli import main
 
 N_WORMS = 5
 SEGMENT = ["--n-nuclei", "20", "--quiet"]
-
-
-def _script() -> str:
-    exe = Path(sys.executable).parent / "napari-sinkhorn-em"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("napari-sinkhorn-em")
-    if found is None:  # pragma: no cover - the package is installed for the tests
-        pytest.fail("console script napari-sinkhorn-em is not installed")
-    return found
 
 
 def _env() -> dict[str, str]:

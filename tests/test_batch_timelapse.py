@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from cli_helpers import installed_script as _script
 from napari_sinkhorn_em import track_nuclei
 from napari_sinkhorn_em.batch import RUN_JSON
 from napari_sinkhorn_em.cli import main
@@ -226,11 +226,6 @@ def test_bad_tracking_flags_are_refused(movie_dir, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- interrupt
-
-
-def _script() -> str:
-    exe = Path(sys.executable).parent / "napari-sinkhorn-em"
-    return str(exe) if exe.exists() else shutil.which("napari-sinkhorn-em")
 
 
 def _run_json(folder: Path) -> dict:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,19 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_helpers import installed_script as _script
 from napari_sinkhorn_em import __version__
 from napari_sinkhorn_em.cli import main
 from napari_sinkhorn_em.io import read_image
-
-
-def _script() -> str:
-    exe = Path(sys.executable).parent / "napari-sinkhorn-em"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("napari-sinkhorn-em")
-    if found is None:  # pragma: no cover - the package is installed for the tests
-        pytest.fail("console script napari-sinkhorn-em is not installed")
-    return found
 
 
 def _run(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
