@@ -595,6 +595,27 @@ def test_config_file_and_flags(worm_dir, tmp_path, capsys):
     assert "bad.json" in capsys.readouterr().err
 
 
+def test_nucleus_diameter_auto_flag_overrides_a_config_number(worm_dir, tmp_path):
+    from napari_sinkhorn_em.cli import main
+    from napari_sinkhorn_em.pipeline.segment import save_params
+
+    d, _ = worm_dir
+    config = tmp_path / "params.json"
+    save_params(config, {"nucleus_diameter": 2.5, "n_nuclei": 12})
+    assert build_parameters({"nucleus_diameter": 2.5}, nucleus_diameter="auto")["segment"] == {
+        "n_nuclei": "auto"
+    }
+    with pytest.raises(BatchError, match="positive number or 'auto', got 'big'"):
+        build_parameters(nucleus_diameter="big")
+    out = tmp_path / "out"
+    argv = ["segment", str(d / "worm2d.tif"), "-o", str(out), "--config", str(config), "-q"]
+    assert main([*argv, "--nucleus-diameter", "auto"]) == 0
+    run = _run_json(out)
+    # "auto" is the default: not recorded, so runs with and without the flag agree
+    assert run["parameters"]["segment"] == {"n_nuclei": 12}
+    assert run["files"]["worm2d"]["parameters_used"]["nucleus_diameter"] == "auto"
+
+
 def test_progress_bars_show_files_and_iterations(worm_dir, tmp_path, capsys):
     d, _ = worm_dir
     report = run_batch([d / "worm2d.tif", d / "empty.tif"], tmp_path, progress_bar=True)

@@ -67,10 +67,11 @@ def _positive_float(value: str) -> float:
     return x
 
 
-def _diameter(text: str) -> float | None:
-    """``--nucleus-diameter``: a positive number, or "auto" (None = the default, auto)."""
+def _diameter(text: str) -> float | str:
+    """``--nucleus-diameter``: a positive number, or "auto" (estimated from each image;
+    given explicitly, it overrides a number from ``--config``)."""
     if text.strip().lower() == "auto":
-        return None
+        return "auto"
     return _positive_float(text)
 
 

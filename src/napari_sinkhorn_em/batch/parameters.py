@@ -58,7 +58,7 @@ def build_parameters(
     voxel_size: Sequence[float] | None = None,
     channel_axis: int | None = None,
     method: str | None = None,
-    nucleus_diameter: float | None = None,
+    nucleus_diameter: float | str | None = None,
     seed: int | None = None,
     time_axis: int | None = None,
     motion: str | None = None,
@@ -78,6 +78,8 @@ def build_parameters(
     n_nuclei, voxel_size, channel_axis, method, nucleus_diameter, seed
         Command-line flags; ``None`` = not given. They override ``config``.
         ``voxel_size`` and ``channel_axis`` override the files' metadata.
+        ``nucleus_diameter="auto"`` (``--nucleus-diameter auto``) replaces a number from
+        ``config`` by the estimate from each image.
     time_axis : int, optional
         Index of the time axis in the stored arrays (``--time-axis``): every input is
         then a time-lapse, tracked with :func:`~napari_sinkhorn_em.track_nuclei`. None =
@@ -117,7 +119,15 @@ def build_parameters(
         raise BatchError(f"n_nuclei must be a positive integer or 'auto', got {nn!r}")
     if method is not None:
         seg["method"] = method
-    if nucleus_diameter is not None:
+    if isinstance(nucleus_diameter, str):
+        if nucleus_diameter != "auto":
+            raise BatchError(
+                f"nucleus diameter must be a positive number or 'auto', got {nucleus_diameter!r}"
+            )
+        # the default: dropped rather than recorded, so that a run with the flag and one
+        # without it have the same parameters in run.json (and resume each other)
+        seg.pop("nucleus_diameter", None)
+    elif nucleus_diameter is not None:
         if not (math.isfinite(nucleus_diameter) and nucleus_diameter > 0):
             raise BatchError(f"nucleus diameter must be positive, got {nucleus_diameter}")
         seg["nucleus_diameter"] = float(nucleus_diameter)
