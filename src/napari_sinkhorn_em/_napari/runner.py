@@ -235,32 +235,55 @@ class SegmentationRunner(QObject):
         description : str
             First text of the progress bar.
         """
+        budget = {
+            k: kwargs[k]
+            for k in ("method", "init", "max_iter", "n_init", "weight_refits")
+            if k in kwargs
+        }
+
+        def progress(run_id: int) -> Callable[[str, int, float | None], Progress]:
+            return lambda stage, i, objective: Progress(run_id, str(stage), int(i), objective)
+
+        return self._launch(
+            run_segmentation, image, kwargs, progress,
+            total=fit_iteration_budget(**budget),
+            description=description or "Sinkhorn-EM: starting",
+        )  # fmt: skip
+
+    def _launch(
+        self,
+        function: Callable[..., Outcome],
+        image: Callable[[], np.ndarray],
+        kwargs: dict[str, Any],
+        progress: Callable[[int], Callable[..., Progress]],
+        *,
+        total: int,
+        description: str,
+    ) -> int | None:
+        """Run ``function(run_id, image, kwargs, report)`` in a thread worker, with a
+        cancellable progress bar of ``total`` steps. ``progress(run_id)`` turns the
+        arguments of a ``report`` call into the :class:`Progress` sent to the GUI thread.
+        Returns the run id, or None while a run is in progress."""
         if self.is_running:
             return None
         self._cancel.clear()
         self.last_progress = None
         self._run_id += 1
         run_id = self._run_id
-        budget = {
-            k: kwargs[k]
-            for k in ("method", "init", "max_iter", "n_init", "weight_refits")
-            if k in kwargs
-        }
-        total = fit_iteration_budget(**budget)
         pbar = cancelable_progress(total=total, cancel_callback=self.cancel)
-        pbar.set_description(description or "Sinkhorn-EM: starting")
+        pbar.set_description(description)
         self.progress_bar = pbar
-        cancel, relay = self._cancel, self._relay
+        cancel, relay, make = self._cancel, self._relay, progress(run_id)
 
-        def report(stage: str, iteration: int, objective: float | None) -> bool:
+        def report(*args: Any) -> bool:
             # worker thread: hand the numbers to the GUI thread, answer the cancel question
-            relay.emit(Progress(run_id, str(stage), int(iteration), objective))
+            relay.emit(make(*args))
             if pbar.is_canceled:  # the cancel button of napari's progress bar
                 cancel.set()
             return cancel.is_set()
 
         worker = create_worker(
-            run_segmentation,
+            function,
             run_id,
             image,
             kwargs,

@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Tracks
-from napari.qt.threading import create_worker
-from napari.utils.progress import cancelable_progress
 
 from napari_sinkhorn_em._napari.layers import (
     PARAMS_KEY,
@@ -240,35 +238,16 @@ class TrackingRunner(SegmentationRunner):
         self, image: Callable[[], np.ndarray], kwargs: dict[str, Any], n_frames: int
     ) -> int | None:
         """Start a tracking run (progress bar over the frames); None while one runs."""
-        if self.is_running:
-            return None
-        self._cancel.clear()
-        self.last_progress = None
-        self._run_id += 1
-        run_id = self._run_id
-        pbar = cancelable_progress(total=int(n_frames), cancel_callback=self.cancel)
-        pbar.set_description("Tracking: frame 1")
-        self.progress_bar = pbar
-        cancel, relay = self._cancel, self._relay
+        n = int(n_frames)
 
-        def report(stage: str, done: int, total: int) -> bool:
-            relay.emit(FrameProgress(run_id, str(stage), int(done), None, int(total)))
-            if pbar.is_canceled:
-                cancel.set()
-            return cancel.is_set()
+        def progress(run_id: int) -> Callable[[str, int, int], FrameProgress]:
+            return lambda stage, done, total: FrameProgress(
+                run_id, str(stage), int(done), None, int(total)
+            )
 
-        worker = create_worker(
-            run_tracking,
-            run_id,
-            image,
-            kwargs,
-            report,
-            _connect={"returned": self._on_returned, "errored": self._on_errored},
-            _start_thread=False,
+        return self._launch(
+            run_tracking, image, kwargs, progress, total=n, description="Tracking: frame 1"
         )
-        self._worker = worker
-        worker.start()
-        return run_id
 
     def _on_progress(self, p: Progress) -> None:
         if not isinstance(p, FrameProgress):
