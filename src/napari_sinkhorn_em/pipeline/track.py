@@ -502,6 +502,7 @@ def track_nuclei(
     weight_refits: int = 0,
     backfill: bool = True,
     progress: Callable[[str, int, int], bool | None] | None = None,
+    _n_protected: int | None = None,
 ) -> TrackingResult:
     """Segment and track nuclei through a time-lapse; labels keep their value in time.
 
@@ -763,7 +764,10 @@ threshold_method, suppress_granules, tol, max_iter
         means[:, :ndim] = init_um[ids - 1]
     # the tracks started at given centres: kept in the reference frame whatever the
     # rules for vanished and duplicate nuclei say (the user placed them)
+    # (the backfill pass protects only the user's rows, not the nuclei it adds)
     given_ids = ids.copy() if not isinstance(init, str) else np.zeros(0, dtype=np.int64)
+    if _n_protected is not None:
+        given_ids = given_ids[given_ids <= _n_protected]
     given_set = set(given_ids.tolist())
     ref_labels = seg.labels
     spatial_shape = ref_labels.shape
@@ -772,7 +776,10 @@ threshold_method, suppress_granules, tol, max_iter
     frame_info: dict[int, dict] = {}
     parents: dict[int, int] = {}
     next_id = [int(ids.max(initial=0)) + 1]
-    cell_um = _downsample(np.zeros((2,) * ndim, dtype=np.float32), vs, diam / 2.0)[1]
+    # the cell of the downsampled signals (phase correlation): from the frame's shape
+    # (a 2-voxel dummy fell back to the voxel size, so the phase-correlation shift came
+    # out 3x too small in y and x on the synthetic heads, 2x on targettrack)
+    cell_um = _downsample(np.zeros(spatial_shape, dtype=np.float32), vs, diam / 2.0)[1]
     state0 = _State(
         ids=ids,
         means=means,
@@ -1110,6 +1117,7 @@ threshold_method, suppress_granules, tol, max_iter
             "n_foreground_voxels": int(feats.n_points),
             "n_peaks": len(peaks),
             "n_granules_spared": int(n_spared),
+            "foreground_threshold": float(pre.threshold),
             "timings": timings,
             "reference": reference,
         }
@@ -1173,7 +1181,9 @@ threshold_method, suppress_granules, tol, max_iter
     info_list[ref]["timings"]["tracking_total"] = time.perf_counter() - t_start
     result = TrackingResult(all_labels, tracks, params, info_list)
     if backfill:
-        result = _backfill(result, call, frames.shape[0], spatial_shape, diam, vs, t_start)
+        result = _backfill(
+            result, call, frames.shape[0], spatial_shape, diam, vs, t_start, state0.signal, cell_um
+        )
     return result
 
 
@@ -1228,9 +1238,11 @@ def _carry_to_reference(tracks, ref, diam, vs):
     return out_ids, np.asarray(out_pos, dtype=np.float64).reshape(-1, ndim)
 
 
-def _backfill(result, call, T, shape, diam, vs, t_start):
+def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     """Second pass of :func:`track_nuclei` from the reference nuclei plus the nuclei it
-    missed (see ``backfill`` there); ``result`` unchanged when there are none."""
+    missed (see ``backfill`` there); ``result`` unchanged when there are none.
+    ``ref_signal``: the reference frame's signal (before granule suppression) in cells of
+    ``cell_um``."""
     ref = int(result.params["reference_frame"])
     late_ids, late_um = _carry_to_reference(result.tracks, ref, diam, vs)
     if not late_ids:
@@ -1244,6 +1256,12 @@ def _backfill(result, call, T, shape, diam, vs, t_start):
     inside = np.all((late_um >= -0.5 * vs) & (late_um <= extent), axis=1)
     if len(ref_um):
         inside &= cKDTree(ref_um).query(late_um, k=1)[0] > 0.5 * diam
+    # ... and with signal there in the reference frame: a nucleus that appeared later
+    # (entered the field, or the embryo's new nucleus) is carried back onto nothing
+    # (measured: the appearing nucleus of both synthetic embryos, a second pass for nothing)
+    cells = np.clip(np.floor(late_um / cell_um).astype(int), 0, np.asarray(ref_signal.shape) - 1)
+    thr = float(result.frames[ref]["foreground_threshold"])
+    inside &= ref_signal[tuple(cells.T)] > 0.5 * thr
     # two late tracks carried onto one place: one nucleus
     keep: list[int] = []
     for i in np.flatnonzero(inside):
@@ -1255,7 +1273,9 @@ def _backfill(result, call, T, shape, diam, vs, t_start):
     init = np.concatenate([ref_um, late_um[keep]]) / vs
     progress = call["progress"]
     kw = {k: v for k, v in call.items() if k not in ("stack", "progress")}
-    kw.update(init=init, backfill=False, nucleus_diameter=diam)
+    # the user's given centres (tracks 1..n, first in the reference rows) stay protected
+    n_user = 0 if isinstance(call["init"], str) else len(np.asarray(call["init"]))
+    kw.update(init=init, backfill=False, nucleus_diameter=diam, _n_protected=n_user)
     again = track_nuclei(
         call["stack"],
         progress=None if progress is None else (lambda s, i, n: progress("fit", T, T)),
