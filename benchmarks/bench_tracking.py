@@ -21,17 +21,22 @@ Series:
   most moves ``motion_um`` per frame (translation + rotation + bend), from small to a
   whole nucleus diameter; several seeds;
 * synthetic dividing embryos (:func:`~napari_sinkhorn_em.synthetic.make_dividing_embryo`);
+* the heads at 2.7 um per frame with ``nucleus_diameter="auto"`` (the default);
 * the real two-frame pairs ``../shared/realdata/targettrack/ex2..ex6`` (adult heads, 64-83
-  annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present.
+  annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present:
+  from the LoG peaks (defaults), and started from the annotated neurons of frame gt
+  (``init=``; the Hungarian linker starts from them too), with the defaults and with
+  ``new_tracks=False``.
 
-Time per frame: the tracker's frames after the reference against ``segment_nuclei`` of
-the same frames (the Hungarian runs), same process.
+Time per frame: the tracker's frames after the reference (last pass) against
+``segment_nuclei`` of the same frames (the Hungarian runs), same process; and the whole
+``track_nuclei`` call (reference segmentation, a backfill pass if any) per frame.
 
 Writes docs/tracking_benchmark.json and prints a markdown table.
 
 Usage::
 
-    python benchmarks/bench_tracking.py           # full (about 15 minutes on 2 cores)
+    python benchmarks/bench_tracking.py           # full (about 10-15 minutes on 2 cores)
     python benchmarks/bench_tracking.py --quick   # one seed, two motions
 """
 
