@@ -21,17 +21,22 @@ Series:
   most moves ``motion_um`` per frame (translation + rotation + bend), from small to a
   whole nucleus diameter; several seeds;
 * synthetic dividing embryos (:func:`~napari_sinkhorn_em.synthetic.make_dividing_embryo`);
+* the heads at 2.7 um per frame with ``nucleus_diameter="auto"`` (the default);
 * the real two-frame pairs ``../shared/realdata/targettrack/ex2..ex6`` (adult heads, 64-83
-  annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present.
+  annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present:
+  from the LoG peaks (defaults), and started from the annotated neurons of frame gt
+  (``init=``; the Hungarian linker starts from them too), with the defaults and with
+  ``new_tracks=False``.
 
-Time per frame: the tracker's frames after the reference against ``segment_nuclei`` of
-the same frames (the Hungarian runs), same process.
+Time per frame: the tracker's frames after the reference (last pass) against
+``segment_nuclei`` of the same frames (the Hungarian runs), same process; and the whole
+``track_nuclei`` call (reference segmentation, a backfill pass if any) per frame.
 
 Writes docs/tracking_benchmark.json and prints a markdown table.
 
 Usage::
 
-    python benchmarks/bench_tracking.py           # full (about 15 minutes on 2 cores)
+    python benchmarks/bench_tracking.py           # full (about 10-15 minutes on 2 cores)
     python benchmarks/bench_tracking.py --quick   # one seed, two motions
 """
 
@@ -71,16 +76,34 @@ def _score(tracks, truth_um, truth_ids, radius, parents=None):
 
 
 def run_series(
-    image, vs, diam, truth_um, truth_ids, parents=None, channel_axis=1, seed=0, match=0.5, **kw
+    image,
+    vs,
+    diam,
+    truth_um,
+    truth_ids,
+    parents=None,
+    channel_axis=1,
+    seed=0,
+    match=0.5,
+    init=None,
+    track_kw=None,
+    **kw,
 ):
     """The three trackers on one series; accuracies and times per frame.
 
-    ``match``: truth matching radius in nucleus diameters; ``kw``: settings passed to
-    both ``track_nuclei`` and ``segment_nuclei``.
+    ``match``: truth matching radius in nucleus diameters (``diam``, or the truth
+    diameter ``truth_diameter`` in ``kw`` when ``diam`` is "auto"); ``init``: centres
+    (voxels) of frame 0 to start from (the trackers' ``init``; the Hungarian linker's
+    frame 0); ``track_kw``: settings for ``track_nuclei`` only; ``kw``: settings passed
+    to both ``track_nuclei`` and ``segment_nuclei``.
     """
     out = {}
-    radius = match * diam
+    truth_diameter = kw.pop("truth_diameter", diam)
+    radius = match * truth_diameter
     T = image.shape[0]
+    extra = dict(track_kw or {})
+    if init is not None:
+        extra["init"] = init
     for method in ("sinkhorn", "em"):
         t0 = time.perf_counter()
         r = track_nuclei(
@@ -92,6 +115,7 @@ def run_series(
             method=method,
             random_state=seed,
             **kw,
+            **extra,
         )
         wall = time.perf_counter() - t0
         acc = _score(r.tracks, truth_um, truth_ids, radius, parents)
@@ -101,12 +125,21 @@ def run_series(
             "linked_given_found": acc["linked_given_found"],
             "n_links": acc["n_links"],
             "detected": acc["detected"],
+            # the frames after the reference, last pass only
             "s_per_frame": float(np.mean(per_frame)) if per_frame else None,
+            # the whole run (reference segmentation, a backfill pass if any) / frames
+            "s_per_frame_run": wall / T,
+            "backfilled": len(r.frames[r.params["reference_frame"]].get("backfilled", [])),
+            "nucleus_diameter_um": r.nucleus_diameter_um,
             "wall_s": wall,
         }
     centres, seg_times = [], []
     ch = None if channel_axis is None else channel_axis - 1
     for t in range(T):
+        if t == 0 and init is not None:
+            # started from the given centres of frame 0, as the trackers
+            centres.append(np.asarray(init, dtype=np.float64) * np.asarray(vs))
+            continue
         t0 = time.perf_counter()
         s = segment_nuclei(
             image[t],
@@ -118,7 +151,7 @@ def run_series(
         )
         seg_times.append(time.perf_counter() - t0)
         centres.append(s.centres * np.asarray(vs))
-    tracks = link_nearest(centres, 2.0 * diam)
+    tracks = link_nearest(centres, 2.0 * truth_diameter)
     acc = _score(tracks, truth_um, truth_ids, radius, parents)
     out["hungarian"] = {
         "accuracy": acc["accuracy"],
@@ -128,6 +161,7 @@ def run_series(
         "s_per_frame": float(np.mean(seg_times)),
     }
     out["time_ratio"] = out["sinkhorn"]["s_per_frame"] / out["hungarian"]["s_per_frame"]
+    out["time_ratio_run"] = out["sinkhorn"]["s_per_frame_run"] / out["hungarian"]["s_per_frame"]
     return out
 
 
@@ -154,7 +188,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     motions = [1.35, 2.7] if args.quick else [0.5, 1.35, 2.0, 2.7]
     seeds = [1] if args.quick else [1, 2]
-    results: dict = {"synthetic": [], "embryo": [], "targettrack": []}
+    results: dict = {"synthetic": [], "synthetic_auto": [], "embryo": [], "targettrack": []}
     # warm the Numba kernels so no series pays the compilation
     w = make_moving_worm(n_frames=2, n_nuclei=20, motion_um=0.5, seed=0)
     track_nuclei(w.image, channel_axis=1, voxel_size=w.voxel_size, nucleus_diameter=2.7)
@@ -168,6 +202,21 @@ def main(argv=None):
             r.update(motion_um=motion, seed=seed)
             results["synthetic"].append(r)
             print(_row(f"head motion {motion} um seed {seed}", r), flush=True)
+    for seed in seeds:
+        # the default automatic nucleus scale (trackers and per-frame segmentations)
+        w = make_moving_worm(n_frames=4, n_nuclei=60, motion_um=2.7, seed=seed)
+        vs = np.asarray(w.voxel_size)
+        r = run_series(
+            w.image,
+            w.voxel_size,
+            "auto",
+            [c * vs for c in w.centres],
+            w.ids,
+            truth_diameter=w.nucleus_diameter,
+        )
+        r.update(motion_um=2.7, seed=seed)
+        results["synthetic_auto"].append(r)
+        print(_row(f"head motion 2.7 um seed {seed}, diameter auto", r), flush=True)
     for seed in seeds:
         e = make_dividing_embryo(
             n_frames=4, n_divisions=3, appear_frame=1, disappear_frame=3, seed=seed
@@ -185,20 +234,32 @@ def main(argv=None):
         results["embryo"].append(r)
         print(_row(f"embryo seed {seed}", r), flush=True)
     if REAL.is_dir():
+        # (a) the defaults (frame gt segmented from its LoG peaks); (b) started from the
+        # annotated neurons of frame gt (a user who annotated / corrected the first
+        # frame and propagates), with the defaults and with new_tracks=False (exactly
+        # the annotated tracks)
+        starts = [
+            ("peaks", None),
+            ("points", {}),
+            ("points, new_tracks=False", {"new_tracks": False}),
+        ]
         for ex in (2, 3, 4, 5, 6):
             stack, truth_um, truth_ids = load_targettrack(ex)
-            r = run_series(
-                stack,
-                REAL_VOXEL,
-                REAL_DIAMETER,
-                truth_um,
-                truth_ids,
-                match=REAL_MATCH,
-                **REAL_SETTINGS,
-            )
-            r.update(pair=f"ex{ex}")
-            results["targettrack"].append(r)
-            print(_row(f"targettrack ex{ex}", r), flush=True)
+            for start, track_kw in starts:
+                r = run_series(
+                    stack,
+                    REAL_VOXEL,
+                    REAL_DIAMETER,
+                    truth_um,
+                    truth_ids,
+                    match=REAL_MATCH,
+                    init=None if track_kw is None else truth_um[0] / np.asarray(REAL_VOXEL),
+                    track_kw=track_kw,
+                    **REAL_SETTINGS,
+                )
+                r.update(pair=f"ex{ex}", start=start)
+                results["targettrack"].append(r)
+                print(_row(f"targettrack ex{ex} from {start}", r), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(summary(results))
 
@@ -211,16 +272,16 @@ def _row(name, r):
         f"{r['em']['linked_given_found']:.3f} | {r['hungarian']['linked_given_found']:.3f} | "
         f"{r['sinkhorn']['s_per_frame']:.2f} | "
         f"{r['em']['s_per_frame']:.2f} | {r['hungarian']['s_per_frame']:.2f} | "
-        f"{r['time_ratio']:.2f} |"
+        f"{r['time_ratio']:.2f} | {r['sinkhorn']['s_per_frame_run']:.2f} | "
+        f"{r['time_ratio_run']:.2f} |"
     )
 
 
 def summary(results):
     head = (
         "| series | Sinkhorn-EM | EM | Hungarian | links | detected | found: SEM | found: EM "
-        "| found: Hungarian | s/frame SEM | s/frame EM | s/frame segment | ratio |\n"
-        + "|---" * 13
-        + "|"
+        "| found: Hungarian | s/frame SEM | s/frame EM | s/frame segment | ratio "
+        "| s/frame SEM run | ratio run |\n" + "|---" * 15 + "|"
     )
     lines = [head]
     by_motion: dict = {}
@@ -234,15 +295,32 @@ def summary(results):
                 "n_links": int(sum(x[k]["n_links"] for x in rs)),
                 "detected": float(np.mean([x[k]["detected"] for x in rs])),
                 "s_per_frame": float(np.mean([x[k]["s_per_frame"] for x in rs])),
+                "s_per_frame_run": float(
+                    np.mean([x[k].get("s_per_frame_run", np.nan) for x in rs])
+                ),
             }
             for k in ("sinkhorn", "em", "hungarian")
         }
         mean["time_ratio"] = float(np.mean([x["time_ratio"] for x in rs]))
+        mean["time_ratio_run"] = float(np.mean([x["time_ratio_run"] for x in rs]))
         lines.append(_row(f"heads, motion {m} um (mean of {len(rs)})", mean))
+    if results.get("synthetic_auto"):
+        rs = results["synthetic_auto"]
+        mean = {
+            k: {
+                key: float(np.mean([x[k].get(key, np.nan) for x in rs]))
+                for key in ("accuracy", "linked_given_found", "detected", "s_per_frame",
+                            "s_per_frame_run")
+            } | {"n_links": int(sum(x[k]["n_links"] for x in rs))}
+            for k in ("sinkhorn", "em", "hungarian")
+        }  # fmt: skip
+        mean["time_ratio"] = float(np.mean([x["time_ratio"] for x in rs]))
+        mean["time_ratio_run"] = float(np.mean([x["time_ratio_run"] for x in rs]))
+        lines.append(_row(f"heads, motion 2.7 um, diameter auto (mean of {len(rs)})", mean))
     for r in results["embryo"]:
         lines.append(_row(f"embryo seed {r['seed']}", r))
     for r in results["targettrack"]:
-        lines.append(_row(f"targettrack {r['pair']}", r))
+        lines.append(_row(f"targettrack {r['pair']} from {r['start']}", r))
     return "\n".join(lines)
 
 
