@@ -26,6 +26,7 @@ reference) one frame at a time:
 
 from __future__ import annotations
 
+import contextvars
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,14 @@ from .features import voxel_features
 from .peaks import detect_nuclei
 from .preprocess import auto_threshold, granule_mask, preprocess
 from .segment import SegmentationCancelled, segment_nuclei
+
+# The backfill pass reruns track_nuclei from the reference nuclei plus the ones it adds;
+# of those given centres only the user's own (tracks 1..n) are protected from the
+# vanished / duplicate rules. The count travels here, not as a keyword of the public
+# function (None = every given centre is the user's).
+_PROTECTED: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "napari_sinkhorn_em_track_protected", default=None
+)
 
 __all__ = ["TrackingCancelled", "TrackingResult", "save_tracking", "track_nuclei"]
 
@@ -502,7 +511,6 @@ def track_nuclei(
     weight_refits: int = 0,
     backfill: bool = True,
     progress: Callable[[str, int, int], bool | None] | None = None,
-    _n_protected: int | None = None,
 ) -> TrackingResult:
     """Segment and track nuclei through a time-lapse; labels keep their value in time.
 
@@ -608,6 +616,7 @@ threshold_method, suppress_granules, tol, max_iter
         When ``progress`` returned True.
     """
     call = dict(locals())
+    n_protected = _PROTECTED.get()  # set only around the backfill pass' second run
     t_start = time.perf_counter()
     if not isinstance(backfill, bool):
         raise ValueError(f"backfill must be True or False, got {backfill!r}")
@@ -766,8 +775,8 @@ threshold_method, suppress_granules, tol, max_iter
     # rules for vanished and duplicate nuclei say (the user placed them)
     # (the backfill pass protects only the user's rows, not the nuclei it adds)
     given_ids = ids.copy() if not isinstance(init, str) else np.zeros(0, dtype=np.int64)
-    if _n_protected is not None:
-        given_ids = given_ids[given_ids <= _n_protected]
+    if n_protected is not None:
+        given_ids = given_ids[given_ids <= n_protected]
     given_set = set(given_ids.tolist())
     ref_labels = seg.labels
     spatial_shape = ref_labels.shape
@@ -1275,12 +1284,16 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     kw = {k: v for k, v in call.items() if k not in ("stack", "progress")}
     # the user's given centres (tracks 1..n, first in the reference rows) stay protected
     n_user = 0 if isinstance(call["init"], str) else len(np.asarray(call["init"]))
-    kw.update(init=init, backfill=False, nucleus_diameter=diam, _n_protected=n_user)
-    again = track_nuclei(
-        call["stack"],
-        progress=None if progress is None else (lambda s, i, n: progress("fit", T, T)),
-        **kw,
-    )
+    kw.update(init=init, backfill=False, nucleus_diameter=diam)
+    token = _PROTECTED.set(n_user)
+    try:
+        again = track_nuclei(
+            call["stack"],
+            progress=None if progress is None else (lambda s, i, n: progress("fit", T, T)),
+            **kw,
+        )
+    finally:
+        _PROTECTED.reset(token)
     # the run is described by the caller's arguments (``track_nuclei(stack, **params)``
     # repeats it)
     again.params.update(
