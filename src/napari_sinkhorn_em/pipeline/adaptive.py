@@ -7,7 +7,9 @@ pipeline, each in one function called from ``segment.py``:
   voxel above the noise level (median + 4 MAD), so that nuclei far dimmer than the
   global (Otsu) level are not excluded before detection;
 * peak detection at each nucleus' own scale with local-contrast acceptance
-  (:func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei` with ``local=True``);
+  (:func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei` with ``local=True``), then,
+  when one scale fits the detected sizes, the fixed-scale pipeline's small-scale pass in
+  the global foreground for nuclei pressed against others;
 * :func:`refine` -- per-nucleus (half-maximum) foreground added to the global one
   (:func:`~napari_sinkhorn_em.pipeline.contrast.local_foreground`), the per-nucleus
   diameters, and the cap of the component count by the foreground volume;
@@ -165,9 +167,15 @@ def clean(labels: np.ndarray) -> np.ndarray:
 
 
 def detect(pre, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
-    """Local-mode detection: blobs in :func:`search_mask`, then :func:`refine`."""
+    """Local-mode detection: blobs in :func:`search_mask` (and the small-scale pass in the
+    global foreground), then :func:`refine`."""
     peaks = detect_nuclei(
-        pre.signal, vs, nucleus_diameter=diameter, foreground=search_mask(pre), local=True
+        pre.signal,
+        vs,
+        nucleus_diameter=diameter,
+        foreground=search_mask(pre),
+        local=True,
+        small_foreground=pre.foreground,
     )
     return refine(pre, peaks, np.asarray(vs, dtype=np.float64), diameter, notes)
 
