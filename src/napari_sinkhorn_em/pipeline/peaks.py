@@ -280,14 +280,14 @@ def detect_nuclei(
         the scale-space blobs of :func:`~napari_sinkhorn_em.pipeline.scale.scale_space_blobs`
         over 0.5-2x the nucleus diameter (each with its own scale; significant, round,
         prominent, local contrast >= ``min_contrast``), suppressed within half of each
-        pair's mean diameter (each at least ``nucleus_diameter``). ``sigma_um`` holds 0.8x each blob's scale, the convention
-        of the fixed-scale pass. With ``small_foreground`` given and one scale fitting
-        the blobs (90th / 10th percentile of their diameters <= 1.6), the small-scale
-        pass follows as above, in ``small_foreground``, each peak at least
-        ``separation`` x the larger of ``nucleus_diameter`` and the blob's own diameter
-        from every blob and at most one ``nucleus_diameter`` from a blob's edge
-        (measured on the synthetic NeuroPAL-like head: F1 0.93 -> 1.00, the nuclei
-        pressed against bigger ones).
+        pair's mean diameter (each at least ``nucleus_diameter``). ``sigma_um`` holds
+        0.8x each blob's scale, the convention of the fixed-scale pass. With
+        ``small_foreground`` given and one scale fitting the blobs (90th / 10th
+        percentile of their diameters <= 1.6), the small-scale pass follows as above,
+        in ``small_foreground``, each peak at least ``separation`` x the larger of
+        ``nucleus_diameter`` and the blob's own diameter from every blob and at most one
+        ``nucleus_diameter`` from a blob's edge (measured on the synthetic NeuroPAL-like
+        head: F1 0.93 -> 1.00, the nuclei pressed against bigger ones).
     min_contrast : float
         Local contrast a blob needs in the local mode.
     small_foreground : numpy.ndarray of bool, optional
