@@ -7,8 +7,11 @@ pipeline, each in one function called from ``segment.py``:
   voxel above the noise level (median + 4 MAD), so that nuclei far dimmer than the
   global (Otsu) level are not excluded before detection;
 * peak detection at each nucleus' own scale with local-contrast acceptance
-  (:func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei` with ``local=True``);
-* :func:`refine` -- per-nucleus (half-maximum) foreground added to the global one
+  (:func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei` with ``local=True``), then,
+  when one scale fits the detected sizes, the fixed-scale pipeline's small-scale pass in
+  the global foreground for nuclei pressed against others;
+* :func:`refine` -- per-nucleus (half-maximum, of the signal smoothed by one voxel)
+  foreground added to the global one
   (:func:`~napari_sinkhorn_em.pipeline.contrast.local_foreground`), the per-nucleus
   diameters, and the cap of the component count by the foreground volume;
 * :func:`covariance_model` -- covariance bounds from the spread of the detected sizes
@@ -21,6 +24,7 @@ pipeline, each in one function called from ``segment.py``:
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .cleanup import clean_labels
 from .contrast import component_cap, local_foreground
@@ -99,7 +103,12 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
     n_global = int(pre.foreground.sum())
     n_local = 0
     if len(peaks):
-        loc = local_foreground(pre.signal, vs, peaks.coords, 0.5 * d_i, peaks.intensity)
+        # the level test on the signal smoothed by one voxel: voxel noise inside a
+        # nucleus (photon speckle) otherwise punches its dim voxels out and the label
+        # keeps the bright core (QCANet 8-cell AP50 0.23 -> 0.45; embryo 370 0.97 -> 0.95)
+        smooth = ndi.gaussian_filter(pre.signal, 1.0, mode="nearest")
+        loc = local_foreground(smooth, vs, peaks.coords, 0.5 * d_i, peaks.intensity)
+        del smooth
         # every detected nucleus brings its own foreground; the global threshold only
         # adds voxels near a nucleus (on a noisy sparse stack Otsu's level sits in the
         # noise, and components spread over it: measured F1 0.12 instead of 0.8)
@@ -165,9 +174,15 @@ def clean(labels: np.ndarray) -> np.ndarray:
 
 
 def detect(pre, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
-    """Local-mode detection: blobs in :func:`search_mask`, then :func:`refine`."""
+    """Local-mode detection: blobs in :func:`search_mask` (and the small-scale pass in the
+    global foreground), then :func:`refine`."""
     peaks = detect_nuclei(
-        pre.signal, vs, nucleus_diameter=diameter, foreground=search_mask(pre), local=True
+        pre.signal,
+        vs,
+        nucleus_diameter=diameter,
+        foreground=search_mask(pre),
+        local=True,
+        small_foreground=pre.foreground,
     )
     return refine(pre, peaks, np.asarray(vs, dtype=np.float64), diameter, notes)
 

@@ -245,6 +245,7 @@ def detect_nuclei(
     fill_separation: float = 0.4,
     local: bool = False,
     min_contrast: float = 0.5,
+    small_foreground: np.ndarray | None = None,
 ) -> Peaks:
     """Nucleus centres from two LoG passes: the nucleus scale, then a smaller scale.
 
@@ -279,10 +280,19 @@ def detect_nuclei(
         the scale-space blobs of :func:`~napari_sinkhorn_em.pipeline.scale.scale_space_blobs`
         over 0.5-2x the nucleus diameter (each with its own scale; significant, round,
         prominent, local contrast >= ``min_contrast``), suppressed within half of each
-        pair's mean diameter; no second pass. ``sigma_um`` holds 0.8x each blob's
-        scale, the convention of the fixed-scale pass.
+        pair's mean diameter (each at least ``nucleus_diameter``). ``sigma_um`` holds
+        0.8x each blob's scale, the convention of the fixed-scale pass. With
+        ``small_foreground`` given and one scale fitting the blobs (90th / 10th
+        percentile of their diameters <= 1.6), the small-scale pass follows as above,
+        in ``small_foreground``, each peak at least ``separation`` x the larger of
+        ``nucleus_diameter`` and the blob's own diameter from every blob and at most one
+        ``nucleus_diameter`` from a blob's edge (measured on the synthetic NeuroPAL-like
+        head: F1 0.93 -> 1.00, the nuclei pressed against bigger ones).
     min_contrast : float
         Local contrast a blob needs in the local mode.
+    small_foreground : numpy.ndarray of bool, optional
+        Local mode only: where the small-scale pass looks (e.g. the global foreground,
+        narrower than the blob search mask); None = no small-scale pass.
 
 
     Returns
@@ -296,7 +306,9 @@ def detect_nuclei(
         )
     vs = np.asarray(voxel_size, dtype=np.float64)
     if local:
-        return _detect_local(signal, vs, nucleus_diameter, foreground, min_contrast)
+        return _detect_local(
+            signal, vs, nucleus_diameter, foreground, min_contrast, separation, small_foreground
+        )
     primary = detect_peaks(signal, vs, nucleus_diameter=nucleus_diameter, foreground=foreground)
     small = detect_peaks(
         signal,
@@ -343,7 +355,64 @@ def detect_nuclei(
 _MIN_RELATIVE_RESPONSE = 0.1
 
 
-def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
+# the small-scale pass of the local mode runs only when one scale fits the detected
+# nuclei: the 90th / 10th percentile ratio of their diameters is at most this (measured:
+# 1.23-1.52 on the synthetic heads and embryos and the targettrack heads, 1.66-2.26 on
+# the 2-D field of mixed sizes, the textured QCANet nuclei and the noisy whole-brain
+# stack, where the pass adds peaks in texture and noise: 286 objects for 135 neurons)
+_SMALL_PASS_MAX_SPREAD = 1.6
+
+
+def _add_small_scale(
+    primary: Peaks, sig, vs, diameter: float, foreground, d_primary, separation: float
+) -> Peaks:
+    """The fixed-scale pipeline's second pass for the local mode (see :func:`detect_nuclei`):
+    LoG peaks at 0.6x the ball-optimal scale of ``diameter`` in ``foreground`` (the global
+    one), accepted when they lie at least ``separation`` x (the larger of ``diameter`` and
+    the primary's own diameter) from every primary and within one ``diameter`` of a
+    primary's edge (the pass is for nuclei pressed against others; an isolated dim
+    nucleus is the blob pass' job), strongest first, at least ``separation x diameter``
+    apart. The primaries' diameters ``d_primary`` are their blob diameters (um)."""
+    from scipy.spatial import cKDTree
+
+    small = detect_peaks(
+        sig,
+        vs,
+        nucleus_diameter=diameter,
+        foreground=foreground,
+        scale_factor=0.6,
+        min_distance=0.3 * diameter,
+        threshold_rel=0.05,
+    )
+    if len(small) == 0 or len(primary) == 0:
+        return primary
+    small_um = small.coords * vs
+    pts = primary.coords * vs
+    reach = separation * np.maximum(d_primary, diameter)
+    tree = cKDTree(pts)
+    ok = np.zeros(len(small), dtype=bool)
+    horizon = float(max(reach.max(), 0.5 * d_primary.max() + diameter))
+    for j, nb in enumerate(tree.query_ball_point(small_um, horizon)):
+        if nb:
+            dist = np.linalg.norm(pts[nb] - small_um[j], axis=1)
+            gap = float(np.min(dist - 0.5 * d_primary[nb]))
+            ok[j] = bool(np.all(dist >= reach[nb])) and gap <= diameter
+    cand = np.flatnonzero(ok)
+    cand = cand[_suppress_close(small_um[cand], small.response[cand], separation * diameter)]
+    sel = cand[np.argsort(-small.response[cand], kind="stable")]
+    return Peaks(
+        coords=np.concatenate([primary.coords, small.coords[sel]]),
+        sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
+        intensity=np.concatenate([primary.intensity, small.intensity[sel]]),
+        response=np.concatenate([primary.response, small.response[sel]]),
+        threshold=primary.threshold,
+        secondary=np.concatenate([np.zeros(len(primary), bool), np.ones(sel.size, bool)]),
+    )
+
+
+def _detect_local(
+    signal, vs, diameter, foreground, min_contrast, separation=0.55, small_fg=None
+) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
     from .scale import scale_space_blobs
 
@@ -367,16 +436,28 @@ def _detect_local(signal, vs, diameter, foreground, min_contrast) -> Peaks:
     if coords.shape[0] == 0:
         return _empty(ndim)
     d_i = 2.0 * np.sqrt(ndim) * sigma
-    keep = _suppress_close(coords * vs, resp, 0.5 * diameter, scale=d_i / diameter)
+    # a pair closer than half its mean diameter is one nucleus, each diameter taken at
+    # least the typical one: two small blobs inside one nucleus (texture, an uneven
+    # interior) are closer than half a typical diameter; their own diameters let them
+    # both through (synthetic embryo of 200 nuclei: 216 found, F1 0.94 -> 205, 0.99)
+    d_pair = np.maximum(d_i, diameter)
+    keep = _suppress_close(coords * vs, resp, 0.5 * diameter, scale=d_pair / diameter)
     order = np.flatnonzero(keep)[np.argsort(-resp[keep], kind="stable")]
     coords, sigma, resp, inten = coords[order], sigma[order], resp[order], inten[order]
-    return Peaks(
+    primary = Peaks(
         coords=coords.astype(np.float64),
         sigma_um=0.8 * sigma,
         intensity=inten,
         response=resp,
         threshold=0.0,
     )
+    if small_fg is None or len(primary) < 3:
+        return primary
+    d_kept = d_i[order]
+    lo_d, hi_d = np.percentile(d_kept, [10, 90])
+    if hi_d > _SMALL_PASS_MAX_SPREAD * lo_d:
+        return primary
+    return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation)
 
 
 def _suppress_close(

@@ -6,7 +6,7 @@ is resolved here. The scale-normalised Laplacian of Gaussian
 dimensions is largest at ``sigma = r / sqrt(n)``, whatever the ball's brightness. We
 evaluate it over a geometric ladder of physical scales (4 per octave), find the maxima in
 space *and* scale (blobs, each with its own scale), keep the blobs that stand out of the
-noise and of their neighbourhood (:func:`local_contrast`), and take the response-weighted
+noise and of their neighbourhood (:func:`local_contrast`), and take the contrast-weighted
 median of their diameters ``2 sqrt(n) sigma``.
 
 Sampling is modelled, not assumed: every scale is a physical sigma converted per axis with
@@ -392,7 +392,8 @@ def estimate_nucleus_diameter(
 
     Blobs (:func:`scale_space_blobs`) whose local contrast is at least ``min_contrast``
     and whose response is at least a quarter of the 95th percentile of those are the
-    nuclei; the estimate is the response-weighted median of their diameters. Noise
+    nuclei; the estimate is the contrast-weighted median of their diameters (a nucleus
+    counts by how much it stands out, whatever its brightness). Noise
     maxima fail the contrast test, and the few maxima of clusters of nuclei (the LoG of
     a clump at the clump's scale) are outweighed by the many nuclei.
 
@@ -432,7 +433,10 @@ def estimate_nucleus_diameter(
     strong = blobs.response[sel] >= 0.25 * np.percentile(blobs.response[sel], 95)
     idx = np.flatnonzero(sel)[strong]
     d = blobs.diameter_um(ndim)[idx]
-    w = blobs.response[idx]
+    # weighted by local contrast, not by response: the response grows with brightness,
+    # and two bright nuclei with textured cores outweighed six dim ones (QCANet 8-cell:
+    # 7.8 um by response, 12.8 by contrast, masks 16.8; elsewhere within 0.05 um)
+    w = blobs.contrast[idx]
     order = np.argsort(d)
     cw = np.cumsum(w[order])
     med = float(d[order][np.searchsorted(cw, 0.5 * cw[-1])])

@@ -297,7 +297,11 @@ def segment_nuclei(
     threshold_method : {"otsu", "triangle", "noise"}
         Automatic foreground threshold method.
     suppress_granules : bool
-        Remove small, bright, colourless autofluorescent granules before segmenting.
+        Remove small, bright, colourless autofluorescent granules before segmenting. In
+        the local mode only for images with several channels: with one channel nothing
+        tells a granule's colour from a nucleus', and the remaining size test took the
+        speckle of noisy or textured nuclei (measured on every single-channel set of
+        docs/benchmarks_real.md); the blob tests keep most granules out there.
     max_components_per_tile : int
         With more components than this (and a peak or array initialisation) the
         foreground is cut into slabs along its longest axis, each with about this many
@@ -477,7 +481,7 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
             background_scale=p.background_scale,
             foreground_threshold=p.foreground_threshold,
             threshold_method=p.threshold_method,
-            suppress_granules=p.suppress_granules,
+            suppress_granules=p.suppress_granules and not (local and _one_channel(image, p)),
         )
         vs = np.asarray(pre.voxel_size)
         names = _channel_names(p.channel_names, pre.data.shape[-1])
@@ -508,6 +512,13 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
     if local:
         meta["local_peaks"] = local_peaks
     return feats, pre.signal, pre.foreground, meta
+
+
+def _one_channel(image, p: SegmentationParams) -> bool:
+    """True when the image has a single channel (no channel axis, or one of length 1)."""
+    if p.channel_axis is None:
+        return True
+    return int(np.shape(image)[p.channel_axis]) == 1
 
 
 def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]) -> dict:
