@@ -107,13 +107,16 @@ def main(argv=None):
         wins = dict.fromkeys(args.variants, 0)
         rec = {v: [] for v in args.variants}
         opt = []
+        opt_ok = []
         secs = dict.fromkeys(args.variants, 0.0)
         ll = {v: [] for v in args.variants}
         for s in range(args.seeds):
             X, truth = make_problem(K, d, spread, s)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                opt.append(run_variant("optimum", X, K, s, truth).score(X))
+                best = run_variant("optimum", X, K, s, truth)
+                opt.append(best.score(X))
+                opt_ok.append(recovered(best.means_, truth) == 1.0)
             for v in args.variants:
                 t = time.perf_counter()
                 with warnings.catch_warnings():
@@ -130,13 +133,17 @@ def main(argv=None):
             for v in args.variants
         ]
         print(
-            f"| {K}, {d}, {spread}x | " + " | ".join(cells) + f" | {np.mean(opt):.3f} |",
+            f"| {K}, {d}, {spread}x | "
+            + " | ".join(cells)
+            + f" | {np.mean(opt):.3f} ({np.mean(opt_ok):.2f}) |",
             flush=True,
         )
     print(
         f"\nCells ({args.seeds} random starts): **fraction reaching the global optimum** "
         "(mean fraction of clusters recovered, mean log-likelihood per point, mean seconds "
-        "per fit); optimum: mean log-likelihood of EM started at the true means."
+        "per fit); optimum: mean log-likelihood of EM started at the true means (the "
+        "fraction of seeds where even that fit passes the 0.5 test: a small cluster's "
+        "sample mean can lie farther than 0.5 from its true mean in 5-D)."
     )
 
 

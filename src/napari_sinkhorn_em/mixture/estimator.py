@@ -107,10 +107,11 @@ class SinkhornEM:
         Mixing weights: strictly positive, summing to 1. Default uniform. With
         ``learn_weights=True`` they are the initial weights. ``"estimate"`` (Sinkhorn-EM
         only): for unknown weights, Sinkhorn-EM with uniform weights (which spreads the
-        components over the data) followed by EM with learned weights from its fit; the
-        result is an EM fixed point (``weights_`` learned, ``objective_`` the
-        log-likelihood, ``n_iter_`` the iterations of both phases). Measured against EM
-        from the same random starts in docs/method.md.
+        components over the data), then EM with learned weights from its fit, then
+        split-and-merge moves (``split_merge``); the result is an EM fixed point
+        (``weights_`` learned, ``objective_`` the log-likelihood, ``n_iter_`` the
+        iterations of all phases, rejected moves included). Measured against EM from the
+        same random starts in docs/method.md.
     learn_weights : bool, default False
         Re-estimate the weights in the M-step (classic EM). Only with ``method="em"``.
     covariance_type : {"full", "diag", "spherical"}, default "full"
@@ -177,6 +178,17 @@ class SinkhornEM:
         False: every E-step exact to the tolerance derived from ``tol``. ``"auto"``:
         True for ``init="random"`` / ``"k-means++"``, False when means are given (a
         pipeline that passes its own start reproduces earlier results bit for bit).
+    split_merge : bool or "auto", default "auto"
+        Split-and-merge moves after the fit (with ``weights="estimate"``, or with
+        ``method="em", learn_weights=True``; K >= 3): each round merges the two
+        components whose responsibilities overlap most into one and splits the component
+        that a local two-component fit explains best into two (K stays the same), refits
+        EM with learned weights from there for the 5 best-ranked moves in turn (30
+        iterations each, the accepted one to convergence) and keeps the first that
+        raises the log-likelihood by more than ``tol``; rounds end when no move does.
+        This repairs the configurations where one component covers two clusters while
+        two share one (unequal cluster masses). ``"auto"``: on for ``weights="estimate"``
+        only.
 
     Attributes
     ----------
