@@ -134,7 +134,9 @@ def test_grid_neighbors_are_exact(shape, m, search):
     grid = (_NeighborGrid if search == "grid" else _BruteNeighbors)(X, K, m)
     # then small moves (most points keep their neighbours without a search), then one
     # component jumps across the data (every point is searched again)
-    jump = np.zeros_like(means)
+    # (with small moves of the others: the brute-force scan measures the far mover
+    # directly and bounds the rest by their moves)
+    jump = 1e-3 * rng.normal(size=means.shape)
     jump[0] = X.max(axis=0) - means[0]
     for step in (0.0, 1e-3 * rng.normal(size=means.shape), jump):
         means = np.ascontiguousarray(means + step)
@@ -566,3 +568,123 @@ def test_weights_estimate_from_random_starts_beats_em():
             wins[name] += bool(np.all(d.min(axis=1) < 0.5)) and len(set(d.argmin(axis=1))) == 10
         assert est.score(X) >= em.score(X) - 1e-3
     assert wins["estimate"] >= wins["em"] and wins["estimate"] >= 5
+
+
+def test_split_and_merge_scores_rank_the_right_components():
+    """The split score is far larger for a component over two blobs than over one, and the
+    merge loss far smaller for two components in one blob than for two blobs apart."""
+    from napari_sinkhorn_em.mixture import _splitmerge as sm
+
+    rng = np.random.default_rng(3)
+    one = rng.normal(size=(400, 2))
+    shift = np.array([4.0, 0.0])
+    two = np.concatenate([one[:200] - shift, one[200:] + shift])
+    w = np.full(400, 1.0 / 400)
+    floor = 1e-6 * np.eye(2)
+    gains = {}
+    for name, Y in (("one", one), ("two", two)):
+        mu = Y.mean(axis=0)
+        S = np.cov(Y.T, bias=True) + floor
+        gains[name], halves = sm.split_gain(Y, w, mu, S, "full", floor)
+    # two unit blobs 8 apart: log-likelihood 0.5 log 17 - log 2 = 0.723 per point better
+    # as two components than as one Gaussian of variance 17 along the split
+    assert gains["two"] == pytest.approx(0.723, abs=0.03)
+    assert -0.01 < gains["one"] < 0.1
+    pi, mu1, _, mu2, _ = halves
+    assert pi == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_allclose(sorted([mu1[0], mu2[0]]), [-4.0, 4.0], atol=0.2)
+    eye = np.eye(2)
+    same, _ = sm.merge_loss(
+        w / 2,
+        w / 2,
+        one,
+        np.array([-0.1, 0.0]),
+        eye,
+        np.array([0.1, 0.0]),
+        eye,
+        0.5,
+        0.5,
+        "full",
+        floor,
+    )
+    apart, (mu, S) = sm.merge_loss(
+        w / 2,
+        w / 2,
+        two,
+        np.array([-4.0, 0.0]),
+        eye,
+        np.array([4.0, 0.0]),
+        eye,
+        0.5,
+        0.5,
+        "full",
+        floor,
+    )
+    assert abs(same) < 0.01 and apart == pytest.approx(0.723, abs=0.03)
+    np.testing.assert_allclose(mu, [0.0, 0.0])
+    np.testing.assert_allclose(S, [[17.0, 0.0], [0.0, 1.0]])
+
+
+def test_weights_estimate_splits_and_merges_unequal_clusters():
+    """Six clusters whose masses spread 10x: from random starts EM with learned weights
+    (and the estimate without split/merge) stops with clusters shared or left uncovered;
+    weights="estimate" (with its split-and-merge moves) finds every cluster with its
+    weight, from every start, deterministically (study: docs/method.md)."""
+    w = np.geomspace(1.0, 10.0, 6)
+    w = np.random.default_rng(5).permutation(w / w.sum())
+    X, centers = unequal_blobs(25, 6, w, n=3000)
+    found = {"em": 0, "nosm": 0, "estimate": 0}
+    for seed in range(4):
+        kw = {"init": "random", "random_state": seed, "tol": 1e-6, "max_iter": 500}
+        fits = {
+            "em": SinkhornEM(6, method="em", learn_weights=True, **kw),
+            "nosm": SinkhornEM(6, weights="estimate", split_merge=False, **kw),
+            "estimate": SinkhornEM(6, weights="estimate", **kw),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for model in fits.values():
+                model.fit(X)
+        for name, model in fits.items():
+            d = np.linalg.norm(centers[:, None] - model.means_[None], axis=2)
+            found[name] += bool(np.all(d.min(axis=1) < 0.3)) and len(set(d.argmin(axis=1))) == 6
+        est = fits["estimate"]
+        assert est.score(X) >= max(fits["em"].score(X), fits["nosm"].score(X)) - 1e-6
+        if found["estimate"] == seed + 1:
+            order = match(est.means_, centers)
+            np.testing.assert_allclose(est.weights_[order], w, atol=0.01)
+    assert found["estimate"] == 4 and found["em"] < 4 and found["nosm"] < 4
+    again = SinkhornEM(6, weights="estimate", **kw).fit(X)
+    np.testing.assert_array_equal(again.means_, est.means_)
+
+
+def test_split_merge_parameter_checks():
+    X, _, _ = blobs(0, K=3)
+    for bad, match_ in (
+        ({"split_merge": "yes"}, "split_merge must be"),
+        ({"split_merge": True}, "split_merge=True needs"),
+        ({"split_merge": True, "method": "em"}, "split_merge=True needs"),
+    ):
+        with pytest.raises(ValueError, match=match_):
+            SinkhornEM(3, **bad).fit(X)
+    # with EM learning the weights the moves are available too (split-and-merge EM)
+    est = SinkhornEM(3, method="em", learn_weights=True, split_merge=True, random_state=0)
+    assert est.fit(X).converged_
+
+
+@pytest.mark.parametrize("kw", [{"n_neighbors": 3}, {"covariance_type": "diag"}])
+def test_weights_estimate_moves_with_sparse_lists_and_other_covariances(kw):
+    """The moves' refits run through the sparse neighbour model and every covariance
+    type: the 10x-spread clusters are all found (a start where EM alone is stuck)."""
+    w = np.geomspace(1.0, 10.0, 6)
+    w = np.random.default_rng(5).permutation(w / w.sum())
+    X, centers = unequal_blobs(25, 6, w, n=3000)
+    common = {"init": "random", "random_state": 1, "tol": 1e-6, "max_iter": 500, **kw}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        em = SinkhornEM(6, method="em", learn_weights=True, **common).fit(X)
+        est = SinkhornEM(6, weights="estimate", **common).fit(X)
+    for model, ok in ((est, True), (em, False)):
+        d = np.linalg.norm(centers[:, None] - model.means_[None], axis=2)
+        assert bool(np.all(d.min(axis=1) < 0.3) and len(set(d.argmin(axis=1))) == 6) is ok
+    assert est.score(X) > em.score(X) + 0.05

@@ -950,13 +950,26 @@ _SCAN_EXTRA = 4
 
 
 @njit(parallel=True, cache=True)
-def brute_neighbors(Xp, means_t, out, budget, have_old, n_chunks):
-    """The ``m = out.shape[1]`` nearest means of the points without budget, by brute force.
+def brute_neighbors(
+    Xp, means_t, out, upper, lower, step, movers, is_mover, rest, have_old, n_chunks
+):
+    """The ``m = out.shape[1]`` nearest means of every point, by brute force where needed.
 
     ``means_t`` is the (d, K) transpose of the means (the distance loop runs over K
-    contiguous values and vectorises). For every point with ``budget[i] <= 0`` writes its
-    m nearest means and sets the budget as :func:`grid_neighbors` does: half the gap
-    between the (m + 1)-th and the m-th nearest distance. The first search sorts them by
+    contiguous values and vectorises). Every point carries bounds from its last scan:
+    ``upper[i]`` >= its distance to each of its m listed means, ``lower[i]`` <= its
+    distance to every other mean. With ``have_old``, ``step[k]`` is how far mean k moved
+    since the last refresh, ``movers`` the few means that moved farthest (``is_mover``
+    their (K,) mask) and ``rest`` the largest move of the others. By the triangle
+    inequality the list still holds the m nearest if the largest distance to a listed
+    mean (at most ``upper[i] + step[k]`` for a listed non-mover, measured for a listed
+    mover) is below ``lower[i] - rest`` and below the measured distance to every
+    unlisted mover: the point then keeps its list with those bounds and costs
+    ``len(movers)`` distances instead of K (Elkan-style bounds, per component: late
+    in a fit most means barely move while a few still travel, measured at N = 2e5,
+    K = 100, d = 6 on 100 clusters: median move 0.01 with the largest 0.5-1 from
+    iteration 12 on). Otherwise the point is scanned and gets exact bounds (its m-th and
+    (m + 1)-th nearest distances). The first search sorts them by
     distance (an insertion per mean that beats the current m + 1 nearest; ties to the
     smaller index). With ``have_old`` a refresh first tries the threshold of the point's
     previous list (``out[i]``; see the loop): after a small move of the means only a few
@@ -982,8 +995,34 @@ def brute_neighbors(Xp, means_t, out, budget, have_old, n_chunks):
         bd = np.empty(need + 1)
         bk = np.empty(need + 1, dtype=np.int64)
         for i in range(i0, i1):
-            if budget[i] > 0.0:
-                continue
+            if have_old:
+                # listed means: moved at most step[k] each, movers measured
+                u = 0.0
+                for j in range(M):
+                    k = np.int64(out[i, j])
+                    u = max(u, 0.0 if is_mover[k] else step[k])
+                u += upper[i]
+                lo = lower[i] - rest
+                if u < lo:
+                    for j in range(M):
+                        seen[np.int64(out[i, j])] = True
+                    for t in range(movers.shape[0]):
+                        k = movers[t]
+                        s = 0.0
+                        for d in range(D):
+                            z = Xp[i, d] - means_t[d, k]
+                            s += z * z
+                        dk = math.sqrt(s)
+                        if seen[k]:
+                            u = max(u, dk * (1.0 + 1e-12))
+                        else:
+                            lo = min(lo, dk * (1.0 - 1e-12))
+                    for j in range(M):
+                        seen[np.int64(out[i, j])] = False
+                    if u < lo:
+                        upper[i] = u
+                        lower[i] = lo
+                        continue
             for k in range(K):
                 dist[k] = 0.0
             for d in range(D):
@@ -1000,15 +1039,25 @@ def brute_neighbors(Xp, means_t, out, budget, have_old, n_chunks):
                 thr = 0.0
                 for j in range(M):
                     thr = max(thr, dist[np.int64(out[i, j])])
+                # first a count without the gather (it vectorises): exactly M means
+                # within the threshold are the previous list itself, which stays as it is
+                # (the common case late in a fit: measured at N = 2e5, K = 100, d = 6,
+                # later refreshes of a fit to convergence ~25% faster)
+                nc = 0
+                nxt = np.inf
+                for k in range(K):
+                    v = dist[k]
+                    nc += v <= thr
+                    nxt = min(nxt, v if v > thr else np.inf)
+                if nc == M:
+                    upper[i] = math.sqrt(thr) * (1.0 + 1e-12)
+                    lower[i] = math.sqrt(nxt) * (1.0 - 1e-12)
+                    continue
                 nc = 0
                 for k in range(K):
                     cand[nc] = k
                     nc += dist[k] <= thr
                 if nc <= M + _SCAN_EXTRA:
-                    nxt = np.inf
-                    for k in range(K):
-                        v = dist[k]
-                        nxt = min(nxt, v if v > thr else np.inf)
                     while nc > M:
                         far = 0
                         for t in range(1, nc):
@@ -1022,8 +1071,8 @@ def brute_neighbors(Xp, means_t, out, budget, have_old, n_chunks):
                     for j in range(M):
                         out[i, j] = cand[j]
                         dm = max(dm, dist[cand[j]])
-                    far_d = math.sqrt(nxt)
-                    budget[i] = 0.5 * (far_d - math.sqrt(dm)) - 1e-9 * far_d
+                    upper[i] = math.sqrt(dm) * (1.0 + 1e-12)
+                    lower[i] = math.sqrt(nxt) * (1.0 - 1e-12)
                     continue
             nb = 0
             if have_old:
@@ -1046,11 +1095,8 @@ def brute_neighbors(Xp, means_t, out, budget, have_old, n_chunks):
                     seen[np.int64(out[i, j])] = False
             for j in range(M):
                 out[i, j] = bk[j]
-            if need > M:
-                far = math.sqrt(bd[M])
-                budget[i] = 0.5 * (far - math.sqrt(bd[M - 1])) - 1e-9 * far
-            else:
-                budget[i] = np.inf
+            upper[i] = math.sqrt(bd[M - 1]) * (1.0 + 1e-12)
+            lower[i] = math.sqrt(bd[M]) * (1.0 - 1e-12) if need > M else np.inf
 
 
 @njit(parallel=True, cache=True)

@@ -27,6 +27,11 @@ _GRID_BLOCK = 4
 # d = 6 on a loaded machine, first refresh: grid 0.99-1.03 s, scan 0.73-0.79 s on uniform
 # points; later refreshes of a fit, which rank the previous list first, cost about half).
 _GRID_MAX_DIMS = 3
+# Brute-force scan: means that moved more than _MOVER_FACTOR times the median move since
+# the last refresh (at most _MAX_MOVERS of them) are measured directly by the points that
+# keep their lists (see _BruteNeighbors).
+_MOVER_FACTOR = 4.0
+_MAX_MOVERS = 16
 
 
 def neighbor_search(Xp, K, m):
@@ -36,31 +41,50 @@ def neighbor_search(Xp, K, m):
     return _BruteNeighbors(Xp, K, m)
 
 
-def _move(last, means_p):
-    """Largest distance any mean moved since ``last`` (0 for the first search)."""
-    if last is None:
-        return 0.0
-    return float(np.sqrt(((means_p - last) ** 2).sum(axis=1)).max()) * (1 + 1e-9)
-
-
 class _BruteNeighbors:
-    """Exact m nearest means by scanning all K means (:func:`_kernels.brute_neighbors`)."""
+    """Exact m nearest means by scanning all K means (:func:`_kernels.brute_neighbors`).
+
+    Points whose list provably still holds (per-point bounds, per-component moves; see
+    the kernel) are not scanned. The means that moved more than ``_MOVER_FACTOR`` times
+    the median move (at most ``_MAX_MOVERS``) are measured directly by such points
+    instead of lowering every bound by their move.
+    """
 
     def __init__(self, Xp, K, m):
         N = Xp.shape[0]
         self.Xp = Xp
         self.m = m
         self.idx = np.empty((N, m), dtype=np.min_scalar_type(K - 1))
-        self.budget = np.full(N, -np.inf)
+        self.upper = np.full(N, np.inf)
+        self.lower = np.full(N, -np.inf)
         self.last = None
 
+    @property
+    def budget(self):
+        """Half the gap between a point's bounds: how far every mean may still move."""
+        return 0.5 * (self.lower - self.upper)
+
     def neighbors(self, means_p, n_chunks):
+        K = means_p.shape[0]
         have_old = self.last is not None
-        moved = _move(self.last, means_p)
+        step = np.zeros(K)
+        movers = np.empty(0, dtype=np.int64)
+        rest = 0.0
+        if have_old:
+            # (1 + 1e-9): the rounding of the distances and moves
+            step = np.sqrt(((means_p - self.last) ** 2).sum(axis=1)) * (1 + 1e-9)
+            order = np.argsort(-step, kind="stable")
+            n_far = int(np.count_nonzero(step > _MOVER_FACTOR * np.median(step)))
+            movers = order[: min(n_far, _MAX_MOVERS, K - 1)].astype(np.int64)
+            rest = float(step[order[movers.size]])
         self.last = means_p.copy()
-        self.budget -= moved
         means_t = np.ascontiguousarray(means_p.T)
-        _k.brute_neighbors(self.Xp, means_t, self.idx, self.budget, have_old, n_chunks)
+        is_mover = np.zeros(K, dtype=np.bool_)
+        is_mover[movers] = True
+        _k.brute_neighbors(
+            self.Xp, means_t, self.idx, self.upper, self.lower, step, movers, is_mover, rest,
+            have_old, n_chunks,
+        )  # fmt: skip
         return self.idx
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import _kernels as _k
+from . import _splitmerge as _sm
 from ._neighbors import neighbor_search
 from .estep import (
     _DUMMY_IDX,
@@ -43,6 +44,10 @@ _FAST_HESS_PER_ENTRY = 1.0
 _FAST_SCALING_PASSES = 3
 _FAST_TOL_PER_OUTER = 10.0
 _KMEANS_SUBSAMPLE = 20000
+# weights="estimate": split-and-merge moves refitted per round (the best ranked first)
+_SM_TRIES = 5
+# ... each for at most this many EM iterations before it is compared with the current fit
+_SM_TRIAL_ITER = 30
 _PREDICT_CHUNK = 65536
 
 
@@ -102,10 +107,11 @@ class SinkhornEM:
         Mixing weights: strictly positive, summing to 1. Default uniform. With
         ``learn_weights=True`` they are the initial weights. ``"estimate"`` (Sinkhorn-EM
         only): for unknown weights, Sinkhorn-EM with uniform weights (which spreads the
-        components over the data) followed by EM with learned weights from its fit; the
-        result is an EM fixed point (``weights_`` learned, ``objective_`` the
-        log-likelihood, ``n_iter_`` the iterations of both phases). Measured against EM
-        from the same random starts in docs/method.md.
+        components over the data), then EM with learned weights from its fit, then
+        split-and-merge moves (``split_merge``); the result is an EM fixed point
+        (``weights_`` learned, ``objective_`` the log-likelihood, ``n_iter_`` the
+        iterations of all phases, rejected moves included). Measured against EM from the
+        same random starts in docs/method.md.
     learn_weights : bool, default False
         Re-estimate the weights in the M-step (classic EM). Only with ``method="em"``.
     covariance_type : {"full", "diag", "spherical"}, default "full"
@@ -172,6 +178,17 @@ class SinkhornEM:
         False: every E-step exact to the tolerance derived from ``tol``. ``"auto"``:
         True for ``init="random"`` / ``"k-means++"``, False when means are given (a
         pipeline that passes its own start reproduces earlier results bit for bit).
+    split_merge : bool or "auto", default "auto"
+        Split-and-merge moves after the fit (with ``weights="estimate"``, or with
+        ``method="em", learn_weights=True``; K >= 3): each round merges the two
+        components whose responsibilities overlap most into one and splits the component
+        that a local two-component fit explains best into two (K stays the same), refits
+        EM with learned weights from there for the 5 best-ranked moves in turn (30
+        iterations each, the accepted one to convergence) and keeps the first that
+        raises the log-likelihood by more than ``tol``; rounds end when no move does.
+        This repairs the configurations where one component covers two clusters while
+        two share one (unequal cluster masses). ``"auto"``: on for ``weights="estimate"``
+        only.
 
     Attributes
     ----------
@@ -220,6 +237,7 @@ class SinkhornEM:
         callback: Callable[[int, float], bool | None] | None = None,
         marginal_penalty: float | None = None,
         fast_start="auto",
+        split_merge="auto",
     ):
         self.n_components = n_components
         self.method = method
@@ -242,6 +260,12 @@ class SinkhornEM:
         self.callback = callback
         self.marginal_penalty = marginal_penalty
         self.fast_start = fast_start
+        self.split_merge = split_merge
+
+    def _use_split_merge(self) -> bool:
+        estimate = isinstance(self.weights, str) and self.weights == "estimate"
+        on = estimate if self.split_merge == "auto" else bool(self.split_merge)
+        return on and self.n_components >= 3 and self.max_iter > 0
 
     def _fast_start(self) -> bool:
         if self.fast_start == "auto":
@@ -309,6 +333,16 @@ class SinkhornEM:
         if self.callback is not None and not callable(self.callback):
             raise ValueError("callback must be callable or None")
         _check_marginal_penalty(self.marginal_penalty)
+        if not (self.split_merge == "auto" or isinstance(self.split_merge, (bool, np.bool_))):
+            raise ValueError(f"split_merge must be True, False or 'auto', got {self.split_merge!r}")
+        if self.split_merge is True and not (
+            (isinstance(self.weights, str) and self.weights == "estimate")
+            or (self.method == "em" and self.learn_weights)
+        ):
+            raise ValueError(
+                "split_merge=True needs weights='estimate' or method='em' with "
+                "learn_weights=True (the moves change the weights)"
+            )
         if not (self.fast_start == "auto" or isinstance(self.fast_start, (bool, np.bool_))):
             raise ValueError(f"fast_start must be True, False or 'auto', got {self.fast_start!r}")
 
@@ -523,9 +557,10 @@ class SinkhornEM:
         return np.ascontiguousarray(idx.reshape(Xp.shape[0], m), dtype=np.int64)
 
     # ------------------------------------------------------------------ fit
-    def _single_run(self, X, a, rng, n_chunks, start=None, method=None, learn=None):
+    def _single_run(self, X, a, rng, n_chunks, start=None, method=None, learn=None, max_iter=None):
         """One fit from ``self``'s initialisation, or from ``start = (means, cov, alpha)``
-        with ``method`` / ``learn`` (weight learning) overriding the estimator's."""
+        with ``method`` / ``learn`` (weight learning) / ``max_iter`` overriding the
+        estimator's."""
         N, D = X.shape
         K = self.n_components
         means, cov, alpha = self._initialize(X, a, rng) if start is None else start
@@ -608,7 +643,7 @@ class SinkhornEM:
         stopped = False
         n_iter = 0
         change = None
-        for it in range(1, self.max_iter + 1):
+        for it in range(1, (self.max_iter if max_iter is None else max_iter) + 1):
             means, cov, alpha = self._m_step(X, es, g, col, means, cov, alpha, n_chunks, learn)
             if m is not None:
                 idx = grid.neighbors(self._pos(means), n_chunks)  # updated in place
@@ -680,8 +715,73 @@ class SinkhornEM:
             start = (res["means"], res["cov"], w / w.sum())
             res = self._single_run(X, a, rng, n_chunks, start, method="em", learn=True)
             n_iter += res["n_iter"]
+            if not res["stopped"] and self._use_split_merge():
+                res, n_sm = self._split_merge(X, a, rng, n_chunks, res)
+                n_iter += n_sm
         res["n_iter"] = n_iter
         return res
+
+    def _split_merge(self, X, a, rng, n_chunks, res):
+        """Split-and-merge moves after the EM phase of ``weights="estimate"``.
+
+        Each round ranks the moves (merge the two components whose responsibilities
+        overlap most, split the one a local two-component fit explains best; see
+        mixture/_splitmerge.py) on a subsample, refits EM with learned weights from the
+        moved parameters for the ``_SM_TRIES`` best ones in turn and keeps the first whose
+        log-likelihood exceeds the current one by more than ``tol``; the rounds stop when
+        none does (or after ``K`` accepted moves). Returns the best fit and the number of
+        EM iterations run, rejected refits included.
+        """
+        N, D = X.shape
+        K = self.n_components
+        ct = self.covariance_type
+        if N > _sm.SUBSAMPLE:
+            sub = np.sort(rng.choice(N, size=_sm.SUBSAMPLE, replace=False, p=a))
+            Xs, as_ = np.ascontiguousarray(X[sub]), np.full(sub.size, 1.0 / sub.size)
+        else:
+            Xs, as_ = X, a
+        floor = np.diag(np.broadcast_to(np.asarray(self.reg_covar, dtype=np.float64), (D,)))
+        floor = floor + np.eye(D) * 1e-12 * max(float(np.abs(np.diag(floor)).max()), 1.0)
+        margin = max(float(self.tol), 1e-9)
+        n_iter = 0
+        for _ in range(K):
+            prec, log_det = self._precisions(res["cov"], D)
+            logp = self._log_prob(Xs, res["means"], prec, log_det, None, np.empty((Xs.shape[0], K)))
+            moves = _sm.candidate_moves(
+                Xs, as_, res["means"], res["cov"], res["alpha"], logp, ct, floor, _SM_TRIES
+            )
+            accepted = False
+            for move in moves:
+                start = _sm.apply_move(move, res["means"], res["cov"], res["alpha"], ct)
+                try:
+                    # a short trial first (EM's likelihood only grows: a trial above the
+                    # current fit stays above it), the accepted one then to convergence
+                    new = self._single_run(
+                        X, a, rng, n_chunks, start, method="em", learn=True,
+                        max_iter=min(self.max_iter, _SM_TRIAL_ITER),
+                    )  # fmt: skip
+                    n_iter += new["n_iter"]
+                    if new["stopped"]:
+                        return new, n_iter
+                    if not new["objective"] > res["objective"] + margin:
+                        continue
+                    if not new["converged"]:
+                        start = (new["means"], new["cov"], new["alpha"])
+                        new = self._single_run(
+                            X, a, rng, n_chunks, start, method="em", learn=True,
+                            max_iter=self.max_iter - _SM_TRIAL_ITER,
+                        )  # fmt: skip
+                        n_iter += new["n_iter"]
+                except ValueError:  # a half collapsed: not a move worth taking
+                    continue
+                res = new
+                accepted = True
+                if new["stopped"]:
+                    return new, n_iter
+                break
+            if not accepted:
+                break
+        return res, n_iter
 
     @staticmethod
     def _labels_from(es, g):
@@ -735,6 +835,9 @@ class SinkhornEM:
                     res = self._estimate_run(X, a, rng, n_chunks)
                 else:
                     res = self._single_run(X, a, rng, n_chunks)
+                    if not res["stopped"] and self._use_split_merge():
+                        res, n_sm = self._split_merge(X, a, rng, n_chunks, res)
+                        res["n_iter"] += n_sm
                 if best is None or res["objective"] > best["objective"]:
                     best = res
                 if res["stopped"]:
