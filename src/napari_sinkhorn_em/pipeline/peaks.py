@@ -341,14 +341,7 @@ def detect_nuclei(
         taken[cand] = True
         chosen.append(cand)
     sel = np.concatenate(chosen).astype(np.intp)
-    return Peaks(
-        coords=np.concatenate([primary.coords, small.coords[sel]]),
-        sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
-        intensity=np.concatenate([primary.intensity, small.intensity[sel]]),
-        response=np.concatenate([primary.response, small.response[sel]]),
-        threshold=primary.threshold,
-        secondary=np.concatenate([np.zeros(len(primary), bool), np.ones(sel.size, bool)]),
-    )
+    return _with_small(primary, small, sel)
 
 
 # smallest blob response, relative to the 95th percentile of the blobs' responses
@@ -407,14 +400,7 @@ def _add_small_scale(
     cand = np.flatnonzero(ok)
     cand = cand[_suppress_close(small_um[cand], small.response[cand], separation * diameter)]
     sel = cand[np.argsort(-small.response[cand], kind="stable")]
-    return Peaks(
-        coords=np.concatenate([primary.coords, small.coords[sel]]),
-        sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
-        intensity=np.concatenate([primary.intensity, small.intensity[sel]]),
-        response=np.concatenate([primary.response, small.response[sel]]),
-        threshold=primary.threshold,
-        secondary=np.concatenate([np.zeros(len(primary), bool), np.ones(sel.size, bool)]),
-    )
+    return _with_small(primary, small, sel)
 
 
 def _detect_local(
@@ -469,6 +455,18 @@ def _detect_local(
     if fg_um > _SMALL_PASS_MAX_FOREGROUND * float(ball.sum()):
         return primary
     return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation)
+
+
+def _with_small(primary: Peaks, small: Peaks, sel: np.ndarray) -> Peaks:
+    """``primary`` followed by the small-scale peaks ``small[sel]`` (marked secondary)."""
+    return Peaks(
+        coords=np.concatenate([primary.coords, small.coords[sel]]),
+        sigma_um=np.concatenate([primary.sigma_um, small.sigma_um[sel]]),
+        intensity=np.concatenate([primary.intensity, small.intensity[sel]]),
+        response=np.concatenate([primary.response, small.response[sel]]),
+        threshold=primary.threshold,
+        secondary=np.concatenate([np.zeros(len(primary), bool), np.ones(sel.size, bool)]),
+    )
 
 
 def _suppress_close(
