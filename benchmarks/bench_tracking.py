@@ -21,7 +21,8 @@ Series:
   most moves ``motion_um`` per frame (translation + rotation + bend), from small to a
   whole nucleus diameter; several seeds;
 * synthetic dividing embryos (:func:`~napari_sinkhorn_em.synthetic.make_dividing_embryo`);
-* the heads at 2.7 um per frame with ``nucleus_diameter="auto"`` (the default);
+* the same heads with ``nucleus_diameter="auto"`` (the default) instead of the true
+  2.7 um, at every motion;
 * the real two-frame pairs ``../shared/realdata/targettrack/ex2..ex6`` (adult heads, 64-83
   annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present:
   from the LoG peaks (defaults), and started from the annotated neurons of frame gt
@@ -43,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -202,9 +204,9 @@ def main(argv=None):
             r.update(motion_um=motion, seed=seed)
             results["synthetic"].append(r)
             print(_row(f"head motion {motion} um seed {seed}", r), flush=True)
-    for seed in seeds:
+    for motion, seed in itertools.product(motions, seeds):
         # the default automatic nucleus scale (trackers and per-frame segmentations)
-        w = make_moving_worm(n_frames=4, n_nuclei=60, motion_um=2.7, seed=seed)
+        w = make_moving_worm(n_frames=4, n_nuclei=60, motion_um=motion, seed=seed)
         vs = np.asarray(w.voxel_size)
         r = run_series(
             w.image,
@@ -214,9 +216,9 @@ def main(argv=None):
             w.ids,
             truth_diameter=w.nucleus_diameter,
         )
-        r.update(motion_um=2.7, seed=seed)
+        r.update(motion_um=motion, seed=seed)
         results["synthetic_auto"].append(r)
-        print(_row(f"head motion 2.7 um seed {seed}, diameter auto", r), flush=True)
+        print(_row(f"head motion {motion} um seed {seed}, diameter auto", r), flush=True)
     for seed in seeds:
         e = make_dividing_embryo(
             n_frames=4, n_divisions=3, appear_frame=1, disappear_frame=3, seed=seed
@@ -284,39 +286,22 @@ def summary(results):
         "| s/frame SEM run | ratio run |\n" + "|---" * 15 + "|"
     )
     lines = [head]
-    by_motion: dict = {}
-    for r in results["synthetic"]:
-        by_motion.setdefault(r["motion_um"], []).append(r)
-    for m, rs in sorted(by_motion.items()):
-        mean = {
-            k: {
-                "accuracy": float(np.mean([x[k]["accuracy"] for x in rs])),
-                "linked_given_found": float(np.mean([x[k]["linked_given_found"] for x in rs])),
-                "n_links": int(sum(x[k]["n_links"] for x in rs)),
-                "detected": float(np.mean([x[k]["detected"] for x in rs])),
-                "s_per_frame": float(np.mean([x[k]["s_per_frame"] for x in rs])),
-                "s_per_frame_run": float(
-                    np.mean([x[k].get("s_per_frame_run", np.nan) for x in rs])
-                ),
-            }
-            for k in ("sinkhorn", "em", "hungarian")
-        }
-        mean["time_ratio"] = float(np.mean([x["time_ratio"] for x in rs]))
-        mean["time_ratio_run"] = float(np.mean([x["time_ratio_run"] for x in rs]))
-        lines.append(_row(f"heads, motion {m} um (mean of {len(rs)})", mean))
-    if results.get("synthetic_auto"):
-        rs = results["synthetic_auto"]
-        mean = {
-            k: {
-                key: float(np.mean([x[k].get(key, np.nan) for x in rs]))
-                for key in ("accuracy", "linked_given_found", "detected", "s_per_frame",
-                            "s_per_frame_run")
-            } | {"n_links": int(sum(x[k]["n_links"] for x in rs))}
-            for k in ("sinkhorn", "em", "hungarian")
-        }  # fmt: skip
-        mean["time_ratio"] = float(np.mean([x["time_ratio"] for x in rs]))
-        mean["time_ratio_run"] = float(np.mean([x["time_ratio_run"] for x in rs]))
-        lines.append(_row(f"heads, motion 2.7 um, diameter auto (mean of {len(rs)})", mean))
+    for key, label in (("synthetic", ""), ("synthetic_auto", ", diameter auto")):
+        by_motion: dict = {}
+        for r in results.get(key, []):
+            by_motion.setdefault(r["motion_um"], []).append(r)
+        for m, rs in sorted(by_motion.items()):
+            mean = {
+                k: {
+                    stat: float(np.mean([x[k].get(stat, np.nan) for x in rs]))
+                    for stat in ("accuracy", "linked_given_found", "detected", "s_per_frame",
+                                 "s_per_frame_run")
+                } | {"n_links": int(sum(x[k]["n_links"] for x in rs))}
+                for k in ("sinkhorn", "em", "hungarian")
+            }  # fmt: skip
+            mean["time_ratio"] = float(np.mean([x["time_ratio"] for x in rs]))
+            mean["time_ratio_run"] = float(np.mean([x["time_ratio_run"] for x in rs]))
+            lines.append(_row(f"heads, motion {m} um{label} (mean of {len(rs)})", mean))
     for r in results["embryo"]:
         lines.append(_row(f"embryo seed {r['seed']}", r))
     for r in results["targettrack"]:
