@@ -231,3 +231,61 @@ def test_background_subtraction_matches_slow_reference(shape, vs):
     ref = _background_reference(data, vs, 4.0, 10.0)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
     assert (got == 0).any() and got.min() == 0.0
+
+
+def _lost_fraction(granules, labels):
+    """Fraction of each true nucleus' voxels inside the granule mask (by label id)."""
+    ids, total = np.unique(labels[labels > 0], return_counts=True)
+    taken = np.bincount(labels[granules].ravel(), minlength=int(labels.max()) + 1)
+    return dict(zip(ids.tolist(), (taken[ids] / total).tolist(), strict=True))
+
+
+@pytest.mark.parametrize("nucleus_diameter", [2.7, "auto"])
+def test_granule_filter_takes_no_nucleus_of_a_granule_free_head(nucleus_diameter):
+    # make_moving_worm seed 2 has no granule and four small nuclei (33-72 voxels, median
+    # 101) that the top-hat and colour tests alone removed (> 86 % of their voxels) in
+    # frame 0 with a 2.7 um diameter; the half-maximum size test keeps them
+    from napari_sinkhorn_em.synthetic import make_moving_worm
+
+    tl = make_moving_worm(n_frames=2, seed=2)
+    pre = preprocess(
+        tl.image[0], channel_axis=0, voxel_size=tl.voxel_size, nucleus_diameter=nucleus_diameter
+    )
+    lost = _lost_fraction(pre.granules, tl.labels[0])
+    assert len(lost) == 60
+    assert max(lost.values()) < 0.5, {k: round(v, 2) for k, v in lost.items() if v >= 0.5}
+    for lab in (35, 48, 49, 57):  # the small nuclei the filter took before
+        assert pre.foreground[tl.labels[0] == lab].mean() > 0.5, lab
+
+
+@pytest.mark.parametrize("nucleus_diameter", [2.7, "auto"])
+def test_granule_filter_still_removes_the_granules_of_a_head(worms, nucleus_diameter):
+    w = worms(seed=0)
+    pre = preprocess(
+        w.image, channel_axis=0, voxel_size=w.voxel_size, nucleus_diameter=nucleus_diameter
+    )
+    centres = tuple(np.round(w.granules).astype(int).T)
+    assert len(w.granules) == 40
+    assert pre.granules[centres].all()
+    assert not pre.foreground[centres].any()
+    lost = _lost_fraction(pre.granules, w.labels)
+    assert max(lost.values()) < 0.5
+
+
+def test_half_maximum_size_test_keeps_a_small_grey_nucleus():
+    # a grey (flat-spectrum) nucleus of 2 um, three quarters of the nominal 2.7 um, passes
+    # the top-hat and the colour test; its half-maximum spot is 27 voxels (0.26 of a
+    # nominal nucleus), a 0.8 um granule's 7 (0.07); the limit is 0.2 (21 voxels)
+    shape = (16, 40, 60)
+    grey = _balls(shape, VS, [[6.4, 7.0, 7.0]], 1.0, [1.0])
+    gran = _balls(shape, VS, [[6.4, 7.0, 14.0]], 0.4, [3.0])
+    data = np.repeat((grey + gran)[..., None], 4, axis=-1)
+    sigma = (0.7 / VS[0], 0.2 / VS[1], 0.2 / VS[2], 0)
+    data = ndi.gaussian_filter(data, sigma)
+    i_grey = (8, 20, 20)
+    i_gran = (8, 20, 40)
+    before = granule_mask(data, VS, nucleus_diameter=2.7, max_half_volume=np.inf)
+    assert before[i_grey] and before[i_gran]  # the other tests alone take both
+    mask = granule_mask(data, VS, nucleus_diameter=2.7)
+    assert mask[i_gran] and not mask[i_grey]
+    assert not mask[grey > 0].any()

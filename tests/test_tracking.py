@@ -432,9 +432,9 @@ def test_automatic_nucleus_diameter_is_the_default(embryo):
 
 @pytest.fixture(scope="module")
 def fast_head():
-    """60 nuclei moving a whole diameter (2.7 um) per frame; seed 1: nucleus 58 loses its
+    """60 nuclei moving a whole diameter (2.7 um) per frame; seed 1: nucleus 58 lost its
     foreground to the granule filter in frame 1 (a normalised signal of 0.005 instead of
-    0.74 in frame 0)."""
+    0.74 in frame 0) before the filter's half-maximum size test."""
     return make_moving_worm(n_frames=4, n_nuclei=60, motion_um=2.7, seed=1)
 
 
@@ -454,12 +454,14 @@ def test_granule_filter_spares_tracked_nuclei(fast_head):
     w = fast_head
     lab = w.labels[1] == 58
     plain = preprocess(w.image[1], voxel_size=w.voxel_size, channel_axis=0, nucleus_diameter=2.7)
-    assert plain.foreground[lab].mean() < 0.05  # the granule filter takes the nucleus
+    # the granule filter took this small nucleus (< 0.05 of its foreground left) before
+    # its half-maximum size test (branch gran); now it keeps it by itself
+    assert plain.foreground[lab].mean() > 0.8
+    assert not plain.granules[lab].any()
     r = track_nuclei(
         w.image[:2], channel_axis=1, voxel_size=w.voxel_size, nucleus_diameter=2.7,
         random_state=0, backfill=False,
     )  # fmt: skip
-    assert r.frames[1]["n_granules_spared"] >= 1
     # ... the tracker keeps it, with its track of frame 0
     a, b = _track_of(w, r.tracks, 0, 58), _track_of(w, r.tracks, 1, 58)
     assert a is not None and a == b
@@ -473,26 +475,23 @@ def test_granule_filter_spares_tracked_nuclei(fast_head):
 
 
 def test_backfill_tracks_a_nucleus_the_reference_missed():
-    # seed 2: nucleus 48 is missed by the reference segmentation and frame 1, then found
-    # (a new track) in frames 2 and 3
+    # seed 2: nucleus 48 (33 voxels, a third of the typical volume) was taken by the
+    # granule filter in frames 0 and 1, missed by the reference segmentation and found
+    # (a new track) in frames 2 and 3, which the backfill carried back to frame 0 (link
+    # accuracy 0.950 -> 0.961). Since the filter's half-maximum size test (branch gran)
+    # the first pass tracks it from frame 0 and the backfill has nothing to add; no
+    # other nucleus of seeds 1-3 is missed in frame 0 and found later, so the second
+    # pass is not exercised here any more
     w = make_moving_worm(n_frames=4, n_nuclei=60, motion_um=2.7, seed=2)
     kw = {"channel_axis": 1, "voxel_size": w.voxel_size, "nucleus_diameter": 2.7}
     kw["random_state"] = 0
     once = track_nuclei(w.image, backfill=False, **kw)
     twice = track_nuclei(w.image, **kw)
-    truth = (_truth_um(w), w.ids, 1.35)
-    assert _track_of(w, once.tracks, 0, 48) is None
-    late = _track_of(w, once.tracks, 2, 48)
-    assert late is not None and late == _track_of(w, once.tracks, 3, 48)
-    # carried back to frame 0 and tracked from there in the second pass
-    info = twice.frames[0]
-    assert late in info["first_pass"]["late_tracks"]
-    first = _track_of(w, twice.tracks, 0, 48)
-    assert first in info["backfilled"]
-    assert all(_track_of(w, twice.tracks, t, 48) == first for t in range(4))
-    a0, a1 = link_accuracy(once.tracks, *truth), link_accuracy(twice.tracks, *truth)
-    # measured 0.950 -> 0.961 (2 more of 180 links)
-    assert a1["n_correct"] >= a0["n_correct"] + 2
+    first = _track_of(w, once.tracks, 0, 48)
+    assert first is not None
+    assert all(_track_of(w, once.tracks, t, 48) == first for t in range(4))
+    assert twice.frames[0]["backfilled"] == []
+    np.testing.assert_array_equal(once.labels, twice.labels)
     assert twice.params["backfill"] and twice.params["init"] == "peaks"
     assert "nucleus_diameter_um" not in twice.params
     # the parameters repeat the run
