@@ -958,7 +958,7 @@ def precision_cholesky(cov, P, log_det):
 # brute_neighbors: a refresh whose threshold (the previous list's largest distance) is met
 # by at most this many means beyond m drops them one by one instead of inserting
 _SCAN_EXTRA = 4
-# a full scan sorts at most m + 1 + _FIRST_EXTRA candidates (see brute_neighbors; extra
+# the first search sorts at most m + 1 + _FIRST_EXTRA candidates (see brute_neighbors; extra
 # 6, 8 and 12 measured alike at N = 2e5, K = 100, d = 6, m = 16)
 _FIRST_EXTRA = 8
 
@@ -989,10 +989,10 @@ def brute_neighbors(
     previous list (``out[i]``; see the loop): after a small move of the means only a few
     extra means meet it and the list comes out in index order; otherwise the previous
     list is ranked first (nearly sorted, nearly the answer), so the other means mostly
-    cost one comparison instead of an insertion. Before the insertions, a count search
-    (a threshold met by m + 1 to m + 1 + ``_FIRST_EXTRA`` means, then a sort of those)
-    gives the same lists about twice as fast and leaves the insertions as a fallback for
-    1-3% of the points. The insertions, not the distances,
+    cost one comparison instead of an insertion. The first search tries a count search
+    before the insertions (a threshold met by m + 1 to m + 1 + ``_FIRST_EXTRA`` means,
+    then a sort of those): the same lists about twice as fast, with the insertions as
+    the fallback for 1-3% of the points. The insertions, not the distances,
     dominate a scan (measured single-threaded at N = 1e5, K = 100, d = 6: refresh after a
     move of 0.03-0.1 (nearest means ~1 apart) 0.09-0.18 s with the threshold vs
     0.21-0.31 s ranking only; after large moves both about 0.35-0.5 s). For position
@@ -1011,8 +1011,7 @@ def brute_neighbors(
         cand = np.empty(K + 1, dtype=np.int64)
         bd = np.empty(need + 1)
         bk = np.empty(need + 1, dtype=np.int64)
-        guess = -1.0  # squared threshold of the count search (see below)
-        thr = 0.0
+        guess = -1.0  # squared threshold of the first search's count (see below)
         for i in range(i0, i1):
             if have_old:
                 # listed means: moved at most step[k] each, movers measured
@@ -1093,20 +1092,18 @@ def brute_neighbors(
                     upper[i] = math.sqrt(dm) * (1.0 + 1e-12)
                     lower[i] = math.sqrt(nxt) * (1.0 - 1e-12)
                     continue
-            if need > M:
-                # a threshold that about need + _FIRST_EXTRA / 2 means meet, found with
-                # vectorised counts: first search from the previous point's (M + 1)-th
-                # distance, a refresh from the largest distance to the previous list
-                # (above), each rescaled by the count (in d dimensions a count grows like
-                # the squared radius to the d / 2). The candidates within it are then
-                # sorted by distance, stably and in the order of the insertions below
-                # (the previous list first, then by index), so ties are broken the same
-                # way and the lists and bounds are exactly the insertions' (which remain
-                # the fallback). Measured at N = 2e5, K = 100, d = 6, m = 16, 2 threads:
-                # the first search 56-70 ms vs 118-122 ms; 97-99% of the points need no
-                # fallback.
-                if have_old:
-                    guess = thr
+            if need > M and not have_old:
+                # first search: a threshold that about need + _FIRST_EXTRA / 2 means meet,
+                # found with vectorised counts from the previous point's (M + 1)-th
+                # distance, rescaled by the count (in d dimensions a count grows like the
+                # squared radius to the d / 2). The candidates within it are then sorted
+                # by distance, stably in index order, so ties go to the smaller index as
+                # in the insertions below (the fallback): the same lists and bounds.
+                # Measured at N = 2e5, K = 100, d = 6, m = 16, 2 threads: 56-70 ms vs
+                # 118-122 ms; 97-99% of the points need no fallback. Not for refreshes
+                # (the insertions start from the previous list, nearly sorted, and were
+                # as fast as the count search there: 180-245 vs 185-199 ms after the
+                # large moves of iteration 1).
                 nc = 0
                 for k in range(K):
                     nc += dist[k] <= guess
@@ -1122,20 +1119,9 @@ def brute_neighbors(
                     tries += 1
                 if nc >= need and nc <= need + _FIRST_EXTRA:
                     nc = 0
-                    if have_old:
-                        for j in range(M):
-                            k = np.int64(out[i, j])
-                            seen[k] = True
-                            if dist[k] <= guess:
-                                cand[nc] = k
-                                nc += 1
                     for k in range(K):
-                        if dist[k] <= guess and not seen[k]:
-                            cand[nc] = k
-                            nc += 1
-                    if have_old:
-                        for j in range(M):
-                            seen[np.int64(out[i, j])] = False
+                        cand[nc] = k
+                        nc += dist[k] <= guess
                     for t in range(1, nc):
                         kt = cand[t]
                         v = dist[kt]
