@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .cleanup import clean_labels
-from .contrast import component_cap, local_foreground
+from .contrast import component_cap, foreground_is_mostly_nuclei, local_foreground
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold
 
@@ -41,14 +41,6 @@ __all__ = [
     "refine",
     "search_mask",
 ]
-
-
-# the global (Otsu) foreground is used near the detected nuclei only when its volume is at
-# most this multiple of theirs (balls of their diameters); measured 1.1-2.0 on the heads,
-# embryos, QCANet, the 2-D field and targettrack, 117-217 on whole-brain stacks, where the
-# global foreground within 0.75 diameters doubled each dim neuron's label (median 62
-# voxels for 30; IoU 0.52, AP50 0.41 at 2 um z-steps)
-_MAX_GLOBAL_FOREGROUND = 4.0
 
 
 def search_mask(pre) -> np.ndarray:
@@ -120,8 +112,7 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
         # every detected nucleus brings its own foreground; the global threshold only
         # adds voxels near a nucleus (on a noisy sparse stack Otsu's level sits in the
         # noise, and components spread over it: measured F1 0.12 instead of 0.8)
-        ball = np.pi / 6.0 * d_i**3 if ndim == 3 else np.pi / 4.0 * d_i**2
-        if n_global * float(np.prod(vs)) > _MAX_GLOBAL_FOREGROUND * float(ball.sum()):
+        if not foreground_is_mostly_nuclei(n_global, vs, d_i, ndim):
             # the global foreground is mostly not nuclei (tissue glow and noise around dim
             # neurons): near a nucleus it only inflates the label, to 0.75 diameters
             pre.foreground[:] = False

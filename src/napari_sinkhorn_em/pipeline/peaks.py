@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 from .._validation import check_voxel_size
 from ._filters import box_filter
 from ._regions import foreground_boxes
+from .contrast import foreground_is_mostly_nuclei
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
@@ -354,13 +355,6 @@ _MIN_RELATIVE_RESPONSE = 0.1
 # the 2-D field of mixed sizes, the textured QCANet nuclei and the noisy whole-brain
 # stack, where the pass adds peaks in texture and noise: 286 objects for 135 neurons)
 _SMALL_PASS_MAX_SPREAD = 1.6
-# ... and only when the global foreground it searches is mostly the detected nuclei: its
-# volume at most this multiple of theirs (balls of their blob diameters). Measured 1.06-2.04
-# on the heads, embryos, QCANet, the 2-D field and targettrack; 117-217 on the whole-brain
-# stacks, whose Otsu foreground is tissue glow and noise: at 1.5 um z-steps, where one
-# scale fits its neurons, the pass added 516 noise peaks to 129 neurons (F1 0.33 instead
-# of 0.98, the fit at max_iter)
-_SMALL_PASS_MAX_FOREGROUND = 4.0
 
 
 def _add_small_scale(
@@ -450,9 +444,9 @@ def _detect_local(
     lo_d, hi_d = np.percentile(d_kept, [10, 90])
     if hi_d > _SMALL_PASS_MAX_SPREAD * lo_d:
         return primary
-    ball = np.pi / 6.0 * d_kept**3 if ndim == 3 else np.pi / 4.0 * d_kept**2
-    fg_um = float(np.count_nonzero(small_fg)) * float(np.prod(vs))
-    if fg_um > _SMALL_PASS_MAX_FOREGROUND * float(ball.sum()):
+    # ... and only when the global foreground it searches is mostly the detected nuclei
+    # (not on whole-brain stacks, whose Otsu foreground is noise)
+    if not foreground_is_mostly_nuclei(np.count_nonzero(small_fg), vs, d_kept, ndim):
         return primary
     return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation)
 

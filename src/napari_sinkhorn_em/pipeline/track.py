@@ -40,6 +40,7 @@ from scipy.special import logsumexp
 
 from ..mixture import ConvergenceWarning, SinkhornEM
 from .features import voxel_features
+from .labels import min_label_volume
 from .peaks import detect_nuclei
 from .preprocess import auto_threshold, granule_mask, preprocess
 from .segment import SegmentationCancelled, segment_nuclei
@@ -1085,7 +1086,7 @@ threshold_method, suppress_granules, tol, max_iter
 
         # ---- labels and table rows
         tl = time.perf_counter()
-        min_vol = min_size * ((np.pi / 6.0) * diam**3 if ndim == 3 else (np.pi / 4.0) * diam**2)
+        min_vol = min_label_volume(diam, ndim, min_size)
         min_vox = max(1, int(np.ceil(min_vol / float(np.prod(vs)))))
         if means.shape[0]:
             labels, counts = _label_frame(
