@@ -297,6 +297,12 @@ def _write_json(path, rows: list[dict], failed: list[dict]) -> None:
         fh.write(text)
 
 
+def warm_up() -> None:
+    """Compile the Numba kernels once (a small head) so that no timed row pays the JIT."""
+    w = make_worm(n_nuclei=20, x_range=(55.0, 70.0), seed=1)
+    segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one row per kind (a few minutes)")
@@ -315,9 +321,7 @@ def main(argv=None) -> int:
     if not realdata.available():
         print(f"note: real data not found in {realdata.default_root()}; real rows skipped")
 
-    # compile the Numba kernels once so the first row's time is not the JIT's
-    w = make_worm(n_nuclei=20, x_range=(55.0, 70.0), seed=1)
-    segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=0)
+    warm_up()
 
     rows: list[dict] = []
     failed: list[dict] = []

@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from napari_sinkhorn_em import segment_nuclei
 from napari_sinkhorn_em.evaluation.baseline import log_watershed
 from napari_sinkhorn_em.evaluation.metrics import average_precision, match_centres_nn
-from napari_sinkhorn_em.synthetic import make_embryo, make_whole_brain, make_worm
+from napari_sinkhorn_em.synthetic import make_embryo, make_whole_brain
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_real import warm_up
 
 
 def scenes():
@@ -94,8 +99,7 @@ def main(argv=None) -> int:
     if not rows:
         print("no rows selected")
         return 1
-    w = make_worm(n_nuclei=20, x_range=(55.0, 70.0), seed=1)  # JIT compile outside the timing
-    segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=0)
+    warm_up()
     lines = [
         "| data | shape | n true | diameter true / estimated (um) | ours F1 (recall) | "
         "ours AP50 | iterations (* = not converged) | ours time (s) | baseline F1 (recall) | "

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_real import case_builders
+from bench_real import case_builders, warm_up
 
 from napari_sinkhorn_em import segment_nuclei
 from napari_sinkhorn_em.synthetic import make_worm
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
     if not builders:
         print("no rows selected")
         return 1
-    w = make_worm(n_nuclei=20, x_range=(55.0, 70.0), seed=1)  # JIT compile outside the timing
-    segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=0)
+    warm_up()
 
     lines = [
         "| data | spatial shape | voxels | time (s) | head shape | head time (s) | ratio |",
