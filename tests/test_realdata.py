@@ -121,12 +121,14 @@ def test_targettrack_gt_points_offset_in_z_is_real():
 
 
 @needs_qc
-@pytest.mark.parametrize(("stage", "min_f1", "min_ap"), [(8, 0.95, 0.35), (16, 0.95, 0.85)])
+@pytest.mark.parametrize(("stage", "min_f1", "min_ap"), [(8, 0.95, 0.75), (16, 0.95, 0.85)])
 def test_qcanet_defaults_find_every_nucleus(stage, min_f1, min_ap):
-    # defaults only (nucleus_diameter="auto"): measured F1 1.00 / 0.97, AP50 0.45 / 0.94
+    # defaults only (nucleus_diameter="auto"): measured F1 1.00 / 0.97, AP50 1.00 / 0.94
     # (before: 0.76 / 0.84, AP50 0.00 / 0.11, when the single-channel granule test took
     # whole textured nuclei out; 8-cell AP50 0.23 with the foreground on the unsmoothed
-    # signal); several 8-cell labels hold only half of their mask (its dim rim)
+    # signal, 0.45 with each nucleus' half maximum, whose labels held only the bright
+    # core of a mask with a dim rim; 1.00 with the plateau level of contrast.nucleus_extents,
+    # mean matched IoU 0.63)
     from napari_sinkhorn_em import segment_nuclei
     from napari_sinkhorn_em.evaluation.metrics import average_precision, match_centres_nn
 

@@ -232,8 +232,8 @@ def segment_nuclei(
     local_contrast : bool or None
         Scale- and contrast-adaptive detection (:mod:`~napari_sinkhorn_em.pipeline.adaptive`):
         nuclei as scale-space blobs each with its own scale, accepted by significance,
-        roundness, prominence and local contrast; a per-nucleus (half-maximum)
-        foreground; covariance bounds from the spread of the detected sizes plus the
+        roundness, prominence and local contrast; a per-nucleus foreground (each
+        nucleus' own level); covariance bounds from the spread of the detected sizes plus the
         quantisation variance of each axis; the component count capped by the
         foreground volume; labels cleaned (one compact piece, holes filled). None
         (default) = on when ``nucleus_diameter="auto"``, off for a given number (the
