@@ -259,7 +259,9 @@ def nucleus_extents(
         level = b + 0.5 * (p - b)
         if saddle >= level:
             # joined to a neighbour above its own half level (a dim nucleus on a bright
-            # one's flank): no level separates it (left to the caller)
+            # one's flank): no level separates it (left to the caller). Measured without
+            # this test: the embryo of 30 nuclei lost a dim one (an 11-voxel extent), AP50
+            # 0.97 -> 0.94; QCANet 8-cell 1.00 -> 0.78
             continue
         for _ in range(MAX_LEVEL_STEPS):
             new = min(b + 0.5 * (float(np.median(s[region(level)])) - b), level)
