@@ -21,7 +21,9 @@ channels; the "gt" frames' points corrected by the measured -0.75 plane z offset
 score against the points as stored is in the JSON as ``f1_stored_truth``), QCANet 8- and 16-cell embryos (1.744 x 0.8 x 0.8 um), and the synthetic regimes
 (``make_whole_brain``, ``make_embryo`` at 30 / 100 / 200 / 370 nuclei,
 ``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``). Real rows are skipped
-when ``../shared/realdata`` is absent.
+when ``../shared/realdata`` is absent; the real 2-D DSB 2018 image (125 nuclei with masks,
+pixel units) when ``tools/fetch_external_data.py`` has fetched it
+(:mod:`napari_sinkhorn_em.evaluation.external`).
 
 Usage::
 
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sinkhorn_em import segment_nuclei
-from napari_sinkhorn_em.evaluation import realdata
+from napari_sinkhorn_em.evaluation import external, realdata
 from napari_sinkhorn_em.evaluation.baseline import log_watershed
 from napari_sinkhorn_em.evaluation.metrics import (
     average_precision,
@@ -149,6 +151,23 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
             )
 
         out.append(("targettrack ex2/gt, both channels", False, build_both))
+    if external.dsb2018_available():
+
+        def build_dsb():
+            d = external.load_dsb2018()
+            return Case(
+                name=d.name,
+                kind="real",
+                image=d.image,
+                voxel_size=d.voxel_size,
+                channel_axis=None,
+                centres=d.centres,
+                labels=d.labels,
+                diameter=_equiv_diameter(d.labels, d.voxel_size),
+                diameter_source="median equivalent diameter of the true masks",
+            )
+
+        out.append(("dsb2018 2-D", True, build_dsb))
     if realdata.available("qcanet"):
         for stage in realdata.QCANET_STAGES:
 

@@ -53,6 +53,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== external real data (DSB 2018 image from the stardist wheel on PyPI; tests skip without it)"
+"$VENV/bin/python" tools/fetch_external_data.py
+
 echo "== pytest"
 "$VENV/bin/python" -m pytest
 

@@ -51,9 +51,26 @@ __all__ = [
 
 
 def search_mask(pre) -> np.ndarray:
-    """Global foreground plus every voxel above the noise level of the signal."""
-    noise_thr = auto_threshold(pre.signal, "noise")
+    """Global foreground plus every voxel above the noise level of the signal: the lower
+    of the whole image's median + 4 MAD and :func:`_difference_noise_level`."""
+    noise_thr = min(auto_threshold(pre.signal, "noise"), _difference_noise_level(pre.signal))
     return pre.foreground | (pre.signal > noise_thr)
+
+
+def _difference_noise_level(signal: np.ndarray) -> float:
+    """The background (25th percentile) plus 4 voxel-noise standard deviations, the noise
+    from the differences of neighbouring voxels along the last axis, which are blind to
+    smooth signal. Where nuclei cover a fifth of the image the whole image's MAD measures
+    the nuclei, not the noise (real 2-D DSB image: median + 4 MAD = 0.27 above Otsu's
+    0.17, and the dim nuclei between the two were never searched)."""
+    s = np.asarray(signal)
+    rows = s.reshape(-1, s.shape[-1])
+    rows = rows[:: max(1, rows.size // 1_000_000)].astype(np.float32)  # ~1e6 voxels
+    d = np.diff(rows, axis=-1).reshape(-1)
+    if np.count_nonzero(d) > 100:  # zero background (DoG-filtered recordings)
+        d = d[d != 0]
+    sigma = 1.4826 * float(np.median(np.abs(d))) / np.sqrt(2.0) if d.size else 0.0
+    return float(np.percentile(rows, 25)) + 4.0 * sigma
 
 
 def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
