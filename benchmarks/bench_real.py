@@ -88,6 +88,22 @@ def _equiv_diameter(labels: np.ndarray, voxel_size) -> float:
     return float(np.median((6.0 * vol / np.pi) ** (1.0 / 3.0)))
 
 
+def _masked_case(d) -> Case:
+    """A real one-channel set with instance masks (``name``, ``image``, ``voxel_size``,
+    ``centres``, ``labels``); the baseline gets the masks' median equivalent diameter."""
+    return Case(
+        name=d.name,
+        kind="real",
+        image=d.image,
+        voxel_size=tuple(d.voxel_size),
+        channel_axis=None,
+        centres=d.centres,
+        labels=d.labels,
+        diameter=_equiv_diameter(d.labels, d.voxel_size),
+        diameter_source="median equivalent diameter of the true masks",
+    )
+
+
 def _synthetic_case(name: str, w, source: str = "median true diameter") -> Case:
     return Case(
         name=name,
@@ -152,38 +168,12 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
 
         out.append(("targettrack ex2/gt, both channels", False, build_both))
     if external.dsb2018_available():
-
-        def build_dsb():
-            d = external.load_dsb2018()
-            return Case(
-                name=d.name,
-                kind="real",
-                image=d.image,
-                voxel_size=d.voxel_size,
-                channel_axis=None,
-                centres=d.centres,
-                labels=d.labels,
-                diameter=_equiv_diameter(d.labels, d.voxel_size),
-                diameter_source="median equivalent diameter of the true masks",
-            )
-
-        out.append(("dsb2018 2-D", True, build_dsb))
+        out.append(("dsb2018 2-D", True, lambda: _masked_case(external.load_dsb2018())))
     if realdata.available("qcanet"):
         for stage in realdata.QCANET_STAGES:
 
             def build_q(stage=stage):
-                s = realdata.load_qcanet(stage)
-                return Case(
-                    name=s.name,
-                    kind="real",
-                    image=s.image,
-                    voxel_size=s.voxel_size,
-                    channel_axis=None,
-                    centres=s.centres,
-                    labels=s.labels,
-                    diameter=_equiv_diameter(s.labels, s.voxel_size),
-                    diameter_source="median equivalent diameter of the true masks",
-                )
+                return _masked_case(realdata.load_qcanet(stage))
 
             out.append((f"qcanet {stage}-cell", stage == 16, build_q))
     out.append(

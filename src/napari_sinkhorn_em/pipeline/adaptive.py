@@ -33,6 +33,7 @@ from .contrast import (
     component_cap,
     foreground_is_mostly_nuclei,
     local_foreground,
+    near_mask,
     nucleus_extents,
 )
 from .peaks import Peaks, detect_nuclei
@@ -80,19 +81,6 @@ def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
     factor = np.where(peaks.secondary, 0.6, 0.8)
     centre = factor * 0.5 * diameter / np.sqrt(ndim)
     return diameter * peaks.sigma_um / centre
-
-
-def _near(shape, centres_vox, vs, radii_um) -> np.ndarray:
-    """Voxels within ``radii_um`` of a centre (boxes around each centre)."""
-    out = np.zeros(shape, dtype=bool)
-    for c, r in zip(centres_vox, radii_um, strict=True):
-        lo = np.maximum(np.floor(c - r / vs), 0).astype(int)
-        hi = np.minimum(np.ceil(c + r / vs) + 1, shape).astype(int)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        grids = np.ogrid[box]
-        d2 = sum(((g - ci) * v) ** 2 for g, ci, v in zip(grids, c, vs, strict=True))
-        out[box] |= d2 <= r * r
-    return out
 
 
 def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
@@ -153,7 +141,7 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
             # neurons): near a nucleus it only inflates the label, to 0.75 diameters
             pre.foreground[:] = False
         else:
-            pre.foreground &= _near(pre.foreground.shape, peaks.coords, vs, 0.75 * d_i)
+            pre.foreground &= near_mask(pre.foreground.shape, peaks.coords, vs, 0.75 * d_i)
         n_local = int(loc.sum())
         pre.foreground |= loc
     n_fg = int(pre.foreground.sum())

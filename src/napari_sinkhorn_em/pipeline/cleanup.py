@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["clean_labels"]
+__all__ = ["clean_labels", "fill_holes"]
 
 
 def _largest_piece(mask: np.ndarray) -> np.ndarray:
@@ -31,7 +31,8 @@ def _largest_piece(mask: np.ndarray) -> np.ndarray:
     return lab == (int(np.argmax(sizes)) + 1)
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled plane by plane (3-D: every z-plane), then in all dimensions."""
     out = mask.copy()
     if mask.ndim == 3:
         for z in range(mask.shape[0]):
@@ -83,7 +84,7 @@ def clean_labels(labels: np.ndarray, min_thickness: int = 5) -> np.ndarray:
             if opened.any():
                 new = opened
         new = _largest_piece(new)
-        new = _fill_holes(new) & ((sub == 0) | mask)
+        new = fill_holes(new) & ((sub == 0) | mask)
         sub[mask & ~new] = 0
         sub[new] = v
     return labels

@@ -25,10 +25,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from .cleanup import fill_holes
+
 __all__ = [
     "component_cap",
     "foreground_is_mostly_nuclei",
     "local_foreground",
+    "near_mask",
     "nucleus_extents",
 ]
 
@@ -100,7 +103,7 @@ def local_foreground(
     return out
 
 
-def _near_mask(shape, centres_vox, vs, radii_um) -> np.ndarray:
+def near_mask(shape, centres_vox, vs, radii_um) -> np.ndarray:
     """Voxels within ``radii_um`` of a centre (balls drawn in boxes around each)."""
     out = np.zeros(shape, dtype=bool)
     for c, r in zip(centres_vox, radii_um, strict=True):
@@ -111,16 +114,6 @@ def _near_mask(shape, centres_vox, vs, radii_um) -> np.ndarray:
         d2 = sum(((g - ci) * v) ** 2 for g, ci, v in zip(grids, c, vs, strict=True))
         out[box] |= d2 <= r * r
     return out
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled plane by plane (3-D: every z-plane), then in all dimensions."""
-    out = mask.copy()
-    if mask.ndim == 3:
-        for z in range(mask.shape[0]):
-            if out[z].any():
-                out[z] = ndi.binary_fill_holes(out[z])
-    return ndi.binary_fill_holes(out)
 
 
 # Percentile of the smoothed signal in a nucleus' territory taken as its local background
@@ -220,7 +213,7 @@ def nucleus_extents(
     markers = np.zeros(sig.shape, dtype=np.int32)
     # the later (weaker) of two peaks in one voxel loses its marker and gets no extent
     markers[tuple(centre_idx[::-1].T)] = np.arange(K, 0, -1, dtype=np.int32)
-    near = _near_mask(sig.shape, centres_vox, vs, reach * radii)
+    near = near_mask(sig.shape, centres_vox, vs, reach * radii)
     basins = watershed(-sig, markers=markers, mask=near)
     boxes = ndi.find_objects(basins, max_label=K)
     for i, box in enumerate(boxes):
@@ -269,7 +262,7 @@ def nucleus_extents(
                 level = new
                 break
             level = new
-        ext = _fill_holes(region(level)) & terr
+        ext = fill_holes(region(level)) & terr
         levels[i] = level
         out[box][ext] = i + 1
     return out, levels

@@ -381,6 +381,21 @@ def _valley_dips(smooth: np.ndarray, a: np.ndarray, b: np.ndarray, depth: float)
     return vals[:, 1:-1].min(axis=1) < (1.0 - depth) * ends
 
 
+def _no_valley(sig, vs, diameter, cand_vox, prim_vox, pair_cand, pair_prim) -> np.ndarray:
+    """Indices of the candidates of the pairs ``(pair_cand[i], pair_prim[i])`` with no dip
+    of the signal (smoothed at the small-scale pass' scale) between the candidate and the
+    primary (:func:`_valley_dips`)."""
+    if not len(pair_cand):
+        return np.zeros(0, dtype=np.intp)
+    smooth = ndi.gaussian_filter(
+        np.asarray(sig, dtype=np.float32), log_scales(diameter, sig.ndim, 1, 0.6)[0] / vs
+    )
+    pc = np.asarray(pair_cand, dtype=np.intp)
+    a = np.asarray(cand_vox, dtype=np.float64)[pc]
+    b = np.asarray(prim_vox, dtype=np.float64)[np.asarray(pair_prim, dtype=np.intp)]
+    return np.unique(pc[~_valley_dips(smooth, a, b, _VALLEY_DEPTH)])
+
+
 def _add_small_scale(
     primary: Peaks, sig, vs, diameter: float, foreground, d_primary, separation: float
 ) -> Peaks:
@@ -427,15 +442,9 @@ def _add_small_scale(
         for k in nb[dist < reach[nb]]:
             pair_small.append(j)
             pair_primary.append(k)
-    if pair_small:
-        smooth = ndi.gaussian_filter(
-            np.asarray(sig, dtype=np.float32), log_scales(diameter, sig.ndim, 1, 0.6)[0] / vs
-        )
-        js = np.asarray(pair_small)
-        dips = _valley_dips(
-            smooth, small.coords[js], primary.coords[np.asarray(pair_primary)], _VALLEY_DEPTH
-        )
-        ok[js[~dips]] = False
+    ok[_no_valley(sig, vs, diameter, small.coords, primary.coords, pair_small, pair_primary)] = (
+        False
+    )
     cand = np.flatnonzero(ok)
     cand = cand[_suppress_close(small_um[cand], small.response[cand], separation * diameter)]
     sel = cand[np.argsort(-small.response[cand], kind="stable")]
@@ -563,22 +572,11 @@ def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i,
                 if np.linalg.norm((coords[k] - c[j]) * vs) < reach[k]:
                     pa.append(j)
                     pb.append(k)
-        if pa:
-            smooth = ndi.gaussian_filter(
-                np.asarray(sig, dtype=np.float32), log_scales(diameter, sig.ndim, 1, 0.6)[0] / vs
-            )
-            pa_arr = np.asarray(pa)
-            dips = _valley_dips(
-                smooth,
-                c[pa_arr].astype(np.float64),
-                coords[np.asarray(pb)].astype(np.float64),
-                _VALLEY_DEPTH,
-            )
-            ok2 = np.ones(len(c), dtype=bool)
-            ok2[pa_arr[~dips]] = False
-            c, resp, inten = c[ok2], resp[ok2], inten[ok2]
-            if not len(c):
-                return None
+        ok2 = np.ones(len(c), dtype=bool)
+        ok2[_no_valley(sig, vs, diameter, c, coords, pa, pb)] = False
+        c, resp, inten = c[ok2], resp[ok2], inten[ok2]
+        if not len(c):
+            return None
     sel = _suppress_close(c * vs, resp, 0.5 * diameter)
     order = np.flatnonzero(sel)[np.argsort(-resp[sel], kind="stable")]
     return c[order].astype(np.int64), resp[order], inten[order]

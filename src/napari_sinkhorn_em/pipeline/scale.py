@@ -299,11 +299,8 @@ def scale_space_blobs(
     -------
     Blobs
     """
-    img = np.asarray(image, dtype=np.float32)
+    img, vs = _image_and_voxel_size(image, voxel_size)
     ndim = img.ndim
-    vs = np.asarray(voxel_size, dtype=np.float64)
-    if vs.shape != (ndim,):
-        raise ValueError(f"voxel_size must have {ndim} entries, got {vs.shape}")
     extent = np.array(img.shape) * vs
     # axes with at least 4 voxels bound the search (a 2-plane stack says nothing in z)
     big = np.array(img.shape) >= 4
@@ -374,11 +371,8 @@ def single_scale_blobs(
     -------
     Blobs
     """
-    img = np.asarray(image, dtype=np.float32)
+    img, vs = _image_and_voxel_size(image, voxel_size)
     ndim = img.ndim
-    vs = np.asarray(voxel_size, dtype=np.float64)
-    if vs.shape != (ndim,):
-        raise ValueError(f"voxel_size must have {ndim} entries, got {vs.shape}")
     if not diameter > 0:
         raise ValueError(f"diameter must be > 0 um, got {diameter}")
     sigma = diameter / (2.0 * np.sqrt(ndim))
@@ -394,6 +388,15 @@ def single_scale_blobs(
     if cand.size == 0:
         return _concat([], ndim)
     return _concat([_score(lev, sigma, vs, cand, pixel_noise, contrast_window)], ndim)
+
+
+def _image_and_voxel_size(image, voxel_size) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` as float32 and ``voxel_size`` as float64, one entry per axis."""
+    img = np.asarray(image, dtype=np.float32)
+    vs = np.asarray(voxel_size, dtype=np.float64)
+    if vs.shape != (img.ndim,):
+        raise ValueError(f"voxel_size must have {img.ndim} entries, got {vs.shape}")
+    return img, vs
 
 
 def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
