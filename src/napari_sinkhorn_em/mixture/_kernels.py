@@ -108,12 +108,15 @@ def _row_max_exp(out, P, amax, i, bits):
 
 
 @njit(parallel=True, cache=True)
-def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
+def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, want_p, n_chunks):
     """log N(x_i | mu_k, Sigma_k) with upper-triangular precision Cholesky factors.
 
     ``prec_chol[k]`` is U with U U^T = Sigma_k^{-1} (scikit-learn convention:
     the Mahalanobis vector is (x - mu) @ U); ``log_det[k] = sum(log diag U)``.
-    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse).
+    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse). With
+    ``want_p`` also the exp table ``P, amax`` of :func:`row_max_exp`, row by row while the
+    row is in cache (the same values as a separate row_max_exp pass; saves that pass's
+    read of ``out``: measured 5-8 ms per E-step at N = 2e5, m = 16 on 2 threads).
     """
     N, D = X.shape
     M = out.shape[1]
@@ -121,6 +124,7 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         y = np.empty(D)
+        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -133,16 +137,20 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
                         z += y[e] * prec_chol[k, e, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
+            if want_p:
+                _row_max_exp(out, P, amax, i, bits)
 
 
 @njit(parallel=True, cache=True)
-def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
-    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D)."""
+def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, want_p, n_chunks):
+    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D);
+    ``P, amax, want_p`` as in :func:`log_prob_full`."""
     N, D = X.shape
     M = out.shape[1]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
+        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -151,6 +159,8 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
                     z = (X[i, d] - means[k, d]) * prec_sqrt[k, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
+            if want_p:
+                _row_max_exp(out, P, amax, i, bits)
 
 
 # --------------------------------------------------------------------------
@@ -543,6 +553,84 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
             for d in range(D):
                 for e in range(d):
                     s2[k, e, d] = s2[k, d, e]
+    return nk, s1, s2
+
+
+# Diagonal M-step statistics for up to MSTEP_LANES features: the per-feature loop runs
+# over a constant number of lanes (4 or 8; the features beyond D are zero in x and in the
+# shift, so they add zeros), which LLVM unrolls and vectorises. The same operations in
+# the same order as mstep_stats (bit-identical results); measured on the statistics of
+# iteration 4 of a fit at N = 2e5, K = 100, m = 16, 2 threads: 42-62 ms vs 62-72 ms
+# (D = 6), 39-44 ms vs 48-52 ms (D = 3).
+MSTEP_LANES = 8
+
+
+@njit(cache=True, inline="always")
+def _diag_lanes(accf, b, w, x, sh, k, L):
+    for d in range(L):
+        yd = x[d] - sh[k, d]
+        wy = w * yd
+        accf[b + d] += wy
+        accf[b + L + d] += wy * yd
+    accf[b + 2 * L] += w
+
+
+@njit(parallel=True, cache=True)
+def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks):
+    """:func:`mstep_stats` with ``kind == 1`` (diagonal second moments) for
+    ``D <= MSTEP_LANES`` features: the same ``(nk, s1, s2)``, bit for bit, faster."""
+    N, D = X.shape
+    M = A.shape[1]
+    K = g.shape[0]
+    G, gmax = _potential_scale(g)
+    L = 4 if D <= 4 else MSTEP_LANES
+    # one accumulator row per component: [s1 (L), s2 (L), nk]
+    W = 2 * L + 1
+    sh = np.zeros((K, L))
+    for k in range(K):
+        for d in range(D):
+            sh[k, d] = shift[k, d]
+    acc = np.zeros((n_chunks, K * W))
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        x = np.zeros(L)
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        keep = np.empty(M, dtype=np.int64)
+        accf = acc[c]
+        for i in range(i0, i1):
+            ai = a[i]
+            if ai <= 0.0:
+                continue
+            s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            wi = ai / s
+            cnt = 0
+            for j in range(M):
+                v[j] *= wi
+                keep[cnt] = j
+                cnt += v[j] > cut[kk[j]]
+            for d in range(D):
+                x[d] = X[i, d]
+            # two copies with a constant lane count each (a variable one does not unroll)
+            if L == 4:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+            else:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+    nk = np.zeros(K)
+    s1 = np.zeros((K, D))
+    s2 = np.zeros((K, D, 1))
+    for c in range(n_chunks):
+        for k in range(K):
+            b = k * W
+            nk[k] += acc[c, b + 2 * L]
+            for d in range(D):
+                s1[k, d] += acc[c, b + d]
+                s2[k, d, 0] += acc[c, b + L + d]
     return nk, s1, s2
 
 

@@ -12,7 +12,9 @@ from . import _kernels as _k
 from . import _splitmerge as _sm
 from ._neighbors import neighbor_search
 from .estep import (
+    _DUMMY_AMAX,
     _DUMMY_IDX,
+    _DUMMY_P,
     _as_sample_weight,
     _as_weights,
     _check_marginal_penalty,
@@ -433,11 +435,15 @@ class SinkhornEM:
         ps = 1.0 / np.sqrt(var)
         return np.ascontiguousarray(ps), np.log(ps).sum(axis=1)
 
-    def _log_prob(self, X, means, prec, log_det, idx, out):
+    def _log_prob(self, X, means, prec, log_det, idx, out, table=None):
+        """Log-densities into ``out``; with ``table = (P, amax)`` also the E-step's exp
+        table (see :func:`_kernels.log_prob_full`)."""
         dense = idx is None
         ii = _DUMMY_IDX if dense else idx
         kern = _k.log_prob_full if self.covariance_type == "full" else _k.log_prob_diag
-        kern(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
+        P, amax = (_DUMMY_P, _DUMMY_AMAX) if table is None else table
+        kern(X, means, prec, log_det, ii, dense, out, P, amax, table is not None,
+             _k.n_chunks_for(X.shape[0]))  # fmt: skip
         return out
 
     # ------------------------------------------------------------------ initialisation
@@ -524,7 +530,10 @@ class SinkhornEM:
         D = X.shape[1]
         kind = 0 if self.covariance_type == "full" else 1
         cut = _k.MSTEP_CUT * col
-        nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
+        if kind == 1 and D <= _k.MSTEP_LANES:
+            nk, s1, s2 = _k.mstep_stats_diag(X, *es.rows(), g, es.a, means, cut, n_chunks)
+        else:
+            nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
         ok = nk > 1e-250
         nko = nk[ok]
         delta = s1[ok] / nko[:, None]
@@ -586,10 +595,11 @@ class SinkhornEM:
 
         def e_step(means, cov, alpha, g, idx, tol_e=tol_final):
             prec, log_det = self._precisions(cov, D)
-            self._log_prob(X, means, prec, log_det, idx, A)
+            # Sinkhorn-EM: the exp table in the same pass (EM's single pass needs none)
+            self._log_prob(X, means, prec, log_det, idx, A, table)
             es = _EStep(
                 A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
-                tau=self.marginal_penalty, **carry,
+                table_filled=table is not None, tau=self.marginal_penalty, **carry,
             )  # fmt: skip
             tol_used[0] = tol_e
             if sinkhorn:
