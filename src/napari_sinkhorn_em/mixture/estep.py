@@ -409,7 +409,7 @@ class _EStep:
         d[act] = da
         return grad, d
 
-    def newton(self, g, tol, max_iter):
+    def newton(self, g, tol, max_iter, at=None):
         """Damped Newton on the semi-dual, reusing the last Hessian while it contracts well.
 
         The Hessian pass costs a few plain passes (it scatters r r^T), so a step whose
@@ -419,6 +419,9 @@ class _EStep:
         Hessian barely changes and chord steps converge almost as fast as Newton steps.
         The first step uses the system of a previous E-step if one was given (the mixture
         passes the last one: its log-densities change little between iterations).
+        ``at = (col, wlse)``: the column sums and weighted log-sum-exp of a pass at ``g``
+        that is already known (the last pass of an earlier solve of this E-step; ``lse``
+        still holds its rows); used with a reusable system, it saves the first pass.
         """
         old = self.system
         reuse = (
@@ -427,7 +430,10 @@ class _EStep:
             and (old[3] is None) == (self.block is None)
             and (old[3] is None or np.array_equal(old[3], self.block))
         )
-        col, wlse, S = self.pass_(g, want_hess=not reuse)
+        if reuse and at is not None:
+            col, wlse = at
+        else:
+            col, wlse, S = self.pass_(g, want_hess=not reuse)
         system = old if reuse else self._factor(col, S, g)
         refresh = False  # whether the next trial passes form a fresh Hessian
         J = -self.objective(g, wlse)
@@ -506,12 +512,12 @@ class _EStep:
         self.system = system
         return g, col, wlse, err, it, err < tol
 
-    def solve(self, g, tol, max_iter, solver="auto"):
+    def solve(self, g, tol, max_iter, solver="auto", at=None):
         if solver == "auto":
             solver = "newton"
         self.use_p = True
         if solver == "newton":
-            out = self.newton(g, tol, max_iter)
+            out = self.newton(g, tol, max_iter, at)
         elif solver == "sinkhorn":
             out = self.sinkhorn(g, tol, max_iter)
         else:
