@@ -634,6 +634,82 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
     return nk, s1, s2
 
 
+@njit(parallel=True, cache=True)
+def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cut, n_chunks):
+    """:func:`estep_pass` (no Hessian) and :func:`mstep_stats_diag` in one pass.
+
+    For an E-step pass that is likely the last one of its E-step: the next M-step then
+    needs no pass of its own. Returns ``(colsum, wlse, nk, s1, s2)``, bit for bit those of
+    the two kernels (``cut``: the M-step's cut; the caller can only pass the one from the
+    column sums of the previous pass, see ``_EStep.newton``).
+    """
+    N, D = X.shape
+    M = A.shape[1]
+    K = g.shape[0]
+    G, gmax = _potential_scale(g)
+    L = 4 if D <= 4 else MSTEP_LANES
+    W = 2 * L + 1
+    sh = np.zeros((K, L))
+    for k in range(K):
+        for d in range(D):
+            sh[k, d] = shift[k, d]
+    c_acc = np.zeros((n_chunks, K))
+    o_acc = np.zeros(n_chunks)
+    acc = np.zeros((n_chunks, K * W))
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        x = np.zeros(L)
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        keep = np.empty(M, dtype=np.int64)
+        accf = acc[c]
+        o_loc = 0.0
+        for i in range(i0, i1):
+            s, li = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            lse[i] = li
+            ai = a[i]
+            if ai <= 0.0:
+                continue
+            o_loc += ai * li
+            inv = 1.0 / s
+            wi = ai / s
+            cnt = 0
+            for j in range(M):
+                c_acc[c, kk[j]] += ai * (v[j] * inv)
+                v[j] *= wi
+                keep[cnt] = j
+                cnt += v[j] > cut[kk[j]]
+            for d in range(D):
+                x[d] = X[i, d]
+            if L == 4:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+            else:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+        o_acc[c] = o_loc
+    colsum = np.zeros(K)
+    wlse = 0.0
+    for c in range(n_chunks):
+        wlse += o_acc[c]
+        for k in range(K):
+            colsum[k] += c_acc[c, k]
+    nk = np.zeros(K)
+    s1 = np.zeros((K, D))
+    s2 = np.zeros((K, D, 1))
+    for c in range(n_chunks):
+        for k in range(K):
+            b = k * W
+            nk[k] += acc[c, b + 2 * L]
+            for d in range(D):
+                s1[k, d] += acc[c, b + d]
+                s2[k, d, 0] += acc[c, b + L + d]
+    return colsum, wlse, nk, s1, s2
+
+
 # --------------------------------------------------------------------------
 # Neighbour search
 # --------------------------------------------------------------------------

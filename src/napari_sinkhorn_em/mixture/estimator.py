@@ -534,7 +534,10 @@ class SinkhornEM:
         D = X.shape[1]
         kind = 0 if self.covariance_type == "full" else 1
         cut = _k.MSTEP_CUT * col
-        if kind == 1 and D <= _k.MSTEP_LANES:
+        if es.stats is not None and es.stats[0] is g:
+            # accumulated by the E-step's last pass (fast_start; see _EStep.newton)
+            nk, s1, s2 = es.stats[1:]
+        elif kind == 1 and D <= _k.MSTEP_LANES:
             nk, s1, s2 = _k.mstep_stats_diag(X, *es.rows(), g, es.a, means, cut, n_chunks)
         else:
             nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
@@ -597,13 +600,19 @@ class SinkhornEM:
             carry["hess_budget"] = _FAST_HESS_PER_ENTRY * N * M
         tol_used = [tol_final]
 
-        def e_step(means, cov, alpha, g, idx, tol_e=tol_final):
+        # fast_start with diagonal statistics: the E-step's last pass also accumulates
+        # the M-step's (see _EStep.newton)
+        fuse = fast and self.covariance_type != "full" and D <= _k.MSTEP_LANES
+        n_max = self.max_iter if max_iter is None else max_iter
+
+        def e_step(means, cov, alpha, g, idx, tol_e=tol_final, last=False):
             prec, log_det = self._precisions(cov, D)
             # Sinkhorn-EM: the exp table in the same pass (EM's single pass needs none)
             self._log_prob(X, means, prec, log_det, idx, A, table)
             es = _EStep(
                 A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
-                table_filled=table is not None, tau=self.marginal_penalty, **carry,
+                table_filled=table is not None, tau=self.marginal_penalty,
+                fuse=(X, means) if fuse and not last else None, **carry,
             )  # fmt: skip
             tol_used[0] = tol_e
             if sinkhorn:
@@ -623,6 +632,7 @@ class SinkhornEM:
                 carry.update(
                     hess_stride=es.hess_stride,
                     system=es.system,
+                    rate=es.rate,
                     find_blocks=carry["find_blocks"] or es.block is not None,
                 )
                 obj = es.objective(g, wlse)
@@ -651,20 +661,21 @@ class SinkhornEM:
             return float(np.clip(e, tol_final, _FAST_TOL_MAX))
 
         es, g, col, obj, err, prec = e_step(
-            means, cov, alpha, g, idx, loose_tol(None) if fast else tol_final
+            means, cov, alpha, g, idx, loose_tol(None) if fast else tol_final, last=n_max == 0
         )
         history = [obj]
         converged = False
         stopped = False
         n_iter = 0
         change = None
-        for it in range(1, (self.max_iter if max_iter is None else max_iter) + 1):
+        for it in range(1, n_max + 1):
             means, cov, alpha = self._m_step(X, es, g, col, means, cov, alpha, n_chunks, learn)
             if m is not None:
                 idx = grid.neighbors(self._pos(means), n_chunks)  # updated in place
             es, g, col, obj, err, prec = e_step(
-                means, cov, alpha, g, idx, loose_tol(change) if fast else tol_final
-            )
+                means, cov, alpha, g, idx, loose_tol(change) if fast else tol_final,
+                last=it == n_max,
+            )  # fmt: skip
             n_iter = it
             change = obj - history[-1]
             history.append(obj)
