@@ -57,7 +57,6 @@ from napari_sinkhorn_em.mixture import _kernels
 # kernels of each stage of an iteration (see --stages)
 STAGES = {
     "log-densities": ("log_prob_diag", "log_prob_full"),
-    # the estimator forms the exp table with the log-densities (log_prob_* want_p)
     "exp table": ("row_max_exp",),
     "E-step passes": ("estep_pass", "log_colsum", "reached_components", "listed_mass"),
     "M-step": ("mstep_stats", "mstep_stats_diag"),

@@ -108,15 +108,12 @@ def _row_max_exp(out, P, amax, i, bits):
 
 
 @njit(parallel=True, cache=True)
-def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, want_p, n_chunks):
+def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, n_chunks):
     """log N(x_i | mu_k, Sigma_k) with upper-triangular precision Cholesky factors.
 
     ``prec_chol[k]`` is U with U U^T = Sigma_k^{-1} (scikit-learn convention:
     the Mahalanobis vector is (x - mu) @ U); ``log_det[k] = sum(log diag U)``.
-    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse). With
-    ``want_p`` also the exp table ``P, amax`` of :func:`row_max_exp`, row by row while the
-    row is in cache (the same values as a separate row_max_exp pass; saves that pass's
-    read of ``out``: measured 5-8 ms per E-step at N = 2e5, m = 16 on 2 threads).
+    Writes ``out[i, j]`` for component ``j`` (dense) or ``idx[i, j]`` (sparse).
     """
     N, D = X.shape
     M = out.shape[1]
@@ -124,7 +121,6 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, want_p
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
         y = np.empty(D)
-        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -137,20 +133,16 @@ def log_prob_full(X, means, prec_chol, log_det, idx, dense, out, P, amax, want_p
                         z += y[e] * prec_chol[k, e, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
-            if want_p:
-                _row_max_exp(out, P, amax, i, bits)
 
 
 @njit(parallel=True, cache=True)
-def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, want_p, n_chunks):
-    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D);
-    ``P, amax, want_p`` as in :func:`log_prob_full`."""
+def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, n_chunks):
+    """log N(x_i | mu_k, diag(var_k)) with ``prec_sqrt = 1 / sqrt(var)`` of shape (K, D)."""
     N, D = X.shape
     M = out.shape[1]
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
-        bits = np.empty(M, dtype=np.int64)
         for i in range(i0, i1):
             for j in range(M):
                 k = j if dense else idx[i, j]
@@ -159,8 +151,6 @@ def log_prob_diag(X, means, prec_sqrt, log_det, idx, dense, out, P, amax, want_p
                     z = (X[i, d] - means[k, d]) * prec_sqrt[k, d]
                     q += z * z
                 out[i, j] = -0.5 * (D * LOG_2PI + q) + log_det[k]
-            if want_p:
-                _row_max_exp(out, P, amax, i, bits)
 
 
 # --------------------------------------------------------------------------
@@ -559,9 +549,12 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
 # Diagonal M-step statistics for up to MSTEP_LANES features: the per-feature loop runs
 # over a constant number of lanes (4 or 8; the features beyond D are zero in x and in the
 # shift, so they add zeros), which LLVM unrolls and vectorises. The same operations in
-# the same order as mstep_stats (bit-identical results); measured on the statistics of
-# iteration 4 of a fit at N = 2e5, K = 100, m = 16, 2 threads: 42-62 ms vs 62-72 ms
-# (D = 6), 39-44 ms vs 48-52 ms (D = 3).
+# the same order as mstep_stats (bit-identical results). Measured on the statistics of
+# iteration 4 of a fit at N = 2e5, K = 100, m = 16, one thread, CPU time, interleaved:
+# 42.9 vs 45.0 ms (D = 6), 27.7 vs 32.1 ms (D = 3). The accumulation, not the row
+# weights (6.6 ms for a plain E-step pass), is the cost: 13 loads and stores per entry
+# into the component's row. Tried and dropped: bucketing a chunk's entries by component
+# first (register accumulators, the same summation order): 110 ms.
 MSTEP_LANES = 8
 
 

@@ -128,16 +128,14 @@ class _EStep:
     """Reusable E-step solver on a fixed log-density matrix (dense or sparse).
 
     The exp table ``(P, amax)`` of :func:`_kernels.row_max_exp` is formed on the first
-    constrained pass (into the buffers ``table`` if given; ``table_filled``: ``table``
-    already holds the exp table of ``A``). Passes store no
+    constrained pass (into the buffers ``table`` if given). Passes store no
     responsibilities: they are formed on demand from ``A`` / the table and a potential
     (:meth:`responsibilities`, and the M-step kernel of the mixture).
     """
 
     def __init__(
         self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None,
-        system=None, find_blocks=False, tau=None, hess_budget=None, table_filled=False,
-        fuse=None, rate=None,
+        system=None, find_blocks=False, tau=None, hess_budget=None, fuse=None, rate=None,
     ):  # fmt: skip
         self.A = A
         self.dense = idx is None
@@ -175,9 +173,6 @@ class _EStep:
         self.n_passes = 0
         self._table_buf = table
         self.P = self.amax = None
-        if table_filled:
-            # the caller formed the exp table of A already (with the log-densities)
-            self.P, self.amax = table
         # whether the last solve used the exp table (not for the plain EM E-step)
         self.use_p = True
         # Newton system of a previous E-step on a similar problem (see newton)

@@ -12,9 +12,7 @@ from . import _kernels as _k
 from . import _splitmerge as _sm
 from ._neighbors import neighbor_search
 from .estep import (
-    _DUMMY_AMAX,
     _DUMMY_IDX,
-    _DUMMY_P,
     _as_sample_weight,
     _as_weights,
     _check_marginal_penalty,
@@ -439,15 +437,11 @@ class SinkhornEM:
         ps = 1.0 / np.sqrt(var)
         return np.ascontiguousarray(ps), np.log(ps).sum(axis=1)
 
-    def _log_prob(self, X, means, prec, log_det, idx, out, table=None):
-        """Log-densities into ``out``; with ``table = (P, amax)`` also the E-step's exp
-        table (see :func:`_kernels.log_prob_full`)."""
+    def _log_prob(self, X, means, prec, log_det, idx, out):
         dense = idx is None
         ii = _DUMMY_IDX if dense else idx
         kern = _k.log_prob_full if self.covariance_type == "full" else _k.log_prob_diag
-        P, amax = (_DUMMY_P, _DUMMY_AMAX) if table is None else table
-        kern(X, means, prec, log_det, ii, dense, out, P, amax, table is not None,
-             _k.n_chunks_for(X.shape[0]))  # fmt: skip
+        kern(X, means, prec, log_det, ii, dense, out, _k.n_chunks_for(X.shape[0]))
         return out
 
     # ------------------------------------------------------------------ initialisation
@@ -607,11 +601,10 @@ class SinkhornEM:
 
         def e_step(means, cov, alpha, g, idx, tol_e=tol_final, last=False):
             prec, log_det = self._precisions(cov, D)
-            # Sinkhorn-EM: the exp table in the same pass (EM's single pass needs none)
-            self._log_prob(X, means, prec, log_det, idx, A, table)
+            self._log_prob(X, means, prec, log_det, idx, A)
             es = _EStep(
                 A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
-                table_filled=table is not None, tau=self.marginal_penalty,
+                tau=self.marginal_penalty,
                 fuse=(X, means) if fuse and not last else None, **carry,
             )  # fmt: skip
             tol_used[0] = tol_e
