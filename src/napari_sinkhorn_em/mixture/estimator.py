@@ -177,8 +177,10 @@ class SinkhornEM:
         1e-2, tightened as the objective settles so that its error stays below 1% of the
         last change; convergence is only declared on an exact E-step, and a fit that
         stops early finishes its last E-step exactly), the Newton Hessian is estimated
-        from a row sample, and a cold E-step starts with three Sinkhorn scaling passes:
-        a start from random means costs about one later iteration instead of several.
+        from a row sample, a cold E-step starts with three Sinkhorn scaling passes, and
+        (diagonal or spherical covariances, at most 8 features) the pass expected to end
+        an E-step also accumulates the next M-step's statistics: the cold start costs
+        about 3.5 later iterations instead of 5-6 (benchmarks/bench_coldstart.py).
         False: every E-step exact to the tolerance derived from ``tol``. ``"auto"``:
         True for ``init="random"`` / ``"k-means++"``, False when means are given (a
         pipeline that passes its own start reproduces earlier results bit for bit).
