@@ -375,26 +375,6 @@ def most_responsible(A, P, amax, use_p, idx, dense, g, labels, n_chunks):
 
 
 @njit(parallel=True, cache=True)
-def reached_components(idx, a, K, n_chunks):
-    """``out[k]`` is True if some point with positive mass lists component ``k``."""
-    N, M = idx.shape
-    acc = np.zeros((n_chunks, K), dtype=np.bool_)
-    for c in prange(n_chunks):
-        i0 = c * N // n_chunks
-        i1 = (c + 1) * N // n_chunks
-        for i in range(i0, i1):
-            if a[i] > 0.0:
-                for j in range(M):
-                    acc[c, idx[i, j]] = True
-    out = np.zeros(K, dtype=np.bool_)
-    for c in range(n_chunks):
-        for k in range(K):
-            if acc[c, k]:
-                out[k] = True
-    return out
-
-
-@njit(parallel=True, cache=True)
 def log_colsum(A, idx, dense, g, a, lse, K, n_chunks):
     """log sum_i a_i exp(A[i, j] + g[k] - lse[i]) per component, fully in the log domain.
 
