@@ -58,8 +58,8 @@ from napari_sinkhorn_em.mixture import _kernels
 STAGES = {
     "log-densities": ("log_prob_diag", "log_prob_full"),
     "exp table": ("row_max_exp",),
-    "E-step passes": ("estep_pass", "log_colsum", "reached_components"),
-    "M-step": ("mstep_stats",),
+    "E-step passes": ("estep_pass", "log_colsum", "listed_mass"),
+    "M-step": ("mstep_stats", "mstep_stats_diag"),
     "neighbours": ("spend_budget", "cell_candidates", "grid_neighbors"),
 }
 

@@ -375,26 +375,6 @@ def most_responsible(A, P, amax, use_p, idx, dense, g, labels, n_chunks):
 
 
 @njit(parallel=True, cache=True)
-def reached_components(idx, a, K, n_chunks):
-    """``out[k]`` is True if some point with positive mass lists component ``k``."""
-    N, M = idx.shape
-    acc = np.zeros((n_chunks, K), dtype=np.bool_)
-    for c in prange(n_chunks):
-        i0 = c * N // n_chunks
-        i1 = (c + 1) * N // n_chunks
-        for i in range(i0, i1):
-            if a[i] > 0.0:
-                for j in range(M):
-                    acc[c, idx[i, j]] = True
-    out = np.zeros(K, dtype=np.bool_)
-    for c in range(n_chunks):
-        for k in range(K):
-            if acc[c, k]:
-                out[k] = True
-    return out
-
-
-@njit(parallel=True, cache=True)
 def log_colsum(A, idx, dense, g, a, lse, K, n_chunks):
     """log sum_i a_i exp(A[i, j] + g[k] - lse[i]) per component, fully in the log domain.
 
@@ -544,6 +524,163 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
                 for e in range(d):
                     s2[k, e, d] = s2[k, d, e]
     return nk, s1, s2
+
+
+# Diagonal M-step statistics for up to MSTEP_LANES features: the per-feature loop runs
+# over a constant number of lanes (4 or 8; the features beyond D are zero in x and in the
+# shift, so they add zeros), which LLVM unrolls and vectorises. The same operations in
+# the same order as mstep_stats (bit-identical results). Measured on the statistics of
+# iteration 4 of a fit at N = 2e5, K = 100, m = 16, one thread, CPU time, interleaved:
+# 42.9 vs 45.0 ms (D = 6), 27.7 vs 32.1 ms (D = 3). The accumulation, not the row
+# weights (6.6 ms for a plain E-step pass), is the cost: 13 loads and stores per entry
+# into the component's row. Tried and dropped: bucketing a chunk's entries by component
+# first (register accumulators, the same summation order): 110 ms.
+MSTEP_LANES = 8
+
+
+@njit(cache=True, inline="always")
+def _diag_lanes(accf, b, w, x, sh, k, L):
+    for d in range(L):
+        yd = x[d] - sh[k, d]
+        wy = w * yd
+        accf[b + d] += wy
+        accf[b + L + d] += wy * yd
+    accf[b + 2 * L] += w
+
+
+@njit(parallel=True, cache=True)
+def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks):
+    """:func:`mstep_stats` with ``kind == 1`` (diagonal second moments) for
+    ``D <= MSTEP_LANES`` features: the same ``(nk, s1, s2)``, bit for bit, faster."""
+    N, D = X.shape
+    M = A.shape[1]
+    K = g.shape[0]
+    G, gmax = _potential_scale(g)
+    L = 4 if D <= 4 else MSTEP_LANES
+    # one accumulator row per component: [s1 (L), s2 (L), nk]
+    W = 2 * L + 1
+    sh = np.zeros((K, L))
+    for k in range(K):
+        for d in range(D):
+            sh[k, d] = shift[k, d]
+    acc = np.zeros((n_chunks, K * W))
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        x = np.zeros(L)
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        keep = np.empty(M, dtype=np.int64)
+        accf = acc[c]
+        for i in range(i0, i1):
+            ai = a[i]
+            if ai <= 0.0:
+                continue
+            s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            wi = ai / s
+            cnt = 0
+            for j in range(M):
+                v[j] *= wi
+                keep[cnt] = j
+                cnt += v[j] > cut[kk[j]]
+            for d in range(D):
+                x[d] = X[i, d]
+            # two copies with a constant lane count each (a variable one does not unroll)
+            if L == 4:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+            else:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+    nk = np.zeros(K)
+    s1 = np.zeros((K, D))
+    s2 = np.zeros((K, D, 1))
+    for c in range(n_chunks):
+        for k in range(K):
+            b = k * W
+            nk[k] += acc[c, b + 2 * L]
+            for d in range(D):
+                s1[k, d] += acc[c, b + d]
+                s2[k, d, 0] += acc[c, b + L + d]
+    return nk, s1, s2
+
+
+@njit(parallel=True, cache=True)
+def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cut, n_chunks):
+    """:func:`estep_pass` (no Hessian) and :func:`mstep_stats_diag` in one pass.
+
+    For an E-step pass that is likely the last one of its E-step: the next M-step then
+    needs no pass of its own. Returns ``(colsum, wlse, nk, s1, s2)``, bit for bit those of
+    the two kernels (``cut``: the M-step's cut; the caller can only pass the one from the
+    column sums of the previous pass, see ``_EStep.newton``).
+    """
+    N, D = X.shape
+    M = A.shape[1]
+    K = g.shape[0]
+    G, gmax = _potential_scale(g)
+    L = 4 if D <= 4 else MSTEP_LANES
+    W = 2 * L + 1
+    sh = np.zeros((K, L))
+    for k in range(K):
+        for d in range(D):
+            sh[k, d] = shift[k, d]
+    c_acc = np.zeros((n_chunks, K))
+    o_acc = np.zeros(n_chunks)
+    acc = np.zeros((n_chunks, K * W))
+    for c in prange(n_chunks):
+        i0 = c * N // n_chunks
+        i1 = (c + 1) * N // n_chunks
+        x = np.zeros(L)
+        v = np.empty(M)
+        kk = np.empty(M, dtype=np.int64)
+        keep = np.empty(M, dtype=np.int64)
+        accf = acc[c]
+        o_loc = 0.0
+        for i in range(i0, i1):
+            s, li = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
+            lse[i] = li
+            ai = a[i]
+            if ai <= 0.0:
+                continue
+            o_loc += ai * li
+            inv = 1.0 / s
+            wi = ai / s
+            cnt = 0
+            for j in range(M):
+                c_acc[c, kk[j]] += ai * (v[j] * inv)
+                v[j] *= wi
+                keep[cnt] = j
+                cnt += v[j] > cut[kk[j]]
+            for d in range(D):
+                x[d] = X[i, d]
+            if L == 4:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+            else:
+                for t in range(cnt):
+                    j = keep[t]
+                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+        o_acc[c] = o_loc
+    colsum = np.zeros(K)
+    wlse = 0.0
+    for c in range(n_chunks):
+        wlse += o_acc[c]
+        for k in range(K):
+            colsum[k] += c_acc[c, k]
+    nk = np.zeros(K)
+    s1 = np.zeros((K, D))
+    s2 = np.zeros((K, D, 1))
+    for c in range(n_chunks):
+        for k in range(K):
+            b = k * W
+            nk[k] += acc[c, b + 2 * L]
+            for d in range(D):
+                s1[k, d] += acc[c, b + d]
+                s2[k, d, 0] += acc[c, b + L + d]
+    return colsum, wlse, nk, s1, s2
 
 
 # --------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class _EStep:
 
     def __init__(
         self, A, idx, a, alpha, *, n_chunks=None, lse=None, hess_stride=None, table=None,
-        system=None, find_blocks=False, tau=None, hess_budget=None,
+        system=None, find_blocks=False, tau=None, hess_budget=None, fuse=None, rate=None,
     ):  # fmt: skip
         self.A = A
         self.dense = idx is None
@@ -149,8 +149,11 @@ class _EStep:
             active = np.ones(K, dtype=bool)
         else:
             # components that no point with mass reaches cannot receive mass: the
-            # transport problem is solved on the reachable components only
-            active = _k.reached_components(self.idx, a, K, self.n_chunks)
+            # transport problem is solved on the reachable components only (the mass
+            # that lists a component is positive exactly when one such point does; one
+            # pass for this and _cap_weights)
+            self.listed = _k.listed_mass(self.idx, a, K, self.n_chunks)
+            active = self.listed > 0.0
         self.active = active
         self.all_active = bool(active.all())
         alpha = np.where(active, alpha, 0.0)
@@ -174,6 +177,13 @@ class _EStep:
         self.use_p = True
         # Newton system of a previous E-step on a similar problem (see newton)
         self.system = system
+        # fuse = (X, shift): a trial pass expected to end the solve also accumulates the
+        # diagonal M-step statistics (see newton); stats = (g, nk, s1, s2) of that pass.
+        # rate: the marginal error's contraction per Newton step expected (the last one
+        # measured, carried over from earlier E-steps)
+        self.fuse = fuse
+        self.stats = None
+        self.rate = _CHORD_RATE if rate is None else float(rate)
         if hess_budget is None:
             hess_budget = max(_HESS_BUDGET, _HESS_PER_ENTRY * N * M)
         self.hess_budget = float(hess_budget)
@@ -196,7 +206,7 @@ class _EStep:
         (water-filling); later iterations move the component towards its points, its mass
         grows and the cap lifts. A no-op for dense problems and deliverable weights.
         """
-        cap = _CAP_FRACTION * _k.listed_mass(self.idx, self.a, self.K, self.n_chunks)
+        cap = _CAP_FRACTION * self.listed
         alpha = self.alpha
         if not np.any(alpha > cap) or cap.sum() <= 1.0:
             return
@@ -252,8 +262,15 @@ class _EStep:
             return self.A, self.P, self.amax, True, self.idx, self.dense
         return self.A, _DUMMY_P, _DUMMY_AMAX, False, self.idx, self.dense
 
-    def pass_(self, g, want_hess=False, use_p=True):
+    def pass_(self, g, want_hess=False, use_p=True, stats_cut=None):
         self.n_passes += 1
+        if stats_cut is not None:
+            X, shift = self.fuse
+            col, wlse, nk, s1, s2 = _k.estep_pass_stats_diag(
+                X, *self.rows(use_p), g, self.a, self.lse, shift, stats_cut, self.n_chunks
+            )
+            self.stats = (g, nk, s1, s2)
+            return col, wlse, None
         col, wlse, S, work = _k.estep_pass(
             *self.rows(use_p),
             g,
@@ -405,7 +422,7 @@ class _EStep:
         d[act] = da
         return grad, d
 
-    def newton(self, g, tol, max_iter):
+    def newton(self, g, tol, max_iter, at=None):
         """Damped Newton on the semi-dual, reusing the last Hessian while it contracts well.
 
         The Hessian pass costs a few plain passes (it scatters r r^T), so a step whose
@@ -415,6 +432,9 @@ class _EStep:
         Hessian barely changes and chord steps converge almost as fast as Newton steps.
         The first step uses the system of a previous E-step if one was given (the mixture
         passes the last one: its log-densities change little between iterations).
+        ``at = (col, wlse)``: the column sums and weighted log-sum-exp of a pass at ``g``
+        that is already known (the last pass of an earlier solve of this E-step; ``lse``
+        still holds its rows); used with a reusable system, it saves the first pass.
         """
         old = self.system
         reuse = (
@@ -423,7 +443,10 @@ class _EStep:
             and (old[3] is None) == (self.block is None)
             and (old[3] is None or np.array_equal(old[3], self.block))
         )
-        col, wlse, S = self.pass_(g, want_hess=not reuse)
+        if reuse and at is not None:
+            col, wlse = at
+        else:
+            col, wlse, S = self.pass_(g, want_hess=not reuse)
         system = old if reuse else self._factor(col, S, g)
         refresh = False  # whether the next trial passes form a fresh Hessian
         J = -self.objective(g, wlse)
@@ -472,9 +495,17 @@ class _EStep:
             slope = _vdot(grad, d)
             t = 1.0
             accepted = False
+            # a full step expected to meet the tolerance also accumulates the M-step's
+            # statistics (one pass instead of two when it does; when it does not, the
+            # statistics cost about one pass for nothing). Its cut is the M-step's
+            # (_k.MSTEP_CUT times the column sums) from this point's column sums: within
+            # the tolerance of the final ones, and the cut only drops weights below
+            # 1e-16 of a column anyway
+            fuse = self.fuse is not None and not refresh and err * self.rate < tol
             for _ in range(40):
                 gt = self.normalise(g + t * d)
-                col_t, wlse_t, S_t = self.pass_(gt, want_hess=refresh)
+                cut = _k.MSTEP_CUT * col if fuse and t == 1.0 else None
+                col_t, wlse_t, S_t = self.pass_(gt, want_hess=refresh, stats_cut=cut)
                 Jt = -self.objective(gt, wlse_t)
                 # near the optimum J changes by less than its rounding error: a step that
                 # meets the marginal tolerance is accepted whatever the rounding of J says
@@ -492,6 +523,8 @@ class _EStep:
             else:
                 radius = max(t * dmax, 1e-3)
             err_t = self.error(gt, col_t)
+            if t == 1.0 and err > 0.0:
+                self.rate = err_t / err
             if refresh:
                 system = self._factor(col_t, S_t, gt)
                 refresh = False
@@ -502,12 +535,12 @@ class _EStep:
         self.system = system
         return g, col, wlse, err, it, err < tol
 
-    def solve(self, g, tol, max_iter, solver="auto"):
+    def solve(self, g, tol, max_iter, solver="auto", at=None):
         if solver == "auto":
             solver = "newton"
         self.use_p = True
         if solver == "newton":
-            out = self.newton(g, tol, max_iter)
+            out = self.newton(g, tol, max_iter, at)
         elif solver == "sinkhorn":
             out = self.sinkhorn(g, tol, max_iter)
         else:

@@ -32,13 +32,17 @@ _ESTEP_TOL_FACTOR = 1e-3
 _ESTEP_MAX_ITER = 100
 # Fast start (``fast_start``; see SinkhornEM._fast_start). Early E-steps stop at a
 # marginal error of at most _FAST_TOL_MAX, tightened as the objective settles (its error
-# kept below _FAST_OBJ_FRACTION of the last change); the Newton Hessian is estimated from a
+# kept below _FAST_OBJ_FRACTION of the last change: e^2 K / 2 for an error e). A cap of
+# 1e-2 instead of 1e-3 saved 9 of 40 pass equivalents of a 5-iteration fit and 16 of 128
+# of a fit to convergence (N = 2e5, K = 100, D = 6, m = 16; seeds 0 and 1 of the
+# structured data of bench_coldstart: objectives -13.0595 / -13.0651 vs -13.0626 /
+# -13.0649, ARI 0.932 / 0.925 vs 0.926 / 0.926). The Newton Hessian is estimated from a
 # row sample costing about _FAST_HESS_PER_ENTRY passes' worth of multiply-adds (inexact
 # Newton: the gradient stays exact) instead of up to ~10 plain passes when the
 # responsibilities are spread over all m neighbours; a cold E-step starts with
 # _FAST_SCALING_PASSES log-domain Sinkhorn passes. Measured at N = 2e5, K = 100, D = 6,
 # m = 16 from random means: see benchmarks/bench_coldstart.py and docs/method.md.
-_FAST_TOL_MAX = 1e-3
+_FAST_TOL_MAX = 1e-2
 _FAST_OBJ_FRACTION = 1e-2
 _FAST_HESS_PER_ENTRY = 1.0
 _FAST_SCALING_PASSES = 3
@@ -170,11 +174,13 @@ class SinkhornEM:
 
     fast_start : bool or "auto", default "auto"
         Sinkhorn-EM only. True: early E-steps are solved inexactly (marginal error up to
-        1e-3, tightened as the objective settles so that its error stays below 1% of the
+        1e-2, tightened as the objective settles so that its error stays below 1% of the
         last change; convergence is only declared on an exact E-step, and a fit that
         stops early finishes its last E-step exactly), the Newton Hessian is estimated
-        from a row sample, and a cold E-step starts with three Sinkhorn scaling passes:
-        a start from random means costs about one later iteration instead of several.
+        from a row sample, a cold E-step starts with three Sinkhorn scaling passes, and
+        (diagonal or spherical covariances, at most 8 features) the pass expected to end
+        an E-step also accumulates the next M-step's statistics: the cold start costs
+        about 3.5 later iterations instead of 5-6 (benchmarks/bench_coldstart.py).
         False: every E-step exact to the tolerance derived from ``tol``. ``"auto"``:
         True for ``init="random"`` / ``"k-means++"``, False when means are given (a
         pipeline that passes its own start reproduces earlier results bit for bit).
@@ -524,7 +530,13 @@ class SinkhornEM:
         D = X.shape[1]
         kind = 0 if self.covariance_type == "full" else 1
         cut = _k.MSTEP_CUT * col
-        nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
+        if es.stats is not None and es.stats[0] is g:
+            # accumulated by the E-step's last pass (fast_start; see _EStep.newton)
+            nk, s1, s2 = es.stats[1:]
+        elif kind == 1 and D <= _k.MSTEP_LANES:
+            nk, s1, s2 = _k.mstep_stats_diag(X, *es.rows(), g, es.a, means, cut, n_chunks)
+        else:
+            nk, s1, s2 = _k.mstep_stats(X, *es.rows(), g, es.a, means, cut, n_chunks, kind)
         ok = nk > 1e-250
         nko = nk[ok]
         delta = s1[ok] / nko[:, None]
@@ -584,12 +596,18 @@ class SinkhornEM:
             carry["hess_budget"] = _FAST_HESS_PER_ENTRY * N * M
         tol_used = [tol_final]
 
-        def e_step(means, cov, alpha, g, idx, tol_e=tol_final):
+        # fast_start with diagonal statistics: the E-step's last pass also accumulates
+        # the M-step's (see _EStep.newton)
+        fuse = fast and self.covariance_type != "full" and D <= _k.MSTEP_LANES
+        n_max = self.max_iter if max_iter is None else max_iter
+
+        def e_step(means, cov, alpha, g, idx, tol_e=tol_final, last=False):
             prec, log_det = self._precisions(cov, D)
             self._log_prob(X, means, prec, log_det, idx, A)
             es = _EStep(
                 A, idx, a, alpha, n_chunks=n_chunks, lse=lse, table=table,
-                tau=self.marginal_penalty, **carry,
+                tau=self.marginal_penalty,
+                fuse=(X, means) if fuse and not last else None, **carry,
             )  # fmt: skip
             tol_used[0] = tol_e
             if sinkhorn:
@@ -603,11 +621,13 @@ class SinkhornEM:
                         col, _, _ = es.pass_(g0)
                         g0 = es._coordinate_step(g0, col)
                 g, col, wlse, err, _, _, _ = es.solve(g0, tol_e, _ESTEP_MAX_ITER)
+                es.last = (g, col, wlse)
                 # once an E-step of this fit found unlinked blocks, later ones look for
                 # them from the start
                 carry.update(
                     hess_stride=es.hess_stride,
                     system=es.system,
+                    rate=es.rate,
                     find_blocks=carry["find_blocks"] or es.block is not None,
                 )
                 obj = es.objective(g, wlse)
@@ -636,20 +656,21 @@ class SinkhornEM:
             return float(np.clip(e, tol_final, _FAST_TOL_MAX))
 
         es, g, col, obj, err, prec = e_step(
-            means, cov, alpha, g, idx, loose_tol(None) if fast else tol_final
+            means, cov, alpha, g, idx, loose_tol(None) if fast else tol_final, last=n_max == 0
         )
         history = [obj]
         converged = False
         stopped = False
         n_iter = 0
         change = None
-        for it in range(1, (self.max_iter if max_iter is None else max_iter) + 1):
+        for it in range(1, n_max + 1):
             means, cov, alpha = self._m_step(X, es, g, col, means, cov, alpha, n_chunks, learn)
             if m is not None:
                 idx = grid.neighbors(self._pos(means), n_chunks)  # updated in place
             es, g, col, obj, err, prec = e_step(
-                means, cov, alpha, g, idx, loose_tol(change) if fast else tol_final
-            )
+                means, cov, alpha, g, idx, loose_tol(change) if fast else tol_final,
+                last=it == n_max,
+            )  # fmt: skip
             n_iter = it
             change = obj - history[-1]
             history.append(obj)
@@ -665,7 +686,9 @@ class SinkhornEM:
         if fast and tol_used[0] > tol_final:
             # the fit ended on an inexact E-step (max_iter, callback): finish it, so that
             # the returned potential, labels and objective are those of the exact E-step
-            g, col, wlse, err, _, _, _ = es.solve(g, tol_final, _ESTEP_MAX_ITER)
+            # (from the state of its last pass: no pass repeated)
+            g0, col0, wlse0 = es.last
+            g, col, wlse, err, _, _, _ = es.solve(g0, tol_final, _ESTEP_MAX_ITER, at=(col0, wlse0))
             history[-1] = es.objective(g, wlse)
         labels = self._labels_from(es, g)
         return {
