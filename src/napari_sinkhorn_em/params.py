@@ -77,7 +77,7 @@ class SegmentationParams:
     init: Any = _p("peaks", "peaks, k-means++, random, or (K, ndim) centres in voxels")
     n_init: int = _p(1, "number of random starts (best kept)")
     max_iter: int = _p(100, "iteration limit of the fit")
-    tol: float = _p(1e-5, "objective-change tolerance of the fit")
+    tol: float = _p(1e-4, "objective-change tolerance of the fit (per voxel)")
     intensity_weight: float = _p(1.0, "um per normalised intensity unit (0 = position only)")
     n_neighbors: int = _p(16, "components each voxel interacts with in the E-step")
     foreground_threshold: float | None = _p(None, "threshold on normalised intensity; None = auto")

@@ -185,7 +185,7 @@ def segment_nuclei(
     init="peaks",
     n_init: int = 1,
     max_iter: int = 100,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
     intensity_weight: float = 1.0,
     n_neighbors: int = 16,
     foreground_threshold: float | None = None,

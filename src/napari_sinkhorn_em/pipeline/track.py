@@ -545,9 +545,14 @@ def track_nuclei(
         ``frames[reference_frame]["nucleus_diameter_um"]``).
     n_nuclei, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
-threshold_method, suppress_granules, tol, max_iter
+threshold_method, suppress_granules, max_iter
         As for :func:`~napari_sinkhorn_em.segment_nuclei` (``n_nuclei`` applies to the
         reference frame; later frames keep their tracks plus the new ones).
+    tol : float
+        As for ``segment_nuclei``, but 1e-5 by default (``segment_nuclei``'s is 1e-4):
+        a warm-started refit stopped at 1e-4 leaves its centres less settled (a real
+        head frame tracked onto itself: 0.966 of the tracks within 1 um against >= 0.98
+        at 1e-5).
     marginal_penalty : float or None
         As for ``segment_nuclei`` (the reference frame is segmented with it too), but
         10 by default: from motion-compensated warm starts the stiffer 1000 kept no more
