@@ -441,6 +441,19 @@ def row_logsumexp(A, idx, dense, g, out, n_chunks):
 # --------------------------------------------------------------------------
 # M-step reductions
 # --------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _weigh_and_keep(v, wi, cut, kk, keep):
+    """Scale a row's weights ``v`` by ``wi`` and list (in ``keep``) the entries above
+    their component's ``cut`` first, without an unpredictable branch per entry; returns
+    their count."""
+    cnt = 0
+    for j in range(v.shape[0]):
+        v[j] *= wi
+        keep[cnt] = j
+        cnt += v[j] > cut[kk[j]]
+    return cnt
+
+
 @njit(parallel=True, cache=True)
 def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, kind):
     """Weighted sufficient statistics in one pass, shifted by ``shift`` (K, D) for stability.
@@ -473,13 +486,7 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
             if ai <= 0.0:
                 continue
             s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
-            wi = ai / s
-            # list the entries that carry weight first (no unpredictable branch per entry)
-            cnt = 0
-            for j in range(M):
-                v[j] *= wi
-                keep[cnt] = j
-                cnt += v[j] > cut[kk[j]]
+            cnt = _weigh_and_keep(v, ai / s, cut, kk, keep)
             for d in range(D):
                 x[d] = X[i, d]
             if kind == 0:
@@ -548,6 +555,48 @@ def _diag_lanes(accf, b, w, x, sh, k, L):
     accf[b + 2 * L] += w
 
 
+@njit(cache=True, inline="always")
+def _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L):
+    """:func:`_diag_lanes` for the ``cnt`` kept entries of a row (a constant lane count
+    per copy: a variable one does not unroll)."""
+    if L == 4:
+        for t in range(cnt):
+            j = keep[t]
+            _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+    else:
+        for t in range(cnt):
+            j = keep[t]
+            _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+
+
+@njit(cache=True)
+def _lane_shift(shift, L):
+    """``shift`` (K, D) padded with zeros to ``L`` lanes."""
+    K, D = shift.shape
+    sh = np.zeros((K, L))
+    for k in range(K):
+        for d in range(D):
+            sh[k, d] = shift[k, d]
+    return sh
+
+
+@njit(cache=True)
+def _sum_diag_lanes(acc, K, D, L):
+    """The per-chunk lane accumulators summed into ``(nk, s1, s2)`` (chunk order)."""
+    W = 2 * L + 1
+    nk = np.zeros(K)
+    s1 = np.zeros((K, D))
+    s2 = np.zeros((K, D, 1))
+    for c in range(acc.shape[0]):
+        for k in range(K):
+            b = k * W
+            nk[k] += acc[c, b + 2 * L]
+            for d in range(D):
+                s1[k, d] += acc[c, b + d]
+                s2[k, d, 0] += acc[c, b + L + d]
+    return nk, s1, s2
+
+
 @njit(parallel=True, cache=True)
 def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks):
     """:func:`mstep_stats` with ``kind == 1`` (diagonal second moments) for
@@ -559,10 +608,7 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
     L = 4 if D <= 4 else MSTEP_LANES
     # one accumulator row per component: [s1 (L), s2 (L), nk]
     W = 2 * L + 1
-    sh = np.zeros((K, L))
-    for k in range(K):
-        for d in range(D):
-            sh[k, d] = shift[k, d]
+    sh = _lane_shift(shift, L)
     acc = np.zeros((n_chunks, K * W))
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
@@ -577,34 +623,11 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
             if ai <= 0.0:
                 continue
             s, _ = _row_weights(A, P, amax, use_p, idx, dense, g, G, gmax, i, v, kk)
-            wi = ai / s
-            cnt = 0
-            for j in range(M):
-                v[j] *= wi
-                keep[cnt] = j
-                cnt += v[j] > cut[kk[j]]
+            cnt = _weigh_and_keep(v, ai / s, cut, kk, keep)
             for d in range(D):
                 x[d] = X[i, d]
-            # two copies with a constant lane count each (a variable one does not unroll)
-            if L == 4:
-                for t in range(cnt):
-                    j = keep[t]
-                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
-            else:
-                for t in range(cnt):
-                    j = keep[t]
-                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
-    nk = np.zeros(K)
-    s1 = np.zeros((K, D))
-    s2 = np.zeros((K, D, 1))
-    for c in range(n_chunks):
-        for k in range(K):
-            b = k * W
-            nk[k] += acc[c, b + 2 * L]
-            for d in range(D):
-                s1[k, d] += acc[c, b + d]
-                s2[k, d, 0] += acc[c, b + L + d]
-    return nk, s1, s2
+            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L)
+    return _sum_diag_lanes(acc, K, D, L)
 
 
 @njit(parallel=True, cache=True)
@@ -622,10 +645,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
     G, gmax = _potential_scale(g)
     L = 4 if D <= 4 else MSTEP_LANES
     W = 2 * L + 1
-    sh = np.zeros((K, L))
-    for k in range(K):
-        for d in range(D):
-            sh[k, d] = shift[k, d]
+    sh = _lane_shift(shift, L)
     c_acc = np.zeros((n_chunks, K))
     o_acc = np.zeros(n_chunks)
     acc = np.zeros((n_chunks, K * W))
@@ -655,14 +675,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
                 cnt += v[j] > cut[kk[j]]
             for d in range(D):
                 x[d] = X[i, d]
-            if L == 4:
-                for t in range(cnt):
-                    j = keep[t]
-                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
-            else:
-                for t in range(cnt):
-                    j = keep[t]
-                    _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L)
         o_acc[c] = o_loc
     colsum = np.zeros(K)
     wlse = 0.0
@@ -670,16 +683,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
         wlse += o_acc[c]
         for k in range(K):
             colsum[k] += c_acc[c, k]
-    nk = np.zeros(K)
-    s1 = np.zeros((K, D))
-    s2 = np.zeros((K, D, 1))
-    for c in range(n_chunks):
-        for k in range(K):
-            b = k * W
-            nk[k] += acc[c, b + 2 * L]
-            for d in range(D):
-                s1[k, d] += acc[c, b + d]
-                s2[k, d, 0] += acc[c, b + L + d]
+    nk, s1, s2 = _sum_diag_lanes(acc, K, D, L)
     return colsum, wlse, nk, s1, s2
 
 
