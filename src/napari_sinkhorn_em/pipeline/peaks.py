@@ -381,15 +381,27 @@ def _valley_dips(smooth: np.ndarray, a: np.ndarray, b: np.ndarray, depth: float)
     return vals[:, 1:-1].min(axis=1) < (1.0 - depth) * ends
 
 
-def _no_valley(sig, vs, diameter, cand_vox, prim_vox, pair_cand, pair_prim) -> np.ndarray:
+def _valley_signal(sig, vs, diameter: float):
+    """The signal smoothed at the small-scale pass' scale, computed on the first call
+    only: the fill and the small-scale pass of one detection share it."""
+    cache: list[np.ndarray] = []
+
+    def smoothed() -> np.ndarray:
+        if not cache:
+            sigma = log_scales(diameter, sig.ndim, 1, 0.6)[0] / vs
+            cache.append(ndi.gaussian_filter(np.asarray(sig, dtype=np.float32), sigma))
+        return cache[0]
+
+    return smoothed
+
+
+def _no_valley(smoothed, cand_vox, prim_vox, pair_cand, pair_prim) -> np.ndarray:
     """Indices of the candidates of the pairs ``(pair_cand[i], pair_prim[i])`` with no dip
-    of the signal (smoothed at the small-scale pass' scale) between the candidate and the
-    primary (:func:`_valley_dips`)."""
+    of ``smoothed()`` (:func:`_valley_signal`) between the candidate and the primary
+    (:func:`_valley_dips`)."""
     if not len(pair_cand):
         return np.zeros(0, dtype=np.intp)
-    smooth = ndi.gaussian_filter(
-        np.asarray(sig, dtype=np.float32), log_scales(diameter, sig.ndim, 1, 0.6)[0] / vs
-    )
+    smooth = smoothed()
     pc = np.asarray(pair_cand, dtype=np.intp)
     a = np.asarray(cand_vox, dtype=np.float64)[pc]
     b = np.asarray(prim_vox, dtype=np.float64)[np.asarray(pair_prim, dtype=np.intp)]
@@ -397,7 +409,14 @@ def _no_valley(sig, vs, diameter, cand_vox, prim_vox, pair_cand, pair_prim) -> n
 
 
 def _add_small_scale(
-    primary: Peaks, sig, vs, diameter: float, foreground, d_primary, separation: float
+    primary: Peaks,
+    sig,
+    vs,
+    diameter: float,
+    foreground,
+    d_primary,
+    separation: float,
+    smoothed,
 ) -> Peaks:
     """The fixed-scale pipeline's second pass for the local mode (see :func:`detect_nuclei`):
     LoG peaks at 0.6x the ball-optimal scale of ``diameter`` in ``foreground`` (the global
@@ -442,9 +461,7 @@ def _add_small_scale(
         for k in nb[dist < reach[nb]]:
             pair_small.append(j)
             pair_primary.append(k)
-    ok[_no_valley(sig, vs, diameter, small.coords, primary.coords, pair_small, pair_primary)] = (
-        False
-    )
+    ok[_no_valley(smoothed, small.coords, primary.coords, pair_small, pair_primary)] = False
     cand = np.flatnonzero(ok)
     cand = cand[_suppress_close(small_um[cand], small.response[cand], separation * diameter)]
     sel = cand[np.argsort(-small.response[cand], kind="stable")]
@@ -493,7 +510,10 @@ def _detect_local(
     # (in the global foreground where given: in the wider search mask a corner of QCANet's
     # 16-cell stack gave one)
     fill_fg = foreground if small_fg is None else small_fg
-    fill = _single_scale_fill(sig, vs, diameter, fill_fg, min_contrast, coords, d_i, floor)
+    smoothed = _valley_signal(sig, vs, diameter)
+    fill = _single_scale_fill(
+        sig, vs, diameter, fill_fg, min_contrast, coords, d_i, floor, smoothed
+    )
     if fill is not None:
         n_fill = fill[0].shape[0]
         coords = np.concatenate([coords, fill[0]])
@@ -516,7 +536,7 @@ def _detect_local(
     # (not on whole-brain stacks, whose Otsu foreground is noise)
     if not foreground_is_mostly_nuclei(np.count_nonzero(small_fg), vs, d_kept, ndim):
         return primary
-    return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation)
+    return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation, smoothed)
 
 
 # the single-scale fill's scale, relative to the ball-optimal one of the typical diameter
@@ -526,7 +546,7 @@ def _detect_local(
 _FILL_SCALE = 0.8
 
 
-def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i, floor):
+def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i, floor, smoothed):
     """Nuclei without a maximum in scale: the maxima of the LoG at the typical scale
     (:func:`~napari_sinkhorn_em.pipeline.scale.single_scale_blobs`) that pass the blobs'
     tests (contrast, significance, roundness, prominence, the relative-response floor),
@@ -579,7 +599,7 @@ def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i,
                     pa.append(j)
                     pb.append(k)
         ok2 = np.ones(len(c), dtype=bool)
-        ok2[_no_valley(sig, vs, diameter, c, coords, pa, pb)] = False
+        ok2[_no_valley(smoothed, c, coords, pa, pb)] = False
         c, resp, inten = c[ok2], resp[ok2], inten[ok2]
         if not len(c):
             return None
