@@ -546,27 +546,85 @@ MSTEP_LANES = 8
 
 
 @njit(cache=True, inline="always")
-def _diag_lanes(accf, b, w, x, sh, k, L):
-    for d in range(L):
-        yd = x[d] - sh[k, d]
-        wy = w * yd
-        accf[b + d] += wy
-        accf[b + L + d] += wy * yd
-    accf[b + 2 * L] += w
+def _diag_lanes8(row, w, x0, x1, x2, x3, x4, x5, x6, x7, s):
+    """Add the entry of weight ``w`` to its component's ``row`` ``[s1 (8), s2 (8), nk]``
+    (``s``: the component's shift). Written out with every input loaded before the first
+    store: a loop over the lanes, unrolled, reloaded the shift after each store (the
+    arrays may alias) and Numba does not SLP-vectorise straight-line code (measured
+    35-36 vs 42-43 ms per call; the same operations in the same order)."""
+    y0 = x0 - s[0]
+    y1 = x1 - s[1]
+    y2 = x2 - s[2]
+    y3 = x3 - s[3]
+    y4 = x4 - s[4]
+    y5 = x5 - s[5]
+    y6 = x6 - s[6]
+    y7 = x7 - s[7]
+    a0 = w * y0
+    a1 = w * y1
+    a2 = w * y2
+    a3 = w * y3
+    a4 = w * y4
+    a5 = w * y5
+    a6 = w * y6
+    a7 = w * y7
+    row[0] += a0
+    row[1] += a1
+    row[2] += a2
+    row[3] += a3
+    row[4] += a4
+    row[5] += a5
+    row[6] += a6
+    row[7] += a7
+    row[8] += a0 * y0
+    row[9] += a1 * y1
+    row[10] += a2 * y2
+    row[11] += a3 * y3
+    row[12] += a4 * y4
+    row[13] += a5 * y5
+    row[14] += a6 * y6
+    row[15] += a7 * y7
+    row[16] += w
 
 
 @njit(cache=True, inline="always")
-def _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L):
-    """:func:`_diag_lanes` for the ``cnt`` kept entries of a row (a constant lane count
-    per copy: a variable one does not unroll)."""
+def _diag_lanes4(row, w, x0, x1, x2, x3, s):
+    """:func:`_diag_lanes8` for 4 lanes (row ``[s1 (4), s2 (4), nk]``)."""
+    y0 = x0 - s[0]
+    y1 = x1 - s[1]
+    y2 = x2 - s[2]
+    y3 = x3 - s[3]
+    a0 = w * y0
+    a1 = w * y1
+    a2 = w * y2
+    a3 = w * y3
+    row[0] += a0
+    row[1] += a1
+    row[2] += a2
+    row[3] += a3
+    row[4] += a0 * y0
+    row[5] += a1 * y1
+    row[6] += a2 * y2
+    row[7] += a3 * y3
+    row[8] += w
+
+
+@njit(cache=True, inline="always")
+def _add_diag_entries(accf, keep, cnt, v, kk, x, sh, L):
+    """The ``cnt`` kept entries of a row added to the lane accumulators ``accf`` (K, W)
+    (a constant lane count per copy: a variable one does not unroll)."""
     if L == 4:
+        x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
         for t in range(cnt):
             j = keep[t]
-            _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], 4)
+            k = kk[j]
+            _diag_lanes4(accf[k], v[j], x0, x1, x2, x3, sh[k])
     else:
+        x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
         for t in range(cnt):
             j = keep[t]
-            _diag_lanes(accf, kk[j] * W, v[j], x, sh, kk[j], MSTEP_LANES)
+            k = kk[j]
+            _diag_lanes8(accf[k], v[j], x0, x1, x2, x3, x4, x5, x6, x7, sh[k])
 
 
 @njit(cache=True)
@@ -583,17 +641,15 @@ def _lane_shift(shift, L):
 @njit(cache=True)
 def _sum_diag_lanes(acc, K, D, L):
     """The per-chunk lane accumulators summed into ``(nk, s1, s2)`` (chunk order)."""
-    W = 2 * L + 1
     nk = np.zeros(K)
     s1 = np.zeros((K, D))
     s2 = np.zeros((K, D, 1))
     for c in range(acc.shape[0]):
         for k in range(K):
-            b = k * W
-            nk[k] += acc[c, b + 2 * L]
+            nk[k] += acc[c, k, 2 * L]
             for d in range(D):
-                s1[k, d] += acc[c, b + d]
-                s2[k, d, 0] += acc[c, b + L + d]
+                s1[k, d] += acc[c, k, d]
+                s2[k, d, 0] += acc[c, k, L + d]
     return nk, s1, s2
 
 
@@ -609,7 +665,7 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
     # one accumulator row per component: [s1 (L), s2 (L), nk]
     W = 2 * L + 1
     sh = _lane_shift(shift, L)
-    acc = np.zeros((n_chunks, K * W))
+    acc = np.zeros((n_chunks, K, W))
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
@@ -626,7 +682,7 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
             cnt = _weigh_and_keep(v, ai / s, cut, kk, keep)
             for d in range(D):
                 x[d] = X[i, d]
-            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L)
+            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, L)
     return _sum_diag_lanes(acc, K, D, L)
 
 
@@ -648,7 +704,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
     sh = _lane_shift(shift, L)
     c_acc = np.zeros((n_chunks, K))
     o_acc = np.zeros(n_chunks)
-    acc = np.zeros((n_chunks, K * W))
+    acc = np.zeros((n_chunks, K, W))
     for c in prange(n_chunks):
         i0 = c * N // n_chunks
         i1 = (c + 1) * N // n_chunks
@@ -675,7 +731,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
                 cnt += v[j] > cut[kk[j]]
             for d in range(D):
                 x[d] = X[i, d]
-            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, W, L)
+            _add_diag_entries(accf, keep, cnt, v, kk, x, sh, L)
         o_acc[c] = o_loc
     colsum = np.zeros(K)
     wlse = 0.0
@@ -1152,7 +1208,11 @@ def brute_neighbors(
         cand = np.empty(K + 1, dtype=np.int64)
         bd = np.empty(need + 1)
         bk = np.empty(need + 1, dtype=np.int64)
-        guess = -1.0  # squared threshold of the first search's count (see below)
+        cd = np.empty(K + 1)
+        pt = np.empty(K + 1, dtype=np.int64)
+        prio = np.zeros(K, dtype=np.int64)
+        guess = -1.0  # squared threshold of the count search (see below)
+        thr = 0.0
         for i in range(i0, i1):
             if have_old:
                 # listed means: moved at most step[k] each, movers measured
@@ -1233,18 +1293,21 @@ def brute_neighbors(
                     upper[i] = math.sqrt(dm) * (1.0 + 1e-12)
                     lower[i] = math.sqrt(nxt) * (1.0 - 1e-12)
                     continue
-            if need > M and not have_old:
-                # first search: a threshold that about need + _FIRST_EXTRA / 2 means meet,
-                # found with vectorised counts from the previous point's (M + 1)-th
-                # distance, rescaled by the count (in d dimensions a count grows like the
-                # squared radius to the d / 2). The candidates within it are then sorted
-                # by distance, stably in index order, so ties go to the smaller index as
-                # in the insertions below (the fallback): the same lists and bounds.
-                # Measured at N = 2e5, K = 100, d = 6, m = 16, 2 threads: 56-70 ms vs
-                # 118-122 ms; 97-99% of the points need no fallback. Not for refreshes
-                # (the insertions start from the previous list, nearly sorted, and were
-                # as fast as the count search there: 180-245 vs 185-199 ms after the
-                # large moves of iteration 1).
+            if need > M:
+                # a count search: a threshold that about need + _FIRST_EXTRA / 2 means
+                # meet, found with vectorised counts. The first search starts from the
+                # previous point's (M + 1)-th distance, a refresh from its previous list's
+                # threshold (met by too many means here); each miss is rescaled by the
+                # count (in d dimensions a count grows like the squared radius to the
+                # d / 2). The candidates within it are then ranked by distance, ties in
+                # the order the insertions below (the fallback) would meet them: the
+                # previous list first (a refresh), then by index. The same lists and
+                # bounds as the insertions. Measured at N = 2e5, K = 100, d = 6, m = 16:
+                # first search 56-70 ms vs 118-122 ms (2 threads; 97-99% of the points
+                # need no fallback); refresh after iteration 1 (large moves, most points
+                # land here) 100-106 vs 124-129 ms (one thread, interleaved).
+                if have_old:
+                    guess = thr * ((need + 0.5 * _FIRST_EXTRA) / nc) ** (2.0 / D)
                 nc = 0
                 for k in range(K):
                     nc += dist[k] <= guess
@@ -1262,20 +1325,35 @@ def brute_neighbors(
                     nc = 0
                     for k in range(K):
                         cand[nc] = k
+                        cd[nc] = dist[k]
                         nc += dist[k] <= guess
-                    for t in range(1, nc):
-                        kt = cand[t]
-                        v = dist[kt]
-                        p = t
-                        while p > 0 and dist[cand[p - 1]] > v:
-                            cand[p] = cand[p - 1]
-                            p -= 1
-                        cand[p] = kt
-                    for j in range(M):
-                        out[i, j] = cand[j]
-                    upper[i] = math.sqrt(dist[cand[M - 1]]) * (1.0 + 1e-12)
-                    lower[i] = math.sqrt(dist[cand[M]]) * (1.0 - 1e-12)
-                    guess = dist[cand[M]]
+                    # tie order: the previous list's position (negative), else the index
+                    if have_old:
+                        for j in range(M):
+                            prio[np.int64(out[i, j])] = j - M
+                    for t in range(nc):
+                        q = prio[cand[t]]
+                        pt[t] = q if q < 0 else cand[t]
+                    if have_old:
+                        for j in range(M):
+                            prio[np.int64(out[i, j])] = 0
+                    dm = 0.0
+                    dn = 0.0
+                    for t in range(nc):
+                        v = cd[t]
+                        p = pt[t]
+                        r = 0
+                        for u in range(nc):
+                            r += (cd[u] < v) | ((cd[u] == v) & (pt[u] < p))
+                        if r < M:
+                            out[i, r] = cand[t]
+                        if r == M - 1:
+                            dm = v
+                        if r == M:
+                            dn = v
+                    upper[i] = math.sqrt(dm) * (1.0 + 1e-12)
+                    lower[i] = math.sqrt(dn) * (1.0 - 1e-12)
+                    guess = dn
                     continue
             nb = 0
             if have_old:
