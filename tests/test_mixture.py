@@ -150,6 +150,52 @@ def test_grid_neighbors_are_exact(shape, m, search):
         assert np.mean(grid.budget > 0.01) > 0.2
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_brute_neighbour_lists_keep_their_order_and_ties(seed):
+    """The brute-force scan's lists, in order, on integer data (many exact distance ties):
+    the first scan lists the m nearest by distance, ties to the smaller index; a refresh
+    after large moves (every point scanned, its previous threshold met by many means)
+    lists them by distance, ties to the earlier place in the previous list and then to
+    the smaller index (the order of the insertions, which the count search must
+    reproduce: the E-step sums a row in list order). The bounds are the m-th and
+    (m + 1)-th distances."""
+    from napari_sinkhorn_em.mixture import _kernels
+    from napari_sinkhorn_em.mixture._neighbors import _BruteNeighbors
+
+    rng = np.random.default_rng(seed)
+    N, K, m, d = 4000, 40, 8, 5
+    X = rng.integers(0, 4, size=(N, d)).astype(float)
+    means = rng.integers(0, 4, size=(K, d)).astype(float)
+    search = _BruteNeighbors(X, K, m)
+    n_chunks = _kernels.n_chunks_for(N)
+
+    def sq(means):
+        return ((X[:, None, :] - means[None, :, :]) ** 2).sum(-1)  # exact: integers
+
+    out = search.neighbors(means, n_chunks).astype(np.int64)
+    d2 = sq(means)
+    order = np.argsort(d2, axis=1, kind="stable")
+    np.testing.assert_array_equal(out, order[:, :m])
+    rows = np.arange(N)[:, None]
+    np.testing.assert_allclose(search.upper, np.sqrt(d2[rows, order[:, m - 1 : m]])[:, 0])
+    np.testing.assert_allclose(search.lower, np.sqrt(d2[rows, order[:, m : m + 1]])[:, 0])
+
+    old = out.copy()
+    means2 = np.ascontiguousarray(means[rng.permutation(K)] + rng.integers(-1, 2, size=(K, d)))
+    out2 = search.neighbors(means2, n_chunks).astype(np.int64)
+    d2 = sq(means2)
+    prio = np.tile(m + np.arange(K), (N, 1))
+    prio[rows, old] = np.arange(m)
+    expect = np.lexsort((prio, d2), axis=1)
+    thr = d2[rows, old].max(axis=1)
+    rescanned = (d2 <= thr[:, None]).sum(axis=1) > m + _kernels._SCAN_EXTRA
+    assert rescanned.mean() > 0.5
+    np.testing.assert_array_equal(out2[rescanned], expect[rescanned, :m])
+    # every point: m distinct means at the m smallest distances (ties may go either way)
+    assert (np.diff(np.sort(out2, axis=1), axis=1) > 0).all()
+    np.testing.assert_array_equal(np.sort(d2[rows, out2], axis=1), np.sort(d2, axis=1)[:, :m])
+
+
 @pytest.mark.parametrize("method", ["sinkhorn", "em"])
 @pytest.mark.parametrize("m", [None, 3])
 def test_sparse_with_all_components_is_exact(method, m):
