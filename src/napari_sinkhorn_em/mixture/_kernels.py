@@ -533,15 +533,20 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
     return nk, s1, s2
 
 
-# Diagonal M-step statistics for up to MSTEP_LANES features: the per-feature loop runs
-# over a constant number of lanes (4 or 8; the features beyond D are zero in x and in the
-# shift, so they add zeros), which LLVM unrolls and vectorises. The same operations in
-# the same order as mstep_stats (bit-identical results). Measured on the statistics of
-# iteration 4 of a fit at N = 2e5, K = 100, m = 16, one thread, CPU time, interleaved:
-# 42.9 vs 45.0 ms (D = 6), 27.7 vs 32.1 ms (D = 3). The accumulation, not the row
-# weights (6.6 ms for a plain E-step pass), is the cost: 13 loads and stores per entry
+# Diagonal M-step statistics for up to MSTEP_LANES features: each entry updates a constant
+# number of lanes (4 or 8; the features beyond D are zero in x and in the shift, so they
+# add zeros), written out as straight-line code (_diag_lanes8 / _diag_lanes4) with the
+# row's features in registers and the component's shift loaded before the first store.
+# The same operations in the same order as mstep_stats (bit-identical results). Numba
+# does not SLP-vectorise (its default), so the lanes stay scalar; what the written-out
+# form saves is the reloading of x and the shift after every store (the arrays may
+# alias). Measured on the statistics of a 5-iteration fit at N = 2e5, K = 100, m = 16,
+# one thread, CPU time, interleaved: 32.7-33.0 vs 40.4-40.6 ms (D = 6; the loop over the
+# lanes before: 42.9 ms, and the generic kernel 45.0 ms). The accumulation, not the row
+# weights (6.6 ms for a plain E-step pass), is the cost: 17 loads and stores per entry
 # into the component's row. Tried and dropped: bucketing a chunk's entries by component
-# first (register accumulators, the same summation order): 110 ms.
+# first (register accumulators, the same summation order): 110 ms; skipping the padded
+# lanes beyond D with branches: 42.7 ms.
 MSTEP_LANES = 8
 
 
@@ -1180,16 +1185,16 @@ def brute_neighbors(
     in a fit most means barely move while a few still travel, measured at N = 2e5,
     K = 100, d = 6 on 100 clusters: median move 0.01 with the largest 0.5-1 from
     iteration 12 on). Otherwise the point is scanned and gets exact bounds (its m-th and
-    (m + 1)-th nearest distances). The first search sorts them by
-    distance (an insertion per mean that beats the current m + 1 nearest; ties to the
-    smaller index). With ``have_old`` a refresh first tries the threshold of the point's
+    (m + 1)-th nearest distances). The first search lists them by distance, ties to the
+    smaller index. With ``have_old`` a refresh first tries the threshold of the point's
     previous list (``out[i]``; see the loop): after a small move of the means only a few
-    extra means meet it and the list comes out in index order; otherwise the previous
-    list is ranked first (nearly sorted, nearly the answer), so the other means mostly
-    cost one comparison instead of an insertion. The first search tries a count search
-    before the insertions (a threshold met by m + 1 to m + 1 + ``_FIRST_EXTRA`` means,
-    then a sort of those): the same lists about twice as fast, with the insertions as
-    the fallback for 1-3% of the points. The insertions, not the distances,
+    extra means meet it and the list comes out in index order; otherwise the list is
+    ranked by distance, ties to the earlier place in the previous list, then to the
+    smaller index. Both rankings come from a count search (a threshold met by m + 1 to
+    m + 1 + ``_FIRST_EXTRA`` means, found with vectorised counts, then a rank of those
+    few), with insertions into a sorted list (the previous list inserted first) as the
+    fallback for the 1-3% of the points whose counts miss; both give the same lists and
+    bounds. The insertions, not the distances,
     dominate a scan (measured single-threaded at N = 1e5, K = 100, d = 6: refresh after a
     move of 0.03-0.1 (nearest means ~1 apart) 0.09-0.18 s with the threshold vs
     0.21-0.31 s ranking only; after large moves both about 0.35-0.5 s). For position
