@@ -1213,8 +1213,10 @@ def brute_neighbors(
         cand = np.empty(K + 1, dtype=np.int64)
         bd = np.empty(need + 1)
         bk = np.empty(need + 1, dtype=np.int64)
-        cd = np.empty(K + 1)
-        pt = np.empty(K + 1, dtype=np.int64)
+        npad = ((need + _FIRST_EXTRA) // 32 + 1) * 32
+        cd = np.empty(max(K + 1, npad))
+        pt = np.empty(max(K + 1, npad), dtype=np.int64)
+        rk = np.empty(npad, dtype=np.int64)
         prio = np.zeros(K, dtype=np.int64)
         guess = -1.0  # squared threshold of the count search (see below)
         thr = 0.0
@@ -1342,20 +1344,31 @@ def brute_neighbors(
                     if have_old:
                         for j in range(M):
                             prio[np.int64(out[i, j])] = 0
+                    # ranks vectorised over the candidates: padded to a width of at
+                    # least 32 not known at compile time (a constant trip count would be
+                    # unrolled into scalar code; a shorter loop runs in its scalar
+                    # remainder). Measured one thread: first search 92 vs 104 ms,
+                    # refresh after iteration 1 92 vs 98 ms
+                    for t in range(nc, npad):
+                        cd[t] = np.inf
+                        pt[t] = K
+                    for t in range(npad):
+                        rk[t] = 0
+                    for u in range(nc):
+                        v = cd[u]
+                        p = pt[u]
+                        for t in range(npad):
+                            rk[t] += (v < cd[t]) | ((v == cd[t]) & (p < pt[t]))
                     dm = 0.0
                     dn = 0.0
                     for t in range(nc):
-                        v = cd[t]
-                        p = pt[t]
-                        r = 0
-                        for u in range(nc):
-                            r += (cd[u] < v) | ((cd[u] == v) & (pt[u] < p))
+                        r = rk[t]
                         if r < M:
                             out[i, r] = cand[t]
                         if r == M - 1:
-                            dm = v
+                            dm = cd[t]
                         if r == M:
-                            dn = v
+                            dn = cd[t]
                     upper[i] = math.sqrt(dm) * (1.0 + 1e-12)
                     lower[i] = math.sqrt(dn) * (1.0 - 1e-12)
                     guess = dn
