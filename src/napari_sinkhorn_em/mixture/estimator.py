@@ -177,10 +177,11 @@ class SinkhornEM:
         1e-2, tightened as the objective settles so that its error stays below 1% of the
         last change; convergence is only declared on an exact E-step, and a fit that
         stops early finishes its last E-step exactly), the Newton Hessian is estimated
-        from a row sample, a cold E-step starts with three Sinkhorn scaling passes, and
+        from a row sample, a cold E-step starts with three Sinkhorn scaling passes (and
+        the next E-step with a fresh Newton Hessian), and
         (diagonal or spherical covariances, at most 8 features) the pass expected to end
         an E-step also accumulates the next M-step's statistics: the cold start costs
-        about 3.5 later iterations instead of 5-6 (benchmarks/bench_coldstart.py).
+        about 3 later iterations instead of 6-7 (benchmarks/bench_coldstart.py).
         False: every E-step exact to the tolerance derived from ``tol``. ``"auto"``:
         True for ``init="random"`` / ``"k-means++"``, False when means are given (a
         pipeline that passes its own start reproduces earlier results bit for bit).
@@ -621,8 +622,9 @@ class SinkhornEM:
                     # (from random means, by about the spread of the data); a chord step
                     # with it barely contracts and the next pass forms a Hessian anyway.
                     # Its first pass forms a fresh one instead (measured at N = 2e5,
-                    # K = 100, D = 6, m = 16: 6 passes, 3 with a Hessian, instead of 7
-                    # with 2, and E-step CPU -12% over a 5-iteration fit)
+                    # K = 100, D = 6, m = 16 from random means: 6-8 passes, 3-4 with a
+                    # Hessian, instead of 7-9 with 2-5; E-step CPU -12% over a
+                    # 5-iteration fit; see docs/method.md, "Fifth pass")
                     es.system = None
                     stale[0] = False
                 if fast and carry["system"] is None:
