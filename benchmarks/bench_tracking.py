@@ -23,6 +23,10 @@ Series:
 * synthetic dividing embryos (:func:`~napari_sinkhorn_em.synthetic.make_dividing_embryo`);
 * the same heads with ``nucleus_diameter="auto"`` (the default) instead of the true
   2.7 um, at every motion;
+* dense heads: the same head crop with 150 nuclei (``DENSE_NUCLEI``; a full 195-nucleus
+  ``make_worm`` head has about 136 in this crop, nearest-neighbour spacing 2.6 um
+  against 2.8 um for the 60-nucleus crop), ``nucleus_diameter="auto"``, motions from half
+  a spacing (1.35 um) to a diameter (2.7 um) per frame;
 * the real two-frame pairs ``../shared/realdata/targettrack/ex2..ex6`` (adult heads, 64-83
   annotated neurons, row i of ``pts_gt`` and ``pts_tar`` the same neuron), when present:
   from the LoG peaks (defaults), and started from the annotated neurons of frame gt
@@ -37,8 +41,8 @@ Writes docs/tracking_benchmark.json and prints a markdown table.
 
 Usage::
 
-    python benchmarks/bench_tracking.py           # full (about 10-15 minutes on 2 cores)
-    python benchmarks/bench_tracking.py --quick   # one seed, two motions
+    python benchmarks/bench_tracking.py           # full (about 20-25 minutes on 2 cores)
+    python benchmarks/bench_tracking.py --quick   # one seed, two motions (one dense)
 """
 
 from __future__ import annotations
@@ -71,6 +75,18 @@ REAL_SETTINGS = {"background_scale": 0, "suppress_granules": False, "foreground_
 # annotations sit a median 0.6-0.8 planes (about 1 um) from the intensity centroid in z
 # (all pairs): truth is matched within one nucleus diameter there
 REAL_MATCH = 1.0
+# dense heads: nuclei in make_moving_worm's head crop (x 55-100 um). A 195-nucleus
+# make_worm head (seed 0) has 136 nuclei there; 150 gives a median nearest-neighbour
+# spacing of 2.6 um (60 nuclei: 2.8 um; 200: 2.6 um), the ganglia being packed at any n
+DENSE_NUCLEI = 150
+
+
+def nn_spacing(centres_um) -> float:
+    """Median nearest-neighbour distance of a set of centres (um)."""
+    from scipy.spatial import cKDTree
+
+    c = np.asarray(centres_um, dtype=np.float64)
+    return float(np.median(cKDTree(c).query(c, k=2)[0][:, 1]))
 
 
 def _score(tracks, truth_um, truth_ids, radius, parents=None):
@@ -132,6 +148,9 @@ def run_series(
             # the whole run (reference segmentation, a backfill pass if any) / frames
             "s_per_frame_run": wall / T,
             "backfilled": len(r.frames[r.params["reference_frame"]].get("backfilled", [])),
+            # the motion estimate: median distance of the moved centres to the nearest
+            # LoG peak of the next frame, mean over the frames after the reference
+            "motion_residual_um": _mean_residual(r.frames, r.params["reference_frame"]),
             "nucleus_diameter_um": r.nucleus_diameter_um,
             "wall_s": wall,
         }
@@ -167,6 +186,15 @@ def run_series(
     return out
 
 
+def _mean_residual(frames, ref):
+    res = [
+        f["motion"].get("median_residual_um")
+        for t, f in enumerate(frames)
+        if t != ref and f["motion"].get("median_residual_um") is not None
+    ]
+    return float(np.mean(res)) if res else None
+
+
 def load_targettrack(ex: int):
     """(2, C, Z, Y, X) stack, truth centres (um) and ids for the annotated rows."""
     d = REAL / f"ex{ex}"
@@ -190,7 +218,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     motions = [1.35, 2.7] if args.quick else [0.5, 1.35, 2.0, 2.7]
     seeds = [1] if args.quick else [1, 2]
-    results: dict = {"synthetic": [], "synthetic_auto": [], "embryo": [], "targettrack": []}
+    dense_motions = [2.7] if args.quick else [1.35, 2.0, 2.7]
+    results: dict = {
+        "synthetic": [],
+        "synthetic_auto": [],
+        "synthetic_dense": [],
+        "embryo": [],
+        "targettrack": [],
+    }
     # warm the Numba kernels so no series pays the compilation
     w = make_moving_worm(n_frames=2, n_nuclei=20, motion_um=0.5, seed=0)
     track_nuclei(w.image, channel_axis=1, voxel_size=w.voxel_size, nucleus_diameter=2.7)
@@ -219,6 +254,28 @@ def main(argv=None):
         r.update(motion_um=motion, seed=seed)
         results["synthetic_auto"].append(r)
         print(_row(f"head motion {motion} um seed {seed}, diameter auto", r), flush=True)
+    for motion, seed in itertools.product(dense_motions, seeds):
+        # dense heads (realistic packing), the defaults
+        w = make_moving_worm(n_frames=4, n_nuclei=DENSE_NUCLEI, motion_um=motion, seed=seed)
+        vs = np.asarray(w.voxel_size)
+        truth_um = [c * vs for c in w.centres]
+        r = run_series(
+            w.image,
+            w.voxel_size,
+            "auto",
+            truth_um,
+            w.ids,
+            truth_diameter=w.nucleus_diameter,
+        )
+        r.update(motion_um=motion, seed=seed, n_nuclei=DENSE_NUCLEI)
+        r["nn_spacing_um"] = nn_spacing(truth_um[0])
+        results["synthetic_dense"].append(r)
+        print(
+            _row(f"dense head ({DENSE_NUCLEI}) motion {motion} um seed {seed}", r)
+            + f" spacing {r['nn_spacing_um']:.2f} um, motion residual SEM "
+            f"{r['sinkhorn']['motion_residual_um']:.2f} um",
+            flush=True,
+        )
     for seed in seeds:
         e = make_dividing_embryo(
             n_frames=4, n_divisions=3, appear_frame=1, disappear_frame=3, seed=seed
@@ -286,7 +343,11 @@ def summary(results):
         "| s/frame SEM run | ratio run |\n" + "|---" * 15 + "|"
     )
     lines = [head]
-    for key, label in (("synthetic", ""), ("synthetic_auto", ", diameter auto")):
+    for key, label in (
+        ("synthetic", ""),
+        ("synthetic_auto", ", diameter auto"),
+        ("synthetic_dense", f", {DENSE_NUCLEI} nuclei, diameter auto"),
+    ):
         by_motion: dict = {}
         for r in results.get(key, []):
             by_motion.setdefault(r["motion_um"], []).append(r)
