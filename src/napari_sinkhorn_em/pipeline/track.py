@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
 from ..mixture import ConvergenceWarning, SinkhornEM
+from . import adaptive
 from .features import voxel_features
 from .labels import min_label_volume
 from .peaks import detect_nuclei
@@ -399,6 +400,37 @@ def _find_divisions(centres, peaks, diam, can_divide=None):
         if best is not None:
             out.append((int(k), (best[1], best[2])))
     return out
+
+
+def _unclaimed_peaks(centres, peaks, diam, used):
+    """``[(peak, component, its peak), ...]`` for the peaks no component claims after a fit.
+
+    Components and peaks are paired one-to-one, nearest first, at most 0.6 diameters
+    apart. A peak left over that is at least 0.8 diameters from every paired peak is a
+    nucleus of its own; ``component`` is its nearest component and ``its peak`` the
+    peak paired with that component (-1 if none). Peaks in ``used`` are skipped.
+    """
+    K, P = centres.shape[0], peaks.shape[0]
+    if K == 0 or P == 0:
+        return []
+    pairs = cKDTree(peaks).sparse_distance_matrix(
+        cKDTree(centres), 0.6 * diam, output_type="ndarray"
+    )
+    peak_of = np.full(K, -1, dtype=np.int64)
+    taken = np.zeros(P, dtype=bool)
+    for i, k, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
+        i, k = int(i), int(k)
+        if not taken[i] and peak_of[k] < 0:
+            taken[i] = True
+            peak_of[k] = i
+    left = np.flatnonzero(~taken & ~used)
+    if left.size == 0:
+        return []
+    if taken.any():
+        far = cKDTree(peaks[taken]).query(peaks[left], k=1)[0] >= 0.8 * diam
+        left = left[far]
+    nearest = cKDTree(centres).query(peaks[left], k=1)[1]
+    return [(int(p), int(k), int(peak_of[k])) for p, k in zip(left, nearest, strict=True)]
 
 
 def _find_duplicates(centres, ids, peaks, diam):
@@ -819,15 +851,32 @@ threshold_method, suppress_granules, max_iter
         # coarse signals moves the tracked components, and granule pieces under a moved
         # component are nuclei (spared); the other granules are removed as
         # segment_nuclei removes them
-        pre = preprocess(raw, **{**pre_kw, "suppress_granules": False})
+        # the nucleus scale of this frame: with "auto" estimated on it, as segment_nuclei
+        # would (an embryo's nuclei halve their volume at each division: with the
+        # reference frame's scale kept, a growing embryo of 24 -> 251 nuclei was tracked
+        # with recall 0.28 in its last frame, against 0.99 segmented frame by frame)
+        frame_kw = {**pre_kw, "suppress_granules": False}
+        if auto_diameter and not reference:
+            frame_kw["nucleus_diameter"] = "auto"
+        pre = preprocess(raw, **frame_kw)
+        d = float(pre.info["nucleus_diameter_um"]) if auto_diameter and not reference else diam
+        var_d = (d / 2.0) ** 2 / 5.0
+        bounds_d = (lo_s * var_d, hi_s * var_d)
+        # the motion estimate's downsampled signals keep the reference frame's cell
         small, _ = _downsample(pre.signal, vs, diam / 2.0)
         mode = "none" if reference else motion
         shift = _phase_shift(state.signal, small, cell_um) if mode != "none" else np.zeros(ndim)
         n_spared = 0
         if suppress_granules:
             n_spared = _suppress_granules(
-                pre, pre_kw, state.means[:, :ndim] + shift, diam, 0.5 * diam
+                pre, {**pre_kw, "nucleus_diameter": d}, state.means[:, :ndim] + shift, d, 0.5 * d
             )
+        if auto_diameter and not reference:
+            # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
+            # interior nuclei of an attenuated embryo), their own foreground added
+            peaks, _ = adaptive.detect(pre, vs, d, [])
+        else:
+            peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=d, foreground=pre.foreground)
         feats = voxel_features(
             pre.data,
             pre.foreground,
@@ -836,7 +885,6 @@ threshold_method, suppress_granules, max_iter
             mass=voxel_mass,
             signal=pre.signal,
         )
-        peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=diam, foreground=pre.foreground)
         shape = pre.foreground.shape
         pre.data = pre.granules = None
         peaks_um = peaks.coords * vs
@@ -848,7 +896,7 @@ threshold_method, suppress_granules, max_iter
         # segmentation becomes a mixture of this function's own kind (weights, fitted
         # voxels, new and ended tracks), so that the next frames continue the same model
         moved, R, minfo, rigid = _estimate_motion(
-            state.means[:, :ndim], peaks_um, shift, diam, mode, max_motion_um
+            state.means[:, :ndim], peaks_um, shift, d, mode, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
         X, a = feats.X, feats.sample_weight
@@ -859,12 +907,12 @@ threshold_method, suppress_granules, max_iter
         # position covariances turn with the head; the intensity block restarts from the
         # nominal spread of this frame, which is normalised on its own (carrying the
         # previous block over kept the same links on moving heads: 0.939 vs 0.933)
-        covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
+        covs = np.repeat(_nominal_cov(D, ndim, var_d, X)[None], ids.size, axis=0)
         covs[:, :ndim, :ndim] = R @ state.covs[:, :ndim, :ndim] @ R.T
         mass = state.mass.copy()
         if state.peaks_um.shape[0]:
             gap = cKDTree(state.peaks_um).query(state.means[:, :ndim], k=1)[0]
-            single = gap < 0.35 * diam
+            single = gap < 0.35 * d
         else:
             single = np.zeros(ids.size, dtype=bool)
         ended: list[int] = []
@@ -873,7 +921,7 @@ threshold_method, suppress_granules, max_iter
         reasons: dict[str, list] = {}
         # components whose nucleus has left the field (centre outside the stack)
         extent = (np.asarray(shape) - 0.5) * vs
-        inside = np.all((moved >= -0.5 * vs - 0.25 * diam) & (moved <= extent + 0.25 * diam), 1)
+        inside = np.all((moved >= -0.5 * vs - 0.25 * d) & (moved <= extent + 0.25 * d), 1)
         if new_tracks and not inside.all():
             ended += ids[~inside].tolist()
             ids, means, covs, mass = ids[inside], means[inside], covs[inside], mass[inside]
@@ -881,7 +929,7 @@ threshold_method, suppress_granules, max_iter
             single = single[inside]
         tree_vox = cKDTree(feats.positions)
         n_iter_total = 0
-        nominal = _nominal_cov(D, ndim, var_nominal, X)
+        nominal = _nominal_cov(D, ndim, var_d, X)
 
         def far_peaks(means, covs, threshold, used):
             """Peaks (strongest first) farther than ``threshold`` from every component and
@@ -922,6 +970,61 @@ threshold_method, suppress_granules, max_iter
                 np.concatenate([mass, np.full(len(chosen), med)]),
             )
 
+        def split_unclaimed(ids, means, covs, mass, used):
+            """New tracks at the unclaimed peaks (:func:`_unclaimed_peaks`); one on the
+            far side of an older component from that component's own peak (cosine < -0.3)
+            is a division when ``divisions`` is on and the frame is tracked forward: the
+            component ends, two children start at the two peaks."""
+            found = _unclaimed_peaks(means[:, :ndim], peaks_um, d, used)
+            if not found:
+                return ids, means, covs, mass, 0
+            fresh = set(new)
+            keep = np.ones(ids.size, dtype=bool)
+            add_means, add_mass, add_ids, plain = [], [], [], []
+            for p, k, q in found:
+                c = means[k, :ndim]
+                u, v = peaks_um[p] - c, peaks_um[q] - c if q >= 0 else None
+                straddle = (
+                    divisions
+                    and forward
+                    and q >= 0
+                    and keep[k]
+                    and int(ids[k]) not in fresh
+                    and int(ids[k]) not in given_set
+                    and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
+                )
+                if not straddle:
+                    plain.append(p)
+                    continue
+                keep[k] = False
+                parent = int(ids[k])
+                divided.append(parent)
+                ended.append(parent)
+                for pk in (q, p):
+                    used[pk] = True
+                    mu = means[k].copy()
+                    mu[:ndim] = peaks_um[pk]
+                    add_means.append(mu)
+                    add_mass.append(mass[k] / 2.0)
+                    cid = next_id[0]
+                    next_id[0] += 1
+                    parents[cid] = parent
+                    add_ids.append(cid)
+                    new.append(cid)
+            n = len(found)
+            if add_ids:
+                reasons.setdefault("divided_after_fit", []).extend(
+                    [parents[c] for c in add_ids[::2]]
+                )
+                ids = np.concatenate([ids[keep], add_ids])
+                means = np.concatenate([means[keep], np.asarray(add_means)])
+                covs = np.concatenate([covs[keep], np.repeat(nominal[None], len(add_ids), 0)])
+                mass = np.concatenate([mass[keep], add_mass])
+            if plain:
+                used[plain] = True
+                ids, means, covs, mass = add_tracks(plain, ids, means, covs, mass)
+            return ids, means, covs, mass, n
+
         used = np.zeros(peaks_um.shape[0], dtype=bool)
         if divisions and forward and peaks_um.shape[0] >= 2 and means.shape[0]:
             # a moved component with a peak on either side of it (each 0.25-1 diameters
@@ -932,7 +1035,7 @@ threshold_method, suppress_granules, max_iter
             # only a component that sat on a single peak in the previous frame: one that
             # covered two nuclei there (under-segmented) is not a division (measured: 3
             # false divisions on a real frame tracked onto itself without this)
-            split = _find_divisions(rigid, peaks_um, diam, single)
+            split = _find_divisions(rigid, peaks_um, d, single)
             if split:
                 keep = np.ones(means.shape[0], dtype=bool)
                 add_means, add_mass, add_ids = [], [], []
@@ -964,7 +1067,7 @@ threshold_method, suppress_granules, max_iter
             # (at least 0.6 voxels: with 1.5 um planes and 2 um nuclei a ball of 0.4
             # diameters can fall between two planes -- 3 of 101 real nuclei "vanished"
             # from a frame tracked onto itself)
-            r_core = max(0.4 * diam, 0.6 * float(vs.max()))
+            r_core = max(0.4 * d, 0.6 * float(vs.max()))
             ball = (4.0 / 3.0 * np.pi * r_core**3) if ndim == 3 else np.pi * r_core**2
             n_ball = ball / float(np.prod(vs))
             # ... at the non-rigid and at the rigid estimate (on a real frame tracked
@@ -983,7 +1086,7 @@ threshold_method, suppress_granules, max_iter
             # before the fit: nuclei that no moved component is near (entering the field,
             # or missed so far) get their own component, so that their mass is not forced
             # onto the neighbours
-            chosen = far_peaks(means, covs, 1.0 * diam, used)
+            chosen = far_peaks(means, covs, 1.0 * d, used)
             if chosen:
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
 
@@ -997,7 +1100,7 @@ threshold_method, suppress_granules, max_iter
             # peaks above) or no nucleus; with fixed weights some component would have to
             # take its mass.
             dist, near = cKDTree(means[:, :ndim]).query(feats.positions, k=1)
-            sel = dist <= fit_radius
+            sel = dist <= 1.0 * d
             if np.count_nonzero(sel) < K:
                 sel[:] = True
             a_s = a[sel] / a[sel].sum()
@@ -1010,7 +1113,7 @@ threshold_method, suppress_granules, max_iter
                 m_pos = means[:, :ndim]
                 if peaks_um.shape[0]:
                     dpk = cKDTree(peaks_um).query(m_pos, k=1)[0]
-                    ref = np.concatenate([peaks_um, m_pos[dpk > 0.5 * diam]])
+                    ref = np.concatenate([peaks_um, m_pos[dpk > 0.5 * d]])
                 else:
                     ref = m_pos
                 rtree = cKDTree(ref)
@@ -1026,7 +1129,7 @@ threshold_method, suppress_granules, max_iter
                 method=method,
                 weights=alpha,
                 covariance_type="full",
-                covariance_bounds=bounds,
+                covariance_bounds=bounds_d,
                 tol=REFIT_TOL_FACTOR * tol,
                 max_iter=iters,
                 init=means,
@@ -1062,14 +1165,14 @@ threshold_method, suppress_granules, max_iter
             minfo["fit_shift_um"] = {
                 "median": float(np.median(shift_fit)),
                 "max": float(shift_fit.max()),
-                "over_half_diameter": ids[shift_fit > 0.5 * diam].tolist(),
+                "over_half_diameter": ids[shift_fit > 0.5 * d].tolist(),
             }
             means, covs = model.means_.copy(), model.covariances_.copy()
         if new_tracks and means.shape[0] > 1:
             # two components on one nucleus (a nucleus that disappeared leaves its
             # component on a neighbour's): closer than 0.6 diameters with at most one
             # peak near them -> the one farther from that peak (or the younger) ends
-            drop = _find_duplicates(means[:, :ndim], ids, peaks_um, diam)
+            drop = _find_duplicates(means[:, :ndim], ids, peaks_um, d)
             if reference:  # two given centres close together are two nuclei there
                 drop = [k for k in drop if ids[k] not in given_set]
             if drop:
@@ -1080,10 +1183,16 @@ threshold_method, suppress_granules, max_iter
                 reasons["duplicate"] = ids[~keep].tolist()
                 ids, means, covs, mass = ids[keep], means[keep], covs[keep], mass[keep]
         if new_tracks:
-            chosen = far_peaks(means, covs, 0.8 * diam, used)
+            chosen = far_peaks(means, covs, 0.8 * d, used)
             if chosen:
                 changed = True
+                used[chosen] = True
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
+            # peaks that no component claims one-to-one although one is near (a fitted
+            # component spread over two nuclei: in a growing embryo, where most nuclei
+            # divide between frames, the second child of a division ended up here)
+            ids, means, covs, mass, n_split = split_unclaimed(ids, means, covs, mass, used)
+            changed |= n_split > 0
         timings["bookkeeping"] = time.perf_counter() - tb
         if changed:
             tfit = time.perf_counter()
@@ -1097,7 +1206,7 @@ threshold_method, suppress_granules, max_iter
 
         # ---- labels and table rows
         tl = time.perf_counter()
-        min_vol = min_label_volume(diam, ndim, min_size)
+        min_vol = min_label_volume(d, ndim, min_size)
         min_vox = max(1, int(np.ceil(min_vol / float(np.prod(vs)))))
         if means.shape[0]:
             labels, counts = _label_frame(
@@ -1141,6 +1250,7 @@ threshold_method, suppress_granules, max_iter
             "foreground_threshold": float(pre.threshold),
             "timings": timings,
             "reference": reference,
+            "nucleus_diameter_um": d,
         }
         if reference:
             frame_info[t]["segmentation"] = seg.info
@@ -1296,7 +1406,9 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     kw = {k: v for k, v in call.items() if k not in ("stack", "progress")}
     # the user's given centres (tracks 1..n, first in the reference rows) stay protected
     n_user = 0 if isinstance(call["init"], str) else len(np.asarray(call["init"]))
-    kw.update(init=init, backfill=False, nucleus_diameter=diam)
+    # the caller's nucleus_diameter: with "auto" every frame keeps its own scale (the
+    # reference frame's estimate is the same number again)
+    kw.update(init=init, backfill=False)
     token = _PROTECTED.set(n_user)
     try:
         again = track_nuclei(
