@@ -402,6 +402,21 @@ def _find_divisions(centres, peaks, diam, can_divide=None):
     return out
 
 
+def _paired(a, b, radius):
+    """Bool per row of ``a``: paired one-to-one (nearest pairs first) with a row of
+    ``b`` at most ``radius`` away."""
+    out = np.zeros(a.shape[0], dtype=bool)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return out
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
+    taken = np.zeros(b.shape[0], dtype=bool)
+    for i, j, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
+        i, j = int(i), int(j)
+        if not out[i] and not taken[j]:
+            out[i] = taken[j] = True
+    return out
+
+
 def _unclaimed_peaks(centres, peaks, diam, used):
     """``[(peak, component, its peak), ...]`` for the peaks no component claims after a fit.
 
@@ -871,9 +886,10 @@ threshold_method, suppress_granules, max_iter
             n_spared = _suppress_granules(
                 pre, {**pre_kw, "nucleus_diameter": d}, state.means[:, :ndim] + shift, d, 0.5 * d
             )
-        if auto_diameter and not reference:
+        if auto_diameter:
             # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
-            # interior nuclei of an attenuated embryo), their own foreground added
+            # interior nuclei of an attenuated embryo), their own foreground added; in
+            # the reference frame too, so that consecutive frames' peaks compare
             peaks, _ = adaptive.detect(pre, vs, d, [])
         else:
             peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=d, foreground=pre.foreground)
@@ -899,6 +915,11 @@ threshold_method, suppress_granules, max_iter
             state.means[:, :ndim], peaks_um, shift, d, mode, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
+        # the previous frame's peaks, each moved as its nearest component
+        prev_peaks = state.peaks_um
+        if prev_peaks.shape[0] and state.means.shape[0]:
+            k_prev = cKDTree(state.means[:, :ndim]).query(prev_peaks, k=1)[1]
+            prev_peaks = prev_peaks + (moved - state.means[:, :ndim])[k_prev]
         X, a = feats.X, feats.sample_weight
         D = X.shape[1]
         ids = state.ids.copy()
@@ -915,6 +936,7 @@ threshold_method, suppress_granules, max_iter
             single = gap < 0.35 * d
         else:
             single = np.zeros(ids.size, dtype=bool)
+        single_ids = set(ids[single].tolist())
         ended: list[int] = []
         new: list[int] = []
         divided: list[int] = []
@@ -974,14 +996,24 @@ threshold_method, suppress_granules, max_iter
             """New tracks at the unclaimed peaks (:func:`_unclaimed_peaks`); one on the
             far side of an older component from that component's own peak (cosine < -0.3)
             is a division when ``divisions`` is on and the frame is tracked forward: the
-            component ends, two children start at the two peaks."""
+            component ends, two children start at the two peaks. As for the divisions
+            before the fit, only a component that sat on a single peak in the previous
+            frame divides (one that covered two nuclei there is under-segmented)."""
             found = _unclaimed_peaks(means[:, :ndim], peaks_um, d, used)
             if not found:
                 return ids, means, covs, mass, 0
             fresh = set(new)
             keep = np.ones(ids.size, dtype=bool)
             add_means, add_mass, add_ids, plain = [], [], [], []
+            # only where this frame has a peak that the previous one (moved with the
+            # motion estimate) had not: one nucleus became two, or a nucleus came. A pair
+            # of peaks under one component in both frames is a nucleus pair the
+            # segmentation took as one: it stays as it is (a real head frame tracked onto
+            # itself otherwise gained 23 tracks and lost 2 to false divisions)
+            had = _paired(peaks_um, prev_peaks, 0.5 * d)
             for p, k, q in found:
+                if had[p] and (q < 0 or had[q]):
+                    continue
                 c = means[k, :ndim]
                 u, v = peaks_um[p] - c, peaks_um[q] - c if q >= 0 else None
                 straddle = (
@@ -990,11 +1022,13 @@ threshold_method, suppress_granules, max_iter
                     and q >= 0
                     and keep[k]
                     and int(ids[k]) not in fresh
+                    and int(ids[k]) in single_ids
                     and int(ids[k]) not in given_set
                     and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
                 )
                 if not straddle:
-                    plain.append(p)
+                    if not had[p]:
+                        plain.append(p)
                     continue
                 keep[k] = False
                 parent = int(ids[k])
@@ -1011,7 +1045,7 @@ threshold_method, suppress_granules, max_iter
                     parents[cid] = parent
                     add_ids.append(cid)
                     new.append(cid)
-            n = len(found)
+            n = len(add_ids) + len(plain)
             if add_ids:
                 reasons.setdefault("divided_after_fit", []).extend(
                     [parents[c] for c in add_ids[::2]]
@@ -1190,9 +1224,11 @@ threshold_method, suppress_granules, max_iter
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
             # peaks that no component claims one-to-one although one is near (a fitted
             # component spread over two nuclei: in a growing embryo, where most nuclei
-            # divide between frames, the second child of a division ended up here)
-            ids, means, covs, mass, n_split = split_unclaimed(ids, means, covs, mass, used)
-            changed |= n_split > 0
+            # divide between frames, the second child of a division ended up here); not
+            # in the reference frame, whose nuclei are its segmentation's
+            if not reference:
+                ids, means, covs, mass, n_split = split_unclaimed(ids, means, covs, mass, used)
+                changed |= n_split > 0
         timings["bookkeeping"] = time.perf_counter() - tb
         if changed:
             tfit = time.perf_counter()
