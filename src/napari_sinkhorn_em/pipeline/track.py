@@ -925,6 +925,7 @@ threshold_method, suppress_granules, max_iter
         ids = state.ids.copy()
         means = state.means.copy()
         means[:, :ndim] = moved
+        moved_of = dict(zip(ids.tolist(), moved, strict=True))
         # position covariances turn with the head; the intensity block restarts from the
         # nominal spread of this frame, which is normalised on its own (carrying the
         # previous block over kept the same links on moving heads: 0.939 vs 0.933)
@@ -1058,6 +1059,81 @@ threshold_method, suppress_granules, max_iter
                 used[plain] = True
                 ids, means, covs, mass = add_tracks(plain, ids, means, covs, mass)
             return ids, means, covs, mass, n
+
+        def adopt_orphans(ids, means, covs, mass):
+            """Divisions seen only after the bookkeeping: new tracks without a parent
+            (orphans) that straddle an older track's previous centre ``c0``, which had one
+            peak of the previous frame within 0.75 diameters. Either two orphans lie on
+            opposite sides of ``c0`` (cosine < -0.3), at least 0.8 diameters apart with
+            their midpoint within 0.6 diameters of ``c0``: the older track ends (its
+            component, left between the children, is dropped) and both orphans become its
+            children; or one orphan and the older track's own new centre do: the older
+            track ends there and its component continues as a child. (In a growing
+            embryo 36 of 474 division links were an orphan next to a continued or a
+            stranded parent track.)"""
+            if not prev_peaks.shape[0]:
+                return ids, means, covs, mass
+            born = [k for k in range(ids.size) if int(ids[k]) in set(new) - set(parents)]
+            old_k = [
+                k
+                for k in range(ids.size)
+                if int(ids[k]) in moved_of and int(ids[k]) not in given_set
+            ]
+            if not born or not old_k:
+                return ids, means, covs, mass
+            prev_tree = cKDTree(prev_peaks)
+            c0 = np.array([moved_of[int(ids[k])] for k in old_k])
+            # each orphan belongs to the older track whose previous centre is nearest
+            dist, j = cKDTree(c0).query(means[born, :ndim], k=1)
+            ids = ids.copy()
+            drop = np.zeros(ids.size, dtype=bool)
+
+            def straddle(x, y, c):
+                u, v = x - c, y - c
+                return (
+                    np.linalg.norm(x - y) >= 0.8 * d
+                    and np.linalg.norm(0.5 * (x + y) - c) <= 0.6 * d
+                    and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
+                )
+
+            for jj in np.unique(j[dist <= 1.5 * d]):
+                k = old_k[int(jj)]
+                if len(prev_tree.query_ball_point(c0[jj], 0.75 * d)) != 1:
+                    continue
+                mine = [born[i] for i in np.flatnonzero((j == jj) & (dist <= 1.5 * d))]
+                parent = int(ids[k])
+                pair = next(
+                    (
+                        (n1, n2)
+                        for ii, n1 in enumerate(mine)
+                        for n2 in mine[ii + 1 :]
+                        if straddle(means[n1, :ndim], means[n2, :ndim], c0[jj])
+                    ),
+                    None,
+                )
+                if pair is not None:
+                    drop[k] = True
+                    kids = [int(ids[n]) for n in pair]
+                else:
+                    n = next(
+                        (n for n in mine if straddle(means[n, :ndim], means[k, :ndim], c0[jj])),
+                        None,
+                    )
+                    if n is None:
+                        continue
+                    cid = next_id[0]
+                    next_id[0] += 1
+                    ids[k] = cid
+                    new.append(cid)
+                    kids = [cid, int(ids[n])]
+                for c in kids:
+                    parents[c] = parent
+                divided.append(parent)
+                ended.append(parent)
+                reasons.setdefault("divided_adopted", []).append(parent)
+            if drop.any():
+                ids, means, covs, mass = ids[~drop], means[~drop], covs[~drop], mass[~drop]
+            return ids, means, covs, mass
 
         used = np.zeros(peaks_um.shape[0], dtype=bool)
         if divisions and forward and peaks_um.shape[0] >= 2 and means.shape[0]:
@@ -1229,6 +1305,10 @@ threshold_method, suppress_granules, max_iter
             if not reference:
                 ids, means, covs, mass, n_split = split_unclaimed(ids, means, covs, mass, used)
                 changed |= n_split > 0
+                if divisions and forward:
+                    n_before = ids.size
+                    ids, means, covs, mass = adopt_orphans(ids, means, covs, mass)
+                    changed |= ids.size != n_before
         timings["bookkeeping"] = time.perf_counter() - tb
         if changed:
             tfit = time.perf_counter()

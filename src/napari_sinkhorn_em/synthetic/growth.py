@@ -124,12 +124,22 @@ def make_growing_embryo(
 
     order = np.argsort(-diam, kind="stable")
     pos = np.empty((n, 3))
-    pos[order] = _rsa_in_region(rng, diam[order] / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo")
+    pos[order] = _rsa_in_region(
+        rng, diam[order] / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo"
+    )
     ids = np.arange(1, n + 1)
-    bright = dict(zip(ids.tolist(), rng.uniform(1 - brightness_variation, 1 + brightness_variation, n).tolist(), strict=True))
+    bright = dict(
+        zip(
+            ids.tolist(),
+            rng.uniform(1 - brightness_variation, 1 + brightness_variation, n).tolist(),
+            strict=True,
+        )
+    )
     parents: dict[int, int] = {}
     next_id = n + 1
-    gain, bg = _embryo_field(shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons)
+    gain, bg = _embryo_field(
+        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
+    )
     images, labels_t, centres_t, ids_t, counts, means = [], [], [], [], [], []
     for t in range(int(n_frames)):
         if t > 0:

@@ -344,7 +344,9 @@ def make_embryo(
         return ((((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)) <= 1.0
 
     pos = _rsa_in_region(rng, diam / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo")
-    gain, bg = _embryo_field(shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons)
+    gain, bg = _embryo_field(
+        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
+    )
     brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
     return _regime_result(
         rng,
