@@ -71,11 +71,12 @@ def make_growing_embryo(
     :func:`~napari_sinkhorn_em.synthetic.embryo_nucleus_diameter` of ``n_start``, 7 um at
     ~30 nuclei) in an ellipsoidal embryo as :func:`~napari_sinkhorn_em.synthetic.make_embryo`
     renders it (depth attenuation, cytoplasmic glow, PSF, camera noise). Before each
-    later frame, ``division_fraction`` of the nuclei divide: two children of half the parent's volume (diameter x 2^(-1/3))
-    touching along a random axis, with new ids and ``parents[child] = parent``; then the
-    nuclei are pushed apart where they overlap, kept inside the embryo, and drift by up to
-    ``jitter_um``. With the defaults the series goes from 24 nuclei of ~7 um to ~250 of
-    ~3.5 um. A nucleus keeps its brightness (children inherit it).
+    later frame, ``division_fraction`` of the nuclei divide: two children of half the
+    parent's volume (diameter x 2^(-1/3)) touching along a random axis, with new ids and
+    ``parents[child] = parent``; then the nuclei are pushed apart where they overlap,
+    kept inside the embryo, and drift by up to ``jitter_um``. With the defaults the
+    series goes from 24 nuclei of ~7 um to 251 of ~3 um. A nucleus keeps its brightness
+    (children inherit it).
 
     Parameters
     ----------
@@ -93,7 +94,9 @@ def make_growing_embryo(
         Relative standard deviation of the frame-0 diameters.
     jitter_um : float
         Largest drift of a nucleus between frames (um).
-    attenuation, brightness_variation, psf_sigma_um, photons, background_photons, cytoplasm, read_noise, camera_offset
+    attenuation, brightness_variation, psf_sigma_um : float
+        As for :func:`~napari_sinkhorn_em.synthetic.make_embryo`.
+    photons, background_photons, cytoplasm, read_noise, camera_offset : float
         As for :func:`~napari_sinkhorn_em.synthetic.make_embryo`.
     seed : int, optional
         Generator seed.
@@ -143,7 +146,7 @@ def make_growing_embryo(
     images, labels_t, centres_t, ids_t, counts, means = [], [], [], [], [], []
     for t in range(int(n_frames)):
         if t > 0:
-            k = int(round(float(division_fraction) * ids.size))
+            k = round(float(division_fraction) * ids.size)
             split = np.sort(rng.choice(ids.size, size=k, replace=False))
             keep = np.setdiff1d(np.arange(ids.size), split)
             new_pos, new_d, new_ids = [pos[keep]], [diam[keep]], [ids[keep]]
