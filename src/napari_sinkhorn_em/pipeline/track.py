@@ -92,8 +92,8 @@ class TrackingResult:
         which track: "new", "vanished", "duplicate"), ``motion`` (phase shift, rotation
         and translation of the global estimate, residual after it, how far the fit moved
         the components), ``n_iter``, ``converged``, ``objective``, ``timings`` (s),
-        ``reference``. The reference frame also holds ``segment_nuclei``'s info
-        (``segmentation``) and the diameter used (``nucleus_diameter_um``).
+        ``reference``, ``nucleus_diameter_um`` (the frame's scale). The reference
+        frame also holds ``segment_nuclei``'s info (``segmentation``).
     """
 
     labels: np.ndarray
@@ -103,8 +103,9 @@ class TrackingResult:
 
     @property
     def nucleus_diameter_um(self) -> float:
-        """The nucleus diameter used for every frame (um): the given number, or the one
-        estimated on the reference frame when ``nucleus_diameter="auto"``."""
+        """The nucleus diameter of the reference frame (um): the given number, or the
+        one estimated on it when ``nucleus_diameter="auto"`` (each frame's own is
+        ``frames[t]["nucleus_diameter_um"]``)."""
         ref = int(self.params.get("reference_frame", 0))
         return float(self.frames[ref]["nucleus_diameter_um"])
 
@@ -591,11 +592,14 @@ def track_nuclei(
         coordinates (e.g. hand-placed or corrected points): the reference nuclei, and so
         the tracks, are then exactly these (track ``i + 1`` starts at row ``i``).
     nucleus_diameter : float or "auto"
-        Nucleus diameter in micrometres, or "auto" (default, as ``segment_nuclei``): it
-        is then estimated once, on the reference frame, and that number is used for
-        every frame (a nucleus does not change size from one frame to the next); the
-        value used is :attr:`TrackingResult.nucleus_diameter_um` (also
-        ``frames[reference_frame]["nucleus_diameter_um"]``).
+        Nucleus diameter in micrometres, used for every frame, or "auto" (default, as
+        ``segment_nuclei``): then each frame has its own, estimated on the reference
+        frame as ``segment_nuclei`` does and on every other frame within 0.5-1.5 times
+        the diameter of the frame before (an embryo's nuclei halve their volume at each
+        division), and each frame's nuclei are detected as ``segment_nuclei``'s local
+        mode detects them (each at its own scale and contrast). The reference frame's
+        value is :attr:`TrackingResult.nucleus_diameter_um`; each frame's is
+        ``frames[t]["nucleus_diameter_um"]``.
     n_nuclei, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
 threshold_method, suppress_granules, max_iter
@@ -632,14 +636,21 @@ threshold_method, suppress_granules, max_iter
         foreground within 0.4 diameters (its nucleus vanished or left the field) ends,
         and a LoG peak farther than one diameter from every moved component starts a
         track. After the fit, of two components closer than 0.6 diameters with at most
-        one peak near them, the one farther from the peak ends, and a peak farther than
-        0.8 diameters from every fitted component starts a track (then the mixture is
-        refitted).
+        one peak near them, the one farther from the peak ends; a peak farther than
+        0.8 diameters from every fitted component starts a track, and so does a peak
+        that no component claims when components and peaks are paired one-to-one (at
+        most 0.6 diameters apart), that is 0.8 diameters or more from every paired peak
+        and that the previous frame (moved with the motion estimate) had not (then the
+        mixture is refitted).
     divisions : bool
         Forward in time only: a component (moved by the rigid part of the motion) with
         two LoG peaks on opposite sides of it, each 0.25-1 diameters away and 0.8
         diameters apart, and no other component within 0.6 diameters of them, ends and
-        two children start at the peaks with ``parent_id`` = its track.
+        two children start at the peaks with ``parent_id`` = its track. After the fit,
+        an unclaimed new peak (see ``new_tracks``) on the far side of a component from
+        that component's own peak is a division too, and so are new tracks without a
+        parent that straddle an older track's previous centre (two of them, or one and
+        the older track's new centre) where the previous frame had one peak.
     weights : {"voronoi", "nuclei", "previous", "uniform"}
         Fixed mixing weights of each frame's fit: the foreground mass of each moved
         component's Voronoi cell in the new frame (default); the mass of the LoG peak's
@@ -920,11 +931,15 @@ threshold_method, suppress_granules, max_iter
             state.means[:, :ndim], peaks_um, shift, d, mode, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
-        # the previous frame's peaks, each moved as its nearest component
+        # the previous frame's peaks, each moved as its nearest component: by the whole
+        # motion estimate and by its rigid part (on a real frame tracked onto itself the
+        # non-rigid step moved two peaks' components by over 1 um)
         prev_peaks = state.peaks_um
         if prev_peaks.shape[0] and state.means.shape[0]:
             k_prev = cKDTree(state.means[:, :ndim]).query(prev_peaks, k=1)[1]
-            prev_peaks = prev_peaks + (moved - state.means[:, :ndim])[k_prev]
+            prev_peaks = np.concatenate(
+                [prev_peaks + (m - state.means[:, :ndim])[k_prev] for m in (moved, rigid)]
+            )
         X, a = feats.X, feats.sample_weight
         D = X.shape[1]
         ids = state.ids.copy()
@@ -1016,7 +1031,10 @@ threshold_method, suppress_granules, max_iter
             # of peaks under one component in both frames is a nucleus pair the
             # segmentation took as one: it stays as it is (a real head frame tracked onto
             # itself otherwise gained 23 tracks and lost 2 to false divisions)
-            had = _paired(peaks_um, prev_peaks, 0.5 * d)
+            n_prev = prev_peaks.shape[0] // 2
+            had = _paired(peaks_um, prev_peaks[:n_prev], 0.5 * d) | _paired(
+                peaks_um, prev_peaks[n_prev:], 0.5 * d
+            )
             for p, k, q in found:
                 if had[p] and (q < 0 or had[q]):
                     continue
@@ -1069,8 +1087,9 @@ threshold_method, suppress_granules, max_iter
             """Divisions seen only after the bookkeeping: new tracks without a parent
             (orphans) that straddle an older track's previous centre ``c0``, which had one
             peak of the previous frame within 0.75 diameters. Either two orphans lie on
-            opposite sides of ``c0`` (cosine < -0.3), at least 0.8 diameters apart with
-            their midpoint within 0.6 diameters of ``c0``: the older track ends (its
+            opposite sides of ``c0`` (cosine < -0.3), each at least 0.3 diameters from
+            it, at least 0.8 diameters apart with their midpoint within 0.6 diameters of
+            ``c0``: the older track ends (its
             component, left between the children, is dropped) and both orphans become its
             children; or one orphan and the older track's own new centre do: the older
             track ends there and its component continues as a child. (In a growing
@@ -1086,7 +1105,7 @@ threshold_method, suppress_granules, max_iter
             ]
             if not born or not old_k:
                 return ids, means, covs, mass
-            prev_tree = cKDTree(prev_peaks)
+            prev_tree = cKDTree(prev_peaks[: prev_peaks.shape[0] // 2])
             c0 = np.array([moved_of[int(ids[k])] for k in old_k])
             # each orphan belongs to the older track whose previous centre is nearest
             dist, j = cKDTree(c0).query(means[born, :ndim], k=1)
@@ -1096,7 +1115,8 @@ threshold_method, suppress_granules, max_iter
             def straddle(x, y, c):
                 u, v = x - c, y - c
                 return (
-                    np.linalg.norm(x - y) >= 0.8 * d
+                    min(np.linalg.norm(u), np.linalg.norm(v)) >= 0.3 * d
+                    and np.linalg.norm(x - y) >= 0.8 * d
                     and np.linalg.norm(0.5 * (x + y) - c) <= 0.6 * d
                     and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
                 )
