@@ -601,7 +601,6 @@ def preprocess(
     foreground_threshold: float | None = None,
     threshold_method: str = "otsu",
     suppress_granules: bool = True,
-    diameter_range: tuple[float, float] | None = None,
 ) -> Preprocessed:
     """Validate, subtract background, normalise and select foreground.
 
@@ -632,10 +631,6 @@ def preprocess(
         See :func:`auto_threshold`.
     suppress_granules : bool
         Remove autofluorescent granules (see :func:`granule_mask`).
-    diameter_range : (float, float), optional
-        Diameters (um) searched by the automatic estimate (default: the whole range of
-        :func:`~napari_sinkhorn_em.pipeline.scale.scale_space_blobs`); the tracker
-        searches around the previous frame's diameter.
 
     Returns
     -------
@@ -649,7 +644,7 @@ def preprocess(
         check_nucleus_diameter(given, data.shape[:-1], vs)
     info: dict = {}
     if given is None:
-        est = estimate_nucleus_diameter(_normalized_mean(data), vs, diameter_range=diameter_range)
+        est = estimate_nucleus_diameter(_normalized_mean(data), vs)
         nucleus_diameter = est.diameter_um
         info["scale_estimate"] = {
             "diameter_um": est.diameter_um,

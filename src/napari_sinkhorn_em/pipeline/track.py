@@ -89,7 +89,8 @@ class TrackingResult:
     frames : list of dict
         Per-frame fit information, in time order: ``t``, ``n_tracks``, ``new``,
         ``ended``, ``divided`` (track ids), ``reasons`` (which rule started or ended
-        which track: "new", "vanished", "duplicate"), ``motion`` (phase shift, rotation
+        which track: "new", "vanished", "duplicate", "divided_after_fit",
+        "divided_adopted"), ``motion`` (phase shift, rotation
         and translation of the global estimate, residual after it, how far the fit moved
         the components), ``n_iter``, ``converged``, ``objective``, ``timings`` (s),
         ``reference``, ``nucleus_diameter_um`` (the frame's scale). The reference
@@ -879,20 +880,14 @@ threshold_method, suppress_granules, max_iter
         # coarse signals moves the tracked components, and granule pieces under a moved
         # component are nuclei (spared); the other granules are removed as
         # segment_nuclei removes them
-        # the nucleus scale of this frame: with "auto" estimated on it, as segment_nuclei
-        # would (an embryo's nuclei halve their volume at each division: with the
-        # reference frame's scale kept, a growing embryo of 24 -> 251 nuclei was tracked
-        # with recall 0.28 in its last frame, against 0.99 segmented frame by frame)
-        frame_kw = {**pre_kw, "suppress_granules": False}
-        if auto_diameter and not reference:
-            # searched around the last frame's (nuclei divide and shrink by 2^(1/3) per
-            # division; half the scales of the whole range: 2.2 -> ~1 s per frame)
-            d_last = state.diameter or diam
-            frame_kw.update(nucleus_diameter="auto", diameter_range=(0.5 * d_last, 1.5 * d_last))
+        # each frame has its own nucleus scale with "auto" (an embryo's nuclei halve their
+        # volume at each division: with the reference frame's scale kept for every frame
+        # a growing embryo of 24 -> 251 nuclei was tracked with recall 0.28 in its last
+        # frame, against 0.99 segmented frame by frame). The preprocessing and the search
+        # use the last frame's; the frame's own comes from the blobs searched (below)
+        d = (state.diameter or diam) if auto_diameter else diam
+        frame_kw = {**pre_kw, "suppress_granules": False, "nucleus_diameter": d}
         pre = preprocess(raw, **frame_kw)
-        d = float(pre.info["nucleus_diameter_um"]) if auto_diameter and not reference else diam
-        var_d = (d / 2.0) ** 2 / 5.0
-        bounds_d = (lo_s * var_d, hi_s * var_d)
         # the motion estimate's downsampled signals keep the reference frame's cell
         small, _ = _downsample(pre.signal, vs, diam / 2.0)
         mode = "none" if reference else motion
@@ -906,9 +901,17 @@ threshold_method, suppress_granules, max_iter
             # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
             # interior nuclei of an attenuated embryo), their own foreground added; in
             # the reference frame too, so that consecutive frames' peaks compare
-            peaks, _ = adaptive.detect(pre, vs, d, [])
+            peaks, linfo = adaptive.detect(pre, vs, d, [])
+            if not reference and "blob_diameter_um" in linfo:
+                # this frame's scale: the typical diameter of the blobs searched over
+                # 0.5-2x the last frame's, as the automatic estimate takes it (nuclei
+                # that divide shrink by 2^(1/3); a separate estimate on every frame cost
+                # as much as the detection)
+                d = float(np.clip(linfo["blob_diameter_um"], 0.5 * d, 1.5 * d))
         else:
             peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=d, foreground=pre.foreground)
+        var_d = (d / 2.0) ** 2 / 5.0
+        bounds_d = (lo_s * var_d, hi_s * var_d)
         feats = voxel_features(
             pre.data,
             pre.foreground,
@@ -1089,12 +1092,11 @@ threshold_method, suppress_granules, max_iter
             peak of the previous frame within 0.75 diameters. Either two orphans lie on
             opposite sides of ``c0`` (cosine < -0.3), each at least 0.3 diameters from
             it, at least 0.8 diameters apart with their midpoint within 0.6 diameters of
-            ``c0``: the older track ends (its
-            component, left between the children, is dropped) and both orphans become its
-            children; or one orphan and the older track's own new centre do: the older
-            track ends there and its component continues as a child. (In a growing
-            embryo 36 of 474 division links were an orphan next to a continued or a
-            stranded parent track.)"""
+            ``c0``: the older track ends (its component, left between the children, is
+            dropped) and both orphans become its children; or one orphan and the older
+            track's own new centre do: the older track ends there and its component
+            continues as a child. (In a growing embryo 36 of 474 division links were an
+            orphan next to a continued or a stranded parent track.)"""
             if not prev_peaks.shape[0]:
                 return ids, means, covs, mass
             born = [k for k in range(ids.size) if int(ids[k]) in set(new) - set(parents)]
