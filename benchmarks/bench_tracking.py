@@ -21,6 +21,9 @@ Series:
   most moves ``motion_um`` per frame (translation + rotation + bend), from small to a
   whole nucleus diameter; several seeds;
 * synthetic dividing embryos (:func:`~napari_sinkhorn_em.synthetic.make_dividing_embryo`);
+* synthetic growing embryos (:func:`~napari_sinkhorn_em.synthetic.make_growing_embryo`:
+  24 -> 251 nuclei whose diameter shrinks from ~7 to ~3 um over 6 frames), with the
+  default automatic scale, matched within half the last frame's mean diameter;
 * the same heads with ``nucleus_diameter="auto"`` (the default) instead of the true
   2.7 um, at every motion;
 * dense heads: the same head crop with 150 nuclei (``DENSE_NUCLEI``; a full 195-nucleus
@@ -57,7 +60,7 @@ import numpy as np
 
 from napari_sinkhorn_em import segment_nuclei, track_nuclei
 from napari_sinkhorn_em.evaluation.tracking import link_accuracy, link_nearest
-from napari_sinkhorn_em.synthetic import make_dividing_embryo, make_moving_worm
+from napari_sinkhorn_em.synthetic import make_dividing_embryo, make_growing_embryo, make_moving_worm
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "realdata" / "targettrack"
@@ -224,6 +227,7 @@ def main(argv=None):
         "synthetic_auto": [],
         "synthetic_dense": [],
         "embryo": [],
+        "growing": [],
         "targettrack": [],
     }
     # warm the Numba kernels so no series pays the compilation
@@ -292,6 +296,23 @@ def main(argv=None):
         r.update(seed=seed)
         results["embryo"].append(r)
         print(_row(f"embryo seed {seed}", r), flush=True)
+    for seed in seeds:
+        # nuclei that shrink: 24 -> 251 nuclei of ~7 -> ~3 um over 6 frames (60 % of the
+        # nuclei divide between frames), depth attenuation 5x, the default scale
+        g = make_growing_embryo(seed=seed)
+        vs = np.asarray(g.voxel_size)
+        r = run_series(
+            g.image,
+            g.voxel_size,
+            "auto",
+            [c * vs for c in g.centres],
+            g.ids,
+            parents=g.parents,
+            truth_diameter=g.params["mean_diameter_um"][-1],
+        )
+        r.update(seed=seed, n_nuclei=g.params["n_nuclei"])
+        results["growing"].append(r)
+        print(_row(f"growing embryo seed {seed}", r), flush=True)
     if REAL.is_dir():
         # (a) the defaults (frame gt segmented from its LoG peaks); (b) started from the
         # annotated neurons of frame gt (a user who annotated / corrected the first
@@ -365,6 +386,8 @@ def summary(results):
             lines.append(_row(f"heads, motion {m} um{label} (mean of {len(rs)})", mean))
     for r in results["embryo"]:
         lines.append(_row(f"embryo seed {r['seed']}", r))
+    for r in results.get("growing", []):
+        lines.append(_row(f"growing embryo seed {r['seed']}", r))
     for r in results["targettrack"]:
         lines.append(_row(f"targettrack {r['pair']} from {r['start']}", r))
     return "\n".join(lines)

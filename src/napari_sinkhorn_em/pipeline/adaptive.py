@@ -38,6 +38,7 @@ from .contrast import (
 )
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold
+from .scale import diameter_from_blobs
 
 __all__ = [
     "cap_count",
@@ -204,7 +205,9 @@ def clean(labels: np.ndarray) -> np.ndarray:
 
 def detect(pre, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
     """Local-mode detection: blobs in :func:`search_mask` (and the small-scale pass in the
-    global foreground), then :func:`refine`."""
+    global foreground), then :func:`refine`; ``info["blob_diameter_um"]`` is the typical
+    diameter of the blobs searched."""
+    blobs: list = []
     peaks = detect_nuclei(
         pre.signal,
         vs,
@@ -212,8 +215,14 @@ def detect(pre, vs, diameter: float, notes: list) -> tuple[Peaks, dict]:
         foreground=search_mask(pre),
         local=True,
         small_foreground=pre.foreground,
+        blobs_out=blobs,
     )
-    return refine(pre, peaks, np.asarray(vs, dtype=np.float64), diameter, notes)
+    peaks, info = refine(pre, peaks, np.asarray(vs, dtype=np.float64), diameter, notes)
+    if len(blobs[0]):
+        # the typical diameter of the blobs searched (0.5-2x ``diameter``), as the
+        # automatic estimate takes it: the tracker's scale for the next frame
+        info["blob_diameter_um"] = diameter_from_blobs(blobs[0], pre.signal.ndim).diameter_um
+    return peaks, info
 
 
 def diagnostics(diameter: float, requested, local: bool, local_info: dict | None) -> dict:

@@ -247,6 +247,7 @@ def detect_nuclei(
     local: bool = False,
     min_contrast: float = 0.5,
     small_foreground: np.ndarray | None = None,
+    blobs_out: list | None = None,
 ) -> Peaks:
     """Nucleus centres from two LoG passes: the nucleus scale, then a smaller scale.
 
@@ -294,6 +295,9 @@ def detect_nuclei(
     small_foreground : numpy.ndarray of bool, optional
         Local mode only: where the small-scale pass looks (e.g. the global foreground,
         narrower than the blob search mask); None = no small-scale pass.
+    blobs_out : list, optional
+        Local mode only: the scale-space blobs searched are appended to it (for
+        :func:`~napari_sinkhorn_em.pipeline.scale.diameter_from_blobs`).
 
 
     Returns
@@ -308,7 +312,14 @@ def detect_nuclei(
     vs = np.asarray(voxel_size, dtype=np.float64)
     if local:
         return _detect_local(
-            signal, vs, nucleus_diameter, foreground, min_contrast, separation, small_foreground
+            signal,
+            vs,
+            nucleus_diameter,
+            foreground,
+            min_contrast,
+            separation,
+            small_foreground,
+            blobs_out,
         )
     primary = detect_peaks(signal, vs, nucleus_diameter=nucleus_diameter, foreground=foreground)
     small = detect_peaks(
@@ -469,7 +480,7 @@ def _add_small_scale(
 
 
 def _detect_local(
-    signal, vs, diameter, foreground, min_contrast, separation=0.55, small_fg=None
+    signal, vs, diameter, foreground, min_contrast, separation=0.55, small_fg=None, blobs_out=None
 ) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
     from .scale import scale_space_blobs
@@ -477,6 +488,8 @@ def _detect_local(
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
     blobs = scale_space_blobs(sig, vs, diameter_range=(0.5 * diameter, 2.0 * diameter))
+    if blobs_out is not None:
+        blobs_out.append(blobs)
     ok = blobs.contrast >= max(min_contrast, 1e-12)
     coords = np.round(blobs.coords[ok]).astype(np.int64)
     coords = np.clip(coords, 0, np.array(sig.shape) - 1)

@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
 
 from ..mixture import ConvergenceWarning, SinkhornEM
+from . import adaptive
 from .features import voxel_features
 from .labels import min_label_volume
 from .peaks import detect_nuclei
@@ -87,11 +89,12 @@ class TrackingResult:
     frames : list of dict
         Per-frame fit information, in time order: ``t``, ``n_tracks``, ``new``,
         ``ended``, ``divided`` (track ids), ``reasons`` (which rule started or ended
-        which track: "new", "vanished", "duplicate"), ``motion`` (phase shift, rotation
+        which track: "new", "vanished", "duplicate", "divided_after_fit",
+        "divided_adopted"), ``motion`` (phase shift, rotation
         and translation of the global estimate, residual after it, how far the fit moved
         the components), ``n_iter``, ``converged``, ``objective``, ``timings`` (s),
-        ``reference``. The reference frame also holds ``segment_nuclei``'s info
-        (``segmentation``) and the diameter used (``nucleus_diameter_um``).
+        ``reference``, ``nucleus_diameter_um`` (the frame's scale). The reference
+        frame also holds ``segment_nuclei``'s info (``segmentation``).
     """
 
     labels: np.ndarray
@@ -101,8 +104,9 @@ class TrackingResult:
 
     @property
     def nucleus_diameter_um(self) -> float:
-        """The nucleus diameter used for every frame (um): the given number, or the one
-        estimated on the reference frame when ``nucleus_diameter="auto"``."""
+        """The nucleus diameter of the reference frame (um): the given number, or the
+        one estimated on it when ``nucleus_diameter="auto"`` (each frame's own is
+        ``frames[t]["nucleus_diameter_um"]``)."""
         ref = int(self.params.get("reference_frame", 0))
         return float(self.frames[ref]["nucleus_diameter_um"])
 
@@ -130,6 +134,7 @@ class _State:
     mass: np.ndarray  # (K,) relative mass (nucleus volume share) from the last frame
     peaks_um: np.ndarray  # (P, ndim) LoG peaks of the last frame (um)
     signal: np.ndarray  # downsampled signal of the last frame (phase correlation)
+    diameter: float = 0.0  # nucleus diameter of the last frame (um)
 
 
 #: The tracker's fits stop at this fraction of ``tol`` (see :func:`track_nuclei`).
@@ -401,6 +406,52 @@ def _find_divisions(centres, peaks, diam, can_divide=None):
     return out
 
 
+def _paired(a, b, radius):
+    """Bool per row of ``a``: paired one-to-one (nearest pairs first) with a row of
+    ``b`` at most ``radius`` away."""
+    out = np.zeros(a.shape[0], dtype=bool)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return out
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
+    taken = np.zeros(b.shape[0], dtype=bool)
+    for i, j, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
+        i, j = int(i), int(j)
+        if not out[i] and not taken[j]:
+            out[i] = taken[j] = True
+    return out
+
+
+def _unclaimed_peaks(centres, peaks, diam, used):
+    """``[(peak, component, its peak), ...]`` for the peaks no component claims after a fit.
+
+    Components and peaks are paired one-to-one, nearest first, at most 0.6 diameters
+    apart. A peak left over that is at least 0.8 diameters from every paired peak is a
+    nucleus of its own; ``component`` is its nearest component and ``its peak`` the
+    peak paired with that component (-1 if none). Peaks in ``used`` are skipped.
+    """
+    K, P = centres.shape[0], peaks.shape[0]
+    if K == 0 or P == 0:
+        return []
+    pairs = cKDTree(peaks).sparse_distance_matrix(
+        cKDTree(centres), 0.6 * diam, output_type="ndarray"
+    )
+    peak_of = np.full(K, -1, dtype=np.int64)
+    taken = np.zeros(P, dtype=bool)
+    for i, k, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
+        i, k = int(i), int(k)
+        if not taken[i] and peak_of[k] < 0:
+            taken[i] = True
+            peak_of[k] = i
+    left = np.flatnonzero(~taken & ~used)
+    if left.size == 0:
+        return []
+    if taken.any():
+        far = cKDTree(peaks[taken]).query(peaks[left], k=1)[0] >= 0.8 * diam
+        left = left[far]
+    nearest = cKDTree(centres).query(peaks[left], k=1)[1]
+    return [(int(p), int(k), int(peak_of[k])) for p, k in zip(left, nearest, strict=True)]
+
+
 def _find_duplicates(centres, ids, peaks, diam):
     """Indices of components that share a nucleus with another one (see track_nuclei)."""
     pairs = cKDTree(centres).query_pairs(0.6 * diam, output_type="ndarray")
@@ -542,11 +593,14 @@ def track_nuclei(
         coordinates (e.g. hand-placed or corrected points): the reference nuclei, and so
         the tracks, are then exactly these (track ``i + 1`` starts at row ``i``).
     nucleus_diameter : float or "auto"
-        Nucleus diameter in micrometres, or "auto" (default, as ``segment_nuclei``): it
-        is then estimated once, on the reference frame, and that number is used for
-        every frame (a nucleus does not change size from one frame to the next); the
-        value used is :attr:`TrackingResult.nucleus_diameter_um` (also
-        ``frames[reference_frame]["nucleus_diameter_um"]``).
+        Nucleus diameter in micrometres, used for every frame, or "auto" (default, as
+        ``segment_nuclei``): then each frame has its own, estimated on the reference
+        frame as ``segment_nuclei`` does and on every other frame within 0.5-1.5 times
+        the diameter of the frame before (an embryo's nuclei halve their volume at each
+        division), and each frame's nuclei are detected as ``segment_nuclei``'s local
+        mode detects them (each at its own scale and contrast). The reference frame's
+        value is :attr:`TrackingResult.nucleus_diameter_um`; each frame's is
+        ``frames[t]["nucleus_diameter_um"]``.
     n_nuclei, intensity_weight, n_neighbors, foreground_threshold, \
 voxel_mass, covariance_scale, mahalanobis_radius, min_size, background_scale, \
 threshold_method, suppress_granules, max_iter
@@ -583,14 +637,21 @@ threshold_method, suppress_granules, max_iter
         foreground within 0.4 diameters (its nucleus vanished or left the field) ends,
         and a LoG peak farther than one diameter from every moved component starts a
         track. After the fit, of two components closer than 0.6 diameters with at most
-        one peak near them, the one farther from the peak ends, and a peak farther than
-        0.8 diameters from every fitted component starts a track (then the mixture is
-        refitted).
+        one peak near them, the one farther from the peak ends; a peak farther than
+        0.8 diameters from every fitted component starts a track, and so does a peak
+        that no component claims when components and peaks are paired one-to-one (at
+        most 0.6 diameters apart), that is 0.8 diameters or more from every paired peak
+        and that the previous frame (moved with the motion estimate) had not (then the
+        mixture is refitted).
     divisions : bool
         Forward in time only: a component (moved by the rigid part of the motion) with
         two LoG peaks on opposite sides of it, each 0.25-1 diameters away and 0.8
         diameters apart, and no other component within 0.6 diameters of them, ends and
-        two children start at the peaks with ``parent_id`` = its track.
+        two children start at the peaks with ``parent_id`` = its track. After the fit,
+        an unclaimed new peak (see ``new_tracks``) on the far side of a component from
+        that component's own peak is a division too, and so are new tracks without a
+        parent that straddle an older track's previous centre (two of them, or one and
+        the older track's new centre) where the previous frame had one peak.
     weights : {"voronoi", "nuclei", "previous", "uniform"}
         Fixed mixing weights of each frame's fit: the foreground mass of each moved
         component's Voronoi cell in the new frame (default); the mass of the LoG peak's
@@ -819,15 +880,38 @@ threshold_method, suppress_granules, max_iter
         # coarse signals moves the tracked components, and granule pieces under a moved
         # component are nuclei (spared); the other granules are removed as
         # segment_nuclei removes them
-        pre = preprocess(raw, **{**pre_kw, "suppress_granules": False})
+        # each frame has its own nucleus scale with "auto" (an embryo's nuclei halve their
+        # volume at each division: with the reference frame's scale kept for every frame
+        # a growing embryo of 24 -> 251 nuclei was tracked with recall 0.28 in its last
+        # frame, against 0.99 segmented frame by frame). The preprocessing and the search
+        # use the last frame's; the frame's own comes from the blobs searched (below)
+        d = (state.diameter or diam) if auto_diameter else diam
+        frame_kw = {**pre_kw, "suppress_granules": False, "nucleus_diameter": d}
+        pre = preprocess(raw, **frame_kw)
+        # the motion estimate's downsampled signals keep the reference frame's cell
         small, _ = _downsample(pre.signal, vs, diam / 2.0)
         mode = "none" if reference else motion
         shift = _phase_shift(state.signal, small, cell_um) if mode != "none" else np.zeros(ndim)
         n_spared = 0
         if suppress_granules:
             n_spared = _suppress_granules(
-                pre, pre_kw, state.means[:, :ndim] + shift, diam, 0.5 * diam
+                pre, {**pre_kw, "nucleus_diameter": d}, state.means[:, :ndim] + shift, d, 0.5 * d
             )
+        if auto_diameter:
+            # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
+            # interior nuclei of an attenuated embryo), their own foreground added; in
+            # the reference frame too, so that consecutive frames' peaks compare
+            peaks, linfo = adaptive.detect(pre, vs, d, [])
+            if not reference and "blob_diameter_um" in linfo:
+                # this frame's scale: the typical diameter of the blobs searched over
+                # 0.5-2x the last frame's, as the automatic estimate takes it (nuclei
+                # that divide shrink by 2^(1/3); a separate estimate on every frame cost
+                # as much as the detection)
+                d = float(np.clip(linfo["blob_diameter_um"], 0.5 * d, 1.5 * d))
+        else:
+            peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=d, foreground=pre.foreground)
+        var_d = (d / 2.0) ** 2 / 5.0
+        bounds_d = (lo_s * var_d, hi_s * var_d)
         feats = voxel_features(
             pre.data,
             pre.foreground,
@@ -836,7 +920,6 @@ threshold_method, suppress_granules, max_iter
             mass=voxel_mass,
             signal=pre.signal,
         )
-        peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=diam, foreground=pre.foreground)
         shape = pre.foreground.shape
         pre.data = pre.granules = None
         peaks_um = peaks.coords * vs
@@ -848,32 +931,43 @@ threshold_method, suppress_granules, max_iter
         # segmentation becomes a mixture of this function's own kind (weights, fitted
         # voxels, new and ended tracks), so that the next frames continue the same model
         moved, R, minfo, rigid = _estimate_motion(
-            state.means[:, :ndim], peaks_um, shift, diam, mode, max_motion_um
+            state.means[:, :ndim], peaks_um, shift, d, mode, max_motion_um
         )
         timings["motion"] = time.perf_counter() - tm
+        # the previous frame's peaks, each moved as its nearest component: by the whole
+        # motion estimate and by its rigid part (on a real frame tracked onto itself the
+        # non-rigid step moved two peaks' components by over 1 um)
+        prev_peaks = state.peaks_um
+        if prev_peaks.shape[0] and state.means.shape[0]:
+            k_prev = cKDTree(state.means[:, :ndim]).query(prev_peaks, k=1)[1]
+            prev_peaks = np.concatenate(
+                [prev_peaks + (m - state.means[:, :ndim])[k_prev] for m in (moved, rigid)]
+            )
         X, a = feats.X, feats.sample_weight
         D = X.shape[1]
         ids = state.ids.copy()
         means = state.means.copy()
         means[:, :ndim] = moved
+        moved_of = dict(zip(ids.tolist(), moved, strict=True))
         # position covariances turn with the head; the intensity block restarts from the
         # nominal spread of this frame, which is normalised on its own (carrying the
         # previous block over kept the same links on moving heads: 0.939 vs 0.933)
-        covs = np.repeat(_nominal_cov(D, ndim, var_nominal, X)[None], ids.size, axis=0)
+        covs = np.repeat(_nominal_cov(D, ndim, var_d, X)[None], ids.size, axis=0)
         covs[:, :ndim, :ndim] = R @ state.covs[:, :ndim, :ndim] @ R.T
         mass = state.mass.copy()
         if state.peaks_um.shape[0]:
             gap = cKDTree(state.peaks_um).query(state.means[:, :ndim], k=1)[0]
-            single = gap < 0.35 * diam
+            single = gap < 0.35 * d
         else:
             single = np.zeros(ids.size, dtype=bool)
+        single_ids = set(ids[single].tolist())
         ended: list[int] = []
         new: list[int] = []
         divided: list[int] = []
         reasons: dict[str, list] = {}
         # components whose nucleus has left the field (centre outside the stack)
         extent = (np.asarray(shape) - 0.5) * vs
-        inside = np.all((moved >= -0.5 * vs - 0.25 * diam) & (moved <= extent + 0.25 * diam), 1)
+        inside = np.all((moved >= -0.5 * vs - 0.25 * d) & (moved <= extent + 0.25 * d), 1)
         if new_tracks and not inside.all():
             ended += ids[~inside].tolist()
             ids, means, covs, mass = ids[inside], means[inside], covs[inside], mass[inside]
@@ -881,7 +975,7 @@ threshold_method, suppress_granules, max_iter
             single = single[inside]
         tree_vox = cKDTree(feats.positions)
         n_iter_total = 0
-        nominal = _nominal_cov(D, ndim, var_nominal, X)
+        nominal = _nominal_cov(D, ndim, var_d, X)
 
         def far_peaks(means, covs, threshold, used):
             """Peaks (strongest first) farther than ``threshold`` from every component and
@@ -922,6 +1016,152 @@ threshold_method, suppress_granules, max_iter
                 np.concatenate([mass, np.full(len(chosen), med)]),
             )
 
+        def split_unclaimed(ids, means, covs, mass, used):
+            """New tracks at the unclaimed peaks (:func:`_unclaimed_peaks`); one on the
+            far side of an older component from that component's own peak (cosine < -0.3)
+            is a division when ``divisions`` is on and the frame is tracked forward: the
+            component ends, two children start at the two peaks. As for the divisions
+            before the fit, only a component that sat on a single peak in the previous
+            frame divides (one that covered two nuclei there is under-segmented)."""
+            found = _unclaimed_peaks(means[:, :ndim], peaks_um, d, used)
+            if not found:
+                return ids, means, covs, mass, 0
+            fresh = set(new)
+            keep = np.ones(ids.size, dtype=bool)
+            add_means, add_mass, add_ids, plain = [], [], [], []
+            # only where this frame has a peak that the previous one (moved with the
+            # motion estimate) had not: one nucleus became two, or a nucleus came. A pair
+            # of peaks under one component in both frames is a nucleus pair the
+            # segmentation took as one: it stays as it is (a real head frame tracked onto
+            # itself otherwise gained 23 tracks and lost 2 to false divisions)
+            n_prev = prev_peaks.shape[0] // 2
+            had = _paired(peaks_um, prev_peaks[:n_prev], 0.5 * d) | _paired(
+                peaks_um, prev_peaks[n_prev:], 0.5 * d
+            )
+            for p, k, q in found:
+                if had[p] and (q < 0 or had[q]):
+                    continue
+                c = means[k, :ndim]
+                u, v = peaks_um[p] - c, peaks_um[q] - c if q >= 0 else None
+                straddle = (
+                    divisions
+                    and forward
+                    and q >= 0
+                    and keep[k]
+                    and int(ids[k]) not in fresh
+                    and int(ids[k]) in single_ids
+                    and int(ids[k]) not in given_set
+                    and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
+                )
+                if not straddle:
+                    if not had[p]:
+                        plain.append(p)
+                    continue
+                keep[k] = False
+                parent = int(ids[k])
+                divided.append(parent)
+                ended.append(parent)
+                for pk in (q, p):
+                    used[pk] = True
+                    mu = means[k].copy()
+                    mu[:ndim] = peaks_um[pk]
+                    add_means.append(mu)
+                    add_mass.append(mass[k] / 2.0)
+                    cid = next_id[0]
+                    next_id[0] += 1
+                    parents[cid] = parent
+                    add_ids.append(cid)
+                    new.append(cid)
+            n = len(add_ids) + len(plain)
+            if add_ids:
+                reasons.setdefault("divided_after_fit", []).extend(
+                    [parents[c] for c in add_ids[::2]]
+                )
+                ids = np.concatenate([ids[keep], add_ids])
+                means = np.concatenate([means[keep], np.asarray(add_means)])
+                covs = np.concatenate([covs[keep], np.repeat(nominal[None], len(add_ids), 0)])
+                mass = np.concatenate([mass[keep], add_mass])
+            if plain:
+                used[plain] = True
+                ids, means, covs, mass = add_tracks(plain, ids, means, covs, mass)
+            return ids, means, covs, mass, n
+
+        def adopt_orphans(ids, means, covs, mass):
+            """Divisions seen only after the bookkeeping: new tracks without a parent
+            (orphans) that straddle an older track's previous centre ``c0``, which had one
+            peak of the previous frame within 0.75 diameters. Either two orphans lie on
+            opposite sides of ``c0`` (cosine < -0.3), each at least 0.3 diameters from
+            it, at least 0.8 diameters apart with their midpoint within 0.6 diameters of
+            ``c0``: the older track ends (its component, left between the children, is
+            dropped) and both orphans become its children; or one orphan and the older
+            track's own new centre do: the older track ends there and its component
+            continues as a child. (In a growing embryo 36 of 474 division links were an
+            orphan next to a continued or a stranded parent track.)"""
+            if not prev_peaks.shape[0]:
+                return ids, means, covs, mass
+            born = [k for k in range(ids.size) if int(ids[k]) in set(new) - set(parents)]
+            old_k = [
+                k
+                for k in range(ids.size)
+                if int(ids[k]) in moved_of and int(ids[k]) not in given_set
+            ]
+            if not born or not old_k:
+                return ids, means, covs, mass
+            prev_tree = cKDTree(prev_peaks[: prev_peaks.shape[0] // 2])
+            c0 = np.array([moved_of[int(ids[k])] for k in old_k])
+            # each orphan belongs to the older track whose previous centre is nearest
+            dist, j = cKDTree(c0).query(means[born, :ndim], k=1)
+            ids = ids.copy()
+            drop = np.zeros(ids.size, dtype=bool)
+
+            def straddle(x, y, c):
+                u, v = x - c, y - c
+                return (
+                    min(np.linalg.norm(u), np.linalg.norm(v)) >= 0.3 * d
+                    and np.linalg.norm(x - y) >= 0.8 * d
+                    and np.linalg.norm(0.5 * (x + y) - c) <= 0.6 * d
+                    and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
+                )
+
+            for jj in np.unique(j[dist <= 1.5 * d]):
+                k = old_k[int(jj)]
+                if len(prev_tree.query_ball_point(c0[jj], 0.75 * d)) != 1:
+                    continue
+                mine = [born[i] for i in np.flatnonzero((j == jj) & (dist <= 1.5 * d))]
+                parent = int(ids[k])
+                pair = next(
+                    (
+                        (n1, n2)
+                        for ii, n1 in enumerate(mine)
+                        for n2 in mine[ii + 1 :]
+                        if straddle(means[n1, :ndim], means[n2, :ndim], c0[jj])
+                    ),
+                    None,
+                )
+                if pair is not None:
+                    drop[k] = True
+                    kids = [int(ids[n]) for n in pair]
+                else:
+                    n = next(
+                        (n for n in mine if straddle(means[n, :ndim], means[k, :ndim], c0[jj])),
+                        None,
+                    )
+                    if n is None:
+                        continue
+                    cid = next_id[0]
+                    next_id[0] += 1
+                    ids[k] = cid
+                    new.append(cid)
+                    kids = [cid, int(ids[n])]
+                for c in kids:
+                    parents[c] = parent
+                divided.append(parent)
+                ended.append(parent)
+                reasons.setdefault("divided_adopted", []).append(parent)
+            if drop.any():
+                ids, means, covs, mass = ids[~drop], means[~drop], covs[~drop], mass[~drop]
+            return ids, means, covs, mass
+
         used = np.zeros(peaks_um.shape[0], dtype=bool)
         if divisions and forward and peaks_um.shape[0] >= 2 and means.shape[0]:
             # a moved component with a peak on either side of it (each 0.25-1 diameters
@@ -932,7 +1172,7 @@ threshold_method, suppress_granules, max_iter
             # only a component that sat on a single peak in the previous frame: one that
             # covered two nuclei there (under-segmented) is not a division (measured: 3
             # false divisions on a real frame tracked onto itself without this)
-            split = _find_divisions(rigid, peaks_um, diam, single)
+            split = _find_divisions(rigid, peaks_um, d, single)
             if split:
                 keep = np.ones(means.shape[0], dtype=bool)
                 add_means, add_mass, add_ids = [], [], []
@@ -964,7 +1204,7 @@ threshold_method, suppress_granules, max_iter
             # (at least 0.6 voxels: with 1.5 um planes and 2 um nuclei a ball of 0.4
             # diameters can fall between two planes -- 3 of 101 real nuclei "vanished"
             # from a frame tracked onto itself)
-            r_core = max(0.4 * diam, 0.6 * float(vs.max()))
+            r_core = max(0.4 * d, 0.6 * float(vs.max()))
             ball = (4.0 / 3.0 * np.pi * r_core**3) if ndim == 3 else np.pi * r_core**2
             n_ball = ball / float(np.prod(vs))
             # ... at the non-rigid and at the rigid estimate (on a real frame tracked
@@ -983,7 +1223,7 @@ threshold_method, suppress_granules, max_iter
             # before the fit: nuclei that no moved component is near (entering the field,
             # or missed so far) get their own component, so that their mass is not forced
             # onto the neighbours
-            chosen = far_peaks(means, covs, 1.0 * diam, used)
+            chosen = far_peaks(means, covs, 1.0 * d, used)
             if chosen:
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
 
@@ -997,7 +1237,7 @@ threshold_method, suppress_granules, max_iter
             # peaks above) or no nucleus; with fixed weights some component would have to
             # take its mass.
             dist, near = cKDTree(means[:, :ndim]).query(feats.positions, k=1)
-            sel = dist <= fit_radius
+            sel = dist <= 1.0 * d
             if np.count_nonzero(sel) < K:
                 sel[:] = True
             a_s = a[sel] / a[sel].sum()
@@ -1010,7 +1250,7 @@ threshold_method, suppress_granules, max_iter
                 m_pos = means[:, :ndim]
                 if peaks_um.shape[0]:
                     dpk = cKDTree(peaks_um).query(m_pos, k=1)[0]
-                    ref = np.concatenate([peaks_um, m_pos[dpk > 0.5 * diam]])
+                    ref = np.concatenate([peaks_um, m_pos[dpk > 0.5 * d]])
                 else:
                     ref = m_pos
                 rtree = cKDTree(ref)
@@ -1026,7 +1266,7 @@ threshold_method, suppress_granules, max_iter
                 method=method,
                 weights=alpha,
                 covariance_type="full",
-                covariance_bounds=bounds,
+                covariance_bounds=bounds_d,
                 tol=REFIT_TOL_FACTOR * tol,
                 max_iter=iters,
                 init=means,
@@ -1045,7 +1285,13 @@ threshold_method, suppress_granules, max_iter
             return model, comp
 
         tfit = time.perf_counter()
-        model, comp = fit(means, covs, mass, int(max_iter))
+        # at most REFIT_MAX_ITER iterations before the bookkeeping, finished after it if
+        # nothing changed: where nuclei divided the components spread over two children
+        # until the bookkeeping splits them (growing embryo: 70-100 iterations of the
+        # first fit, to convergence, in the frames of 150-250 nuclei; the heads converge
+        # in 10-22)
+        first_iters = min(int(max_iter), REFIT_MAX_ITER)
+        model, comp = fit(means, covs, mass, first_iters)
         n_iter_total += 0 if model is None else model.n_iter_
         for _ in range(int(weight_refits)):
             if model is None:
@@ -1062,14 +1308,14 @@ threshold_method, suppress_granules, max_iter
             minfo["fit_shift_um"] = {
                 "median": float(np.median(shift_fit)),
                 "max": float(shift_fit.max()),
-                "over_half_diameter": ids[shift_fit > 0.5 * diam].tolist(),
+                "over_half_diameter": ids[shift_fit > 0.5 * d].tolist(),
             }
             means, covs = model.means_.copy(), model.covariances_.copy()
         if new_tracks and means.shape[0] > 1:
             # two components on one nucleus (a nucleus that disappeared leaves its
             # component on a neighbour's): closer than 0.6 diameters with at most one
             # peak near them -> the one farther from that peak (or the younger) ends
-            drop = _find_duplicates(means[:, :ndim], ids, peaks_um, diam)
+            drop = _find_duplicates(means[:, :ndim], ids, peaks_um, d)
             if reference:  # two given centres close together are two nuclei there
                 drop = [k for k in drop if ids[k] not in given_set]
             if drop:
@@ -1080,10 +1326,22 @@ threshold_method, suppress_granules, max_iter
                 reasons["duplicate"] = ids[~keep].tolist()
                 ids, means, covs, mass = ids[keep], means[keep], covs[keep], mass[keep]
         if new_tracks:
-            chosen = far_peaks(means, covs, 0.8 * diam, used)
+            chosen = far_peaks(means, covs, 0.8 * d, used)
             if chosen:
                 changed = True
+                used[chosen] = True
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
+            # peaks that no component claims one-to-one although one is near (a fitted
+            # component spread over two nuclei: in a growing embryo, where most nuclei
+            # divide between frames, the second child of a division ended up here); not
+            # in the reference frame, whose nuclei are its segmentation's
+            if not reference:
+                ids, means, covs, mass, n_split = split_unclaimed(ids, means, covs, mass, used)
+                changed |= n_split > 0
+                if divisions and forward:
+                    n_before = ids.size
+                    ids, means, covs, mass = adopt_orphans(ids, means, covs, mass)
+                    changed |= ids.size != n_before
         timings["bookkeeping"] = time.perf_counter() - tb
         if changed:
             tfit = time.perf_counter()
@@ -1094,10 +1352,16 @@ threshold_method, suppress_granules, max_iter
             if model is not None:
                 means, covs = model.means_.copy(), model.covariances_.copy()
             timings["refit"] = time.perf_counter() - tfit
+        elif model is not None and not model.converged_ and int(max_iter) > first_iters:
+            tfit = time.perf_counter()
+            model, comp = fit(means, covs, mass, int(max_iter) - first_iters)
+            n_iter_total += model.n_iter_
+            means, covs = model.means_.copy(), model.covariances_.copy()
+            timings["fit"] += time.perf_counter() - tfit
 
         # ---- labels and table rows
         tl = time.perf_counter()
-        min_vol = min_label_volume(diam, ndim, min_size)
+        min_vol = min_label_volume(d, ndim, min_size)
         min_vox = max(1, int(np.ceil(min_vol / float(np.prod(vs)))))
         if means.shape[0]:
             labels, counts = _label_frame(
@@ -1141,6 +1405,7 @@ threshold_method, suppress_granules, max_iter
             "foreground_threshold": float(pre.threshold),
             "timings": timings,
             "reference": reference,
+            "nucleus_diameter_um": d,
         }
         if reference:
             frame_info[t]["segmentation"] = seg.info
@@ -1149,15 +1414,20 @@ threshold_method, suppress_granules, max_iter
             frame_info[t]["new"] = [int(i) for i in ids]
         done[0] += 1
         report("frame", done[0])
-        return _State(ids, means, covs, new_mass, peaks_um, small)
+        return _State(ids, means, covs, new_mass, peaks_um, small, d)
 
-    state0 = step(ref, state0, forward=False, reference=True)
-    state = state0
-    for t in range(ref + 1, T):
-        state = step(t, state, forward=True)
-    state = state0
-    for t in range(ref - 1, -1, -1):
-        state = step(t, state, forward=False)
+    # BLAS on one thread: the per-frame linear algebra is small (CPD's K x K solves,
+    # 3 x 3 inverses) and OpenBLAS's worker threads made it 10-100x slower on a busy
+    # machine (a 154 x 154 solve: 19 ms against 0.25 ms; the growing embryo's last frame
+    # spent 4 s in its motion estimate). The mixture kernels use Numba's own threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        state0 = step(ref, state0, forward=False, reference=True)
+        state = state0
+        for t in range(ref + 1, T):
+            state = step(t, state, forward=True)
+        state = state0
+        for t in range(ref - 1, -1, -1):
+            state = step(t, state, forward=False)
 
     tracks = pd.concat(rows, ignore_index=True)
     tracks = tracks.sort_values(["track_id", "t"], kind="stable").reset_index(drop=True)
@@ -1296,7 +1566,9 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     kw = {k: v for k, v in call.items() if k not in ("stack", "progress")}
     # the user's given centres (tracks 1..n, first in the reference rows) stay protected
     n_user = 0 if isinstance(call["init"], str) else len(np.asarray(call["init"]))
-    kw.update(init=init, backfill=False, nucleus_diameter=diam)
+    # the caller's nucleus_diameter: with "auto" every frame keeps its own scale (the
+    # reference frame's estimate is the same number again)
+    kw.update(init=init, backfill=False)
     token = _PROTECTED.set(n_user)
     try:
         again = track_nuclei(

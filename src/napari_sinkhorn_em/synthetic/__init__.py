@@ -8,12 +8,12 @@ alike in every channel), an uneven background, an anisotropic Gaussian PSF (z bl
 larger than xy) and Poisson + Gaussian camera noise. It returns the image together
 with the true centres, label image, diameters and colours.
 
-Also: :func:`make_moving_worm` / :func:`make_dividing_embryo` (time-lapses with identity
-truth), :func:`make_whole_brain`, :func:`make_embryo`, :func:`make_nuclei_field_2d` (other
-acquisition regimes) and the writers of sample images and batches of worms. Modules:
-``worm`` (the head), ``timelapse``, ``regimes``, ``files``; ``_geometry`` (anatomy and
-nucleus placement) and ``_render`` (colours, rasterisation, granules, background, noise)
-are shared.
+Also: :func:`make_moving_worm` / :func:`make_dividing_embryo` / :func:`make_growing_embryo`
+(time-lapses with identity truth), :func:`make_whole_brain`, :func:`make_embryo`,
+:func:`make_nuclei_field_2d` (other acquisition regimes) and the writers of sample images
+and batches of worms. Modules: ``worm`` (the head), ``timelapse``, ``growth``,
+``regimes``, ``files``; ``_geometry`` (anatomy and nucleus placement) and ``_render``
+(colours, rasterisation, granules, background, noise) are shared.
 
 Everything is deterministic given ``seed``. No napari or Qt import.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from ._render import CHANNEL_NAMES
 from .files import write_sample_images, write_synthetic_worms
+from .growth import make_growing_embryo
 from .regimes import embryo_nucleus_diameter, make_embryo, make_nuclei_field_2d, make_whole_brain
 from .timelapse import SyntheticTimeLapse, make_dividing_embryo, make_moving_worm
 from .worm import SyntheticWorm, make_worm
@@ -36,6 +37,7 @@ __all__ = [
     "embryo_nucleus_diameter",
     "make_dividing_embryo",
     "make_embryo",
+    "make_growing_embryo",
     "make_moving_worm",
     "make_nuclei_field_2d",
     "make_whole_brain",

@@ -252,6 +252,23 @@ def embryo_nucleus_diameter(n_nuclei: int) -> float:
     return float(np.clip(7.0 * (max(int(n_nuclei), 1) / 29.0) ** -k, 2.5, 7.0))
 
 
+def _embryo_field(shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons):
+    """Depth attenuation ``gain`` (``attenuation ** -(1 - rho)`` at ellipsoidal radius
+    ``rho`` of an embryo centred in the stack) and the background in photons (the
+    attenuated cytoplasmic glow, smoothed over 1 um, plus ``background_photons``), both
+    float32 of ``shape``."""
+    mid = np.asarray(shape) * vsz / 2.0
+    q = [(np.arange(s) + 0.5) * v - m for s, v, m in zip(shape, vsz, mid, strict=True)]
+    zz, yy, xx = np.meshgrid(*q, indexing="ij", sparse=True)
+    rho = np.sqrt((zz / semi_e[0]) ** 2 + (yy / semi_e[1]) ** 2 + (xx / semi_e[2]) ** 2)
+    gain = (float(attenuation) ** -(1.0 - np.clip(rho, 0.0, 1.0))).astype(np.float32)
+    embryo = (rho <= 1.0).astype(np.float32)
+    bg = background_photons + ndimage.gaussian_filter(
+        cytoplasm * photons * embryo * gain, 1.0 / vsz, mode="nearest"
+    )
+    return gain, bg.astype(np.float32)
+
+
 def make_embryo(
     *,
     n_nuclei: int = 100,
@@ -327,13 +344,8 @@ def make_embryo(
         return ((((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)) <= 1.0
 
     pos = _rsa_in_region(rng, diam / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo")
-    q = [(np.arange(s) + 0.5) * v - m for s, v, m in zip(shape, vsz, mid, strict=True)]
-    zz, yy, xx = np.meshgrid(*q, indexing="ij", sparse=True)
-    rho = np.sqrt((zz / semi_e[0]) ** 2 + (yy / semi_e[1]) ** 2 + (xx / semi_e[2]) ** 2)
-    gain = (float(attenuation) ** -(1.0 - np.clip(rho, 0.0, 1.0))).astype(np.float32)
-    embryo = (rho <= 1.0).astype(np.float32)
-    bg = background_photons + ndimage.gaussian_filter(
-        cytoplasm * photons * embryo * gain, 1.0 / vsz, mode="nearest"
+    gain, bg = _embryo_field(
+        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
     )
     brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
     return _regime_result(
@@ -345,7 +357,7 @@ def make_embryo(
         elongation=0.12,
         brightness=brightness,
         gain=gain,
-        background=bg.astype(np.float32),
+        background=bg,
         psf_sigma_um=psf_sigma_um,
         photons=photons,
         read_noise=read_noise,
