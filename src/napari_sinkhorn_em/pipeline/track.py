@@ -1016,6 +1016,25 @@ threshold_method, suppress_granules, max_iter
                 np.concatenate([mass, np.full(len(chosen), med)]),
             )
 
+        def divide(k, pks, ids, means, mass, add):
+            """Component ``k``'s nucleus divided: its track ends and a child starts at
+            each peak of ``pks`` with half its mass; appended to ``add`` = (means, mass,
+            ids) lists."""
+            parent = int(ids[k])
+            divided.append(parent)
+            ended.append(parent)
+            for pk in pks:
+                used[pk] = True
+                mu = means[k].copy()
+                mu[:ndim] = peaks_um[pk]
+                cid = next_id[0]
+                next_id[0] += 1
+                parents[cid] = parent
+                new.append(cid)
+                add[0].append(mu)
+                add[1].append(mass[k] / 2.0)
+                add[2].append(cid)
+
         def split_unclaimed(ids, means, covs, mass, used):
             """New tracks at the unclaimed peaks (:func:`_unclaimed_peaks`); one on the
             far side of an older component from that component's own peak (cosine < -0.3)
@@ -1058,20 +1077,7 @@ threshold_method, suppress_granules, max_iter
                         plain.append(p)
                     continue
                 keep[k] = False
-                parent = int(ids[k])
-                divided.append(parent)
-                ended.append(parent)
-                for pk in (q, p):
-                    used[pk] = True
-                    mu = means[k].copy()
-                    mu[:ndim] = peaks_um[pk]
-                    add_means.append(mu)
-                    add_mass.append(mass[k] / 2.0)
-                    cid = next_id[0]
-                    next_id[0] += 1
-                    parents[cid] = parent
-                    add_ids.append(cid)
-                    new.append(cid)
+                divide(k, (q, p), ids, means, mass, (add_means, add_mass, add_ids))
             n = len(add_ids) + len(plain)
             if add_ids:
                 reasons.setdefault("divided_after_fit", []).extend(
@@ -1176,22 +1182,9 @@ threshold_method, suppress_granules, max_iter
             if split:
                 keep = np.ones(means.shape[0], dtype=bool)
                 add_means, add_mass, add_ids = [], [], []
-                for k, (p1, p2) in split:
+                for k, pair in split:
                     keep[k] = False
-                    parent = int(ids[k])
-                    divided.append(parent)
-                    ended.append(parent)
-                    for p in (p1, p2):
-                        used[p] = True
-                        mu = means[k].copy()
-                        mu[:ndim] = peaks_um[p]
-                        add_means.append(mu)
-                        add_mass.append(mass[k] / 2.0)
-                        cid = next_id[0]
-                        next_id[0] += 1
-                        parents[cid] = parent
-                        add_ids.append(cid)
-                        new.append(cid)
+                    divide(k, pair, ids, means, mass, (add_means, add_mass, add_ids))
                 ids = np.concatenate([ids[keep], add_ids])
                 means = np.concatenate([means[keep], np.asarray(add_means)])
                 rigid = np.concatenate([rigid[keep], np.asarray(add_means)[:, :ndim]])
