@@ -527,7 +527,8 @@ class _Recorder:
             "n_failed": 0,
             "n_skipped": len(self.report.skipped),
         }
-        self.log.save()
+        with deferred():  # run.json is never left half-swapped by a signal
+            self.log.save()
         if self.report.skipped:
             logger.info(
                 "skipping %d input(s) with complete, up-to-date outputs (--overwrite redoes them)",
