@@ -1073,8 +1073,12 @@ threshold_method, suppress_granules, max_iter
                     and u @ v < -0.3 * np.linalg.norm(u) * np.linalg.norm(v)
                 )
                 if not straddle:
-                    if not had[p]:
-                        plain.append(p)
+                    # the pair (p, q) has fewer counterparts in the previous frame
+                    # than it has peaks now (tested above): p is the new one, or q is
+                    # and p took its counterpart (a child next to its parent's old
+                    # peak: 12 of 19 unclaimed peaks of the growing embryo's last frame
+                    # were skipped when p's own counterpart was asked for)
+                    plain.append(p)
                     continue
                 keep[k] = False
                 divide(k, (q, p), ids, means, mass, (add_means, add_mass, add_ids))
