@@ -11,7 +11,11 @@ napari = pytest.importorskip("napari")
 
 from napari_sinkhorn_em import track_nuclei  # noqa: E402
 from napari_sinkhorn_em._napari._reader import read_tiff  # noqa: E402
-from napari_sinkhorn_em._napari.timelapse import FrameProgress, time_axis_of  # noqa: E402
+from napari_sinkhorn_em._napari.timelapse import (  # noqa: E402
+    FrameProgress,
+    refine_from_frame,
+    time_axis_of,
+)
 from napari_sinkhorn_em.io import read_image, write_image  # noqa: E402
 from napari_sinkhorn_em.synthetic import make_moving_worm  # noqa: E402
 
@@ -146,6 +150,11 @@ def test_refine_a_frame_and_re_track_forward(viewer_widget, qtbot, direct, tmp_p
     keep = [int(i) for i in ids[t == 1] if i != gone]
     points_layer.selected_data = {int(np.flatnonzero((t == 1) & (ids == gone))[0])}
     points_layer.remove_selected()
+    # "auto" is passed on as "auto": each re-tracked frame gets its own scale
+    state = widget._track_state
+    _, kw, _ = refine_from_frame(state.inp, state.points_layer, 1, {"nucleus_diameter": "auto"})
+    assert kw["nucleus_diameter"] == "auto" and kw["reference_frame"] == 0
+    assert len(kw["init"]) == len(keep)
     widget.refine()
     assert widget.is_running
     _wait(qtbot, widget)

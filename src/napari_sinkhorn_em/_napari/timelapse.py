@@ -422,7 +422,6 @@ def splice_tracking(
 
 
 def refine_from_frame(
-    old: TrackingResult,
     inp: TimeLapseInput,
     points: Points,
     t: int,
@@ -435,8 +434,9 @@ def refine_from_frame(
     image : callable
         Frames ``t..`` of the input.
     kwargs : dict
-        ``track_nuclei`` keyword arguments: the given ones, ``reference_frame=0`` (frame
-        ``t`` of the input), ``init`` = the centres, the diameter the run used.
+        ``track_nuclei`` keyword arguments: the given ones (``nucleus_diameter`` as
+        given, "auto" included), ``reference_frame=0`` (frame ``t`` of the input),
+        ``init`` = the centres.
     point_ids : numpy.ndarray
         Track id of each centre (0 = added by the user), for :func:`splice_tracking`.
     """
@@ -445,8 +445,8 @@ def refine_from_frame(
     centres, ids = frame_points(points, inp, int(t))
     if len(centres) == 0:
         raise ValueError(f"no centre points in frame {t}; add at least one")
+    # "auto" stays "auto": every frame from t on gets its own scale, as in the run being
+    # refined (a number here would hold one scale for all of them, wrong for an embryo
+    # whose nuclei divide and shrink)
     kw = {**kwargs, "init": centres, "reference_frame": 0, "n_nuclei": len(centres)}
-    ref = old.frames[old.params.get("reference_frame", 0)]
-    if kw.get("nucleus_diameter") in (None, "auto") and ref.get("nucleus_diameter_um"):
-        kw["nucleus_diameter"] = float(ref["nucleus_diameter_um"])
     return inp.frame(int(t)), kw, ids

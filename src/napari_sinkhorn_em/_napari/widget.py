@@ -454,9 +454,7 @@ class SinkhornEMWidget(QWidget):
             if t is None:
                 t = self.current_frame()
             kwargs = {**tracking_kwargs(self.form.values())}
-            image, kw, ids = refine_from_frame(
-                state.result, state.inp, state.points_layer, t, kwargs
-            )
+            image, kw, ids = refine_from_frame(state.inp, state.points_layer, t, kwargs)
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return
