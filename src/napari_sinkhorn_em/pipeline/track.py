@@ -640,9 +640,9 @@ threshold_method, suppress_granules, max_iter
         one peak near them, the one farther from the peak ends; a peak farther than
         0.8 diameters from every fitted component starts a track, and so does a peak
         that no component claims when components and peaks are paired one-to-one (at
-        most 0.6 diameters apart), that is 0.8 diameters or more from every paired peak
-        and that the previous frame (moved with the motion estimate) had not (then the
-        mixture is refitted).
+        most 0.6 diameters apart), that is 0.8 diameters or more from every paired peak,
+        unless the previous frame (moved with the motion estimate) had a counterpart for
+        it and for its nearest component's peak (then the mixture is refitted).
     divisions : bool
         Forward in time only: a component (moved by the rigid part of the motion) with
         two LoG peaks on opposite sides of it, each 0.25-1 diameters away and 0.8
