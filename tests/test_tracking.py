@@ -598,6 +598,8 @@ def test_growing_embryo_truth():
         make_growing_embryo(division_fraction=1.5)
     with pytest.raises(ValueError, match="n_frames"):
         make_growing_embryo(n_frames=1)
+    with pytest.raises(ValueError, match="attenuation must be >= 1"):
+        make_growing_embryo(attenuation=0.5)
 
 
 def test_growing_embryo_is_tracked_at_each_frames_scale():

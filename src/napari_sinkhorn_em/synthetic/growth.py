@@ -10,15 +10,21 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .regimes import _embryo_field, _regime_result, _rsa_in_region, embryo_nucleus_diameter
+from .regimes import (
+    _embryo_field,
+    _embryo_stack,
+    _regime_result,
+    _rsa_in_region,
+    embryo_nucleus_diameter,
+)
 from .timelapse import SyntheticTimeLapse
 
 __all__ = ["make_growing_embryo"]
 
 
-def _relax(pos: np.ndarray, radii: np.ndarray, mid, semi_e, gap: float, n_iter: int = 200):
+def _relax(pos: np.ndarray, radii: np.ndarray, mid, rho2, gap: float, n_iter: int = 200):
     """Push overlapping spheres apart (centres at least ``gap * (r_i + r_j)`` apart) and
-    keep each inside the embryo ellipsoid shrunk by its radius."""
+    keep each inside the embryo (``rho2`` of :func:`.regimes._embryo_stack`)."""
     pos = pos.copy()
     for _ in range(n_iter):
         moved = False
@@ -34,8 +40,7 @@ def _relax(pos: np.ndarray, radii: np.ndarray, mid, semi_e, gap: float, n_iter: 
             pos[i] -= push
             pos[j] += push
             moved = True
-        q = (pos - mid) / np.maximum(semi_e[None] - radii[:, None] - 0.3, 1e-6)
-        out = np.sqrt((q**2).sum(1))
+        out = np.sqrt(rho2(pos, radii[:, None]))
         far = out > 1.0
         if far.any():
             pos[far] = mid + (pos[far] - mid) / out[far, None]
@@ -113,23 +118,22 @@ def make_growing_embryo(
         raise ValueError(f"n_start must be >= 1, got {n_start!r}")
     if not 0.0 <= float(division_fraction) <= 1.0:
         raise ValueError(f"division_fraction must be in [0, 1], got {division_fraction!r}")
-    rng = np.random.default_rng(seed)
     vsz = np.asarray(voxel_size, dtype=float)
     semi_e = np.asarray(embryo_semi_axes_um, dtype=float)
-    shape = tuple(int(np.ceil((2 * s + 4.0) / v)) for s, v in zip(semi_e, vsz, strict=True))
-    mid = np.asarray(shape) * vsz / 2.0
+    shape, mid, rho2 = _embryo_stack(semi_e, vsz)
+    gain, bg = _embryo_field(
+        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
+    )
+    rng = np.random.default_rng(seed)
     n = int(n_start)
     d0 = embryo_nucleus_diameter(n) if nucleus_diameter is None else float(nucleus_diameter)
     diam = d0 * np.clip(1.0 + diameter_variation * rng.standard_normal(n), 0.6, 1.5)
-
-    def inside(p, r):
-        return ((((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)) <= 1.0
-
     order = np.argsort(-diam, kind="stable")
     pos = np.empty((n, 3))
     pos[order] = _rsa_in_region(
-        rng, diam[order] / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo"
-    )
+        rng, diam[order] / 2, mid - semi_e, mid + semi_e, lambda p, r: rho2(p, r) <= 1.0, 1.1,
+        "embryo",
+    )  # fmt: skip
     ids = np.arange(1, n + 1)
     bright = dict(
         zip(
@@ -140,9 +144,6 @@ def make_growing_embryo(
     )
     parents: dict[int, int] = {}
     next_id = n + 1
-    gain, bg = _embryo_field(
-        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
-    )
     images, labels_t, centres_t, ids_t, counts, means = [], [], [], [], [], []
     for t in range(int(n_frames)):
         if t > 0:
@@ -164,7 +165,7 @@ def make_growing_embryo(
             pos, diam, ids = np.concatenate(new_pos), np.concatenate(new_d), np.concatenate(new_ids)
             step = rng.standard_normal(pos.shape)
             step *= (rng.uniform(0, jitter_um, len(pos)) / np.linalg.norm(step, axis=1))[:, None]
-            pos = _relax(pos + step, diam / 2.0, mid, semi_e, gap=1.05)
+            pos = _relax(pos + step, diam / 2.0, mid, rho2, gap=1.05)
         frame = _regime_result(
             rng,
             shape=shape,

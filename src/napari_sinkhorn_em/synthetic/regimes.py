@@ -252,11 +252,27 @@ def embryo_nucleus_diameter(n_nuclei: int) -> float:
     return float(np.clip(7.0 * (max(int(n_nuclei), 1) / 29.0) ** -k, 2.5, 7.0))
 
 
+def _embryo_stack(semi_e, vsz, margin: float = 2.0):
+    """Geometry of an embryo (semi-axes ``semi_e`` um) centred in a stack with ``margin``
+    um on each side: the stack shape, its centre (um) and ``rho2(p, r)``, the squared
+    ellipsoidal radius of sphere centres ``p`` (um) of radius ``r`` in the embryo shrunk
+    by ``r`` plus 0.3 um (<= 1: the sphere lies inside)."""
+    shape = tuple(int(np.ceil((2 * s + 2 * margin) / v)) for s, v in zip(semi_e, vsz, strict=True))
+    mid = np.asarray(shape) * vsz / 2.0
+
+    def rho2(p, r):
+        return (((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)
+
+    return shape, mid, rho2
+
+
 def _embryo_field(shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons):
     """Depth attenuation ``gain`` (``attenuation ** -(1 - rho)`` at ellipsoidal radius
     ``rho`` of an embryo centred in the stack) and the background in photons (the
     attenuated cytoplasmic glow, smoothed over 1 um, plus ``background_photons``), both
-    float32 of ``shape``."""
+    float32 of ``shape``. ``attenuation`` must be >= 1."""
+    if attenuation < 1.0:
+        raise ValueError(f"attenuation must be >= 1, got {attenuation}")
     mid = np.asarray(shape) * vsz / 2.0
     q = [(np.arange(s) + 0.5) * v - m for s, v, m in zip(shape, vsz, mid, strict=True)]
     zz, yy, xx = np.meshgrid(*q, indexing="ij", sparse=True)
@@ -327,25 +343,19 @@ def make_embryo(
     SyntheticWorm
         ``image`` ``(1, Z, Y, X)`` uint16 and the truth.
     """
-    if attenuation < 1.0:
-        raise ValueError(f"attenuation must be >= 1, got {attenuation}")
-    rng = np.random.default_rng(seed)
     vsz = np.asarray(voxel_size, dtype=float)
     semi_e = np.asarray(embryo_semi_axes_um, dtype=float)
-    margin = 2.0
-    shape = tuple(int(np.ceil((2 * s + 2 * margin) / v)) for s, v in zip(semi_e, vsz, strict=True))
-    mid = np.asarray(shape) * vsz / 2.0
+    shape, mid, rho2 = _embryo_stack(semi_e, vsz)
+    gain, bg = _embryo_field(
+        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
+    )
+    rng = np.random.default_rng(seed)
     n = int(n_nuclei)
     d_mean = embryo_nucleus_diameter(n) if nucleus_diameter is None else float(nucleus_diameter)
     diam = d_mean * np.clip(1.0 + diameter_variation * rng.standard_normal(n), 0.6, 1.5)
     diam = np.sort(diam)[::-1]
-
-    def inside(p, r):
-        return ((((p - mid) / np.maximum(semi_e - r - 0.3, 1e-6)) ** 2).sum(-1)) <= 1.0
-
-    pos = _rsa_in_region(rng, diam / 2, mid - semi_e, mid + semi_e, inside, 1.1, "embryo")
-    gain, bg = _embryo_field(
-        shape, vsz, semi_e, attenuation, cytoplasm, photons, background_photons
+    pos = _rsa_in_region(
+        rng, diam / 2, mid - semi_e, mid + semi_e, lambda p, r: rho2(p, r) <= 1.0, 1.1, "embryo"
     )
     brightness = rng.uniform(1 - brightness_variation, 1 + brightness_variation, size=n)
     return _regime_result(
