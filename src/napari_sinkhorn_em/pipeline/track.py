@@ -406,18 +406,19 @@ def _find_divisions(centres, peaks, diam, can_divide=None):
     return out
 
 
-def _paired(a, b, radius):
-    """Bool per row of ``a``: paired one-to-one (nearest pairs first) with a row of
-    ``b`` at most ``radius`` away."""
-    out = np.zeros(a.shape[0], dtype=bool)
+def _pair_nearest(a, b, radius):
+    """Rows of ``a`` and ``b`` paired one-to-one, nearest pairs first, at most ``radius``
+    apart: per row of ``a`` the index of its row of ``b`` (-1: none)."""
+    out = np.full(a.shape[0], -1, dtype=np.int64)
     if a.shape[0] == 0 or b.shape[0] == 0:
         return out
     pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
     taken = np.zeros(b.shape[0], dtype=bool)
     for i, j, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
         i, j = int(i), int(j)
-        if not out[i] and not taken[j]:
-            out[i] = taken[j] = True
+        if out[i] < 0 and not taken[j]:
+            out[i] = j
+            taken[j] = True
     return out
 
 
@@ -429,19 +430,12 @@ def _unclaimed_peaks(centres, peaks, diam, used):
     nucleus of its own; ``component`` is its nearest component and ``its peak`` the
     peak paired with that component (-1 if none). Peaks in ``used`` are skipped.
     """
-    K, P = centres.shape[0], peaks.shape[0]
-    if K == 0 or P == 0:
+    if centres.shape[0] == 0 or peaks.shape[0] == 0:
         return []
-    pairs = cKDTree(peaks).sparse_distance_matrix(
-        cKDTree(centres), 0.6 * diam, output_type="ndarray"
-    )
-    peak_of = np.full(K, -1, dtype=np.int64)
-    taken = np.zeros(P, dtype=bool)
-    for i, k, _ in sorted(pairs.tolist(), key=lambda r: r[2]):
-        i, k = int(i), int(k)
-        if not taken[i] and peak_of[k] < 0:
-            taken[i] = True
-            peak_of[k] = i
+    comp = _pair_nearest(peaks, centres, 0.6 * diam)
+    taken = comp >= 0
+    peak_of = np.full(centres.shape[0], -1, dtype=np.int64)
+    peak_of[comp[taken]] = np.flatnonzero(taken)
     left = np.flatnonzero(~taken & ~used)
     if left.size == 0:
         return []
@@ -894,9 +888,7 @@ threshold_method, suppress_granules, max_iter
         shift = _phase_shift(state.signal, small, cell_um) if mode != "none" else np.zeros(ndim)
         n_spared = 0
         if suppress_granules:
-            n_spared = _suppress_granules(
-                pre, {**pre_kw, "nucleus_diameter": d}, state.means[:, :ndim] + shift, d, 0.5 * d
-            )
+            n_spared = _suppress_granules(pre, pre_kw, state.means[:, :ndim] + shift, d, 0.5 * d)
         if auto_diameter:
             # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
             # interior nuclei of an attenuated embryo), their own foreground added; in
@@ -937,12 +929,12 @@ threshold_method, suppress_granules, max_iter
         # the previous frame's peaks, each moved as its nearest component: by the whole
         # motion estimate and by its rigid part (on a real frame tracked onto itself the
         # non-rigid step moved two peaks' components by over 1 um)
-        prev_peaks = state.peaks_um
-        if prev_peaks.shape[0] and state.means.shape[0]:
-            k_prev = cKDTree(state.means[:, :ndim]).query(prev_peaks, k=1)[1]
-            prev_peaks = np.concatenate(
-                [prev_peaks + (m - state.means[:, :ndim])[k_prev] for m in (moved, rigid)]
-            )
+        prev_peaks = [state.peaks_um]
+        if state.peaks_um.shape[0] and state.means.shape[0]:
+            k_prev = cKDTree(state.means[:, :ndim]).query(state.peaks_um, k=1)[1]
+            prev_peaks = [
+                state.peaks_um + (m - state.means[:, :ndim])[k_prev] for m in (moved, rigid)
+            ]
         X, a = feats.X, feats.sample_weight
         D = X.shape[1]
         ids = state.ids.copy()
@@ -1053,10 +1045,7 @@ threshold_method, suppress_granules, max_iter
             # of peaks under one component in both frames is a nucleus pair the
             # segmentation took as one: it stays as it is (a real head frame tracked onto
             # itself otherwise gained 23 tracks and lost 2 to false divisions)
-            n_prev = prev_peaks.shape[0] // 2
-            had = _paired(peaks_um, prev_peaks[:n_prev], 0.5 * d) | _paired(
-                peaks_um, prev_peaks[n_prev:], 0.5 * d
-            )
+            had = np.any([_pair_nearest(peaks_um, pp, 0.5 * d) >= 0 for pp in prev_peaks], 0)
             for p, k, q in found:
                 if had[p] and (q < 0 or had[q]):
                     continue
@@ -1107,9 +1096,10 @@ threshold_method, suppress_granules, max_iter
             track's own new centre do: the older track ends there and its component
             continues as a child. (In a growing embryo 36 of 474 division links were an
             orphan next to a continued or a stranded parent track.)"""
-            if not prev_peaks.shape[0]:
+            if not prev_peaks[0].shape[0]:
                 return ids, means, covs, mass
-            born = [k for k in range(ids.size) if int(ids[k]) in set(new) - set(parents)]
+            orphans = set(new) - set(parents)
+            born = [k for k in range(ids.size) if int(ids[k]) in orphans]
             old_k = [
                 k
                 for k in range(ids.size)
@@ -1117,7 +1107,7 @@ threshold_method, suppress_granules, max_iter
             ]
             if not born or not old_k:
                 return ids, means, covs, mass
-            prev_tree = cKDTree(prev_peaks[: prev_peaks.shape[0] // 2])
+            prev_tree = cKDTree(prev_peaks[0])
             c0 = np.array([moved_of[int(ids[k])] for k in old_k])
             # each orphan belongs to the older track whose previous centre is nearest
             dist, j = cKDTree(c0).query(means[born, :ndim], k=1)
