@@ -19,7 +19,8 @@ Data (see :mod:`napari_sinkhorn_em.evaluation.realdata` for the voxel-size estim
 targettrack frames (nuclear channel 0, voxel 2.0 x 0.5 x 0.5 um; one row also with both
 channels; the "gt" frames' points corrected by the measured -0.75 plane z offset, the
 score against the points as stored is in the JSON as ``f1_stored_truth``), QCANet 8- and 16-cell embryos (1.744 x 0.8 x 0.8 um), and the synthetic regimes
-(``make_whole_brain``, ``make_embryo`` at 30 / 100 / 200 / 370 nuclei,
+(``make_whole_brain``, ``make_embryo`` at 30 / 100 / 200 / 370 nuclei and dim at
+60-80 / 40 photons,
 ``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``). Real rows are skipped
 when ``../shared/realdata`` is absent; the real 2-D DSB 2018 image (125 nuclei with masks,
 pixel units) when ``tools/fetch_external_data.py`` has fetched it
@@ -189,6 +190,18 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
                 f"embryo {n} nuclei",
                 n == 100,
                 lambda n=n: _synthetic_case(f"embryo {n} nuclei", make_embryo(n_nuclei=n, seed=0)),
+            )
+        )
+    for n, photons in ((100, 60.0), (370, 80.0), (370, 40.0)):
+        # dim embryos (a fifth to a tenth of the default photons; interior 5x dimmer)
+        name = f"dim embryo {n} nuclei ({photons:g} photons)"
+        out.append(
+            (
+                name,
+                False,
+                lambda n=n, p=photons, name=name: _synthetic_case(
+                    name, make_embryo(n_nuclei=n, photons=p, seed=0)
+                ),
             )
         )
     out.append(

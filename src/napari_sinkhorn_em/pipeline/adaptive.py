@@ -35,6 +35,7 @@ from .contrast import (
     local_foreground,
     near_mask,
     nucleus_extents,
+    voxel_noise,
 )
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold
@@ -66,13 +67,8 @@ def _difference_noise_level(signal: np.ndarray) -> float:
     the nuclei, not the noise (real 2-D DSB image: median + 4 MAD = 0.27 above Otsu's
     0.17, and the dim nuclei between the two were never searched)."""
     s = np.asarray(signal)
-    rows = s.reshape(-1, s.shape[-1])
-    rows = rows[:: max(1, rows.size // 1_000_000)].astype(np.float32)  # ~1e6 voxels
-    d = np.diff(rows, axis=-1).reshape(-1)
-    if np.count_nonzero(d) > 100:  # zero background (DoG-filtered recordings)
-        d = d[d != 0]
-    sigma = 1.4826 * float(np.median(np.abs(d))) / np.sqrt(2.0) if d.size else 0.0
-    return float(np.percentile(rows, 25)) + 4.0 * sigma
+    rows = s.reshape(-1, s.shape[-1])[:: max(1, s.size // 1_000_000)]
+    return float(np.percentile(rows, 25)) + 4.0 * voxel_noise(s)
 
 
 def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
@@ -153,14 +149,7 @@ def refine(pre, peaks: Peaks, vs, diameter: float, notes: list) -> tuple[Peaks, 
             f"nuclei of half the typical diameter: the {cap} strongest kept"
         )
         keep = np.arange(cap)
-        peaks = Peaks(
-            peaks.coords[keep],
-            peaks.sigma_um[keep],
-            peaks.intensity[keep],
-            peaks.response[keep],
-            peaks.threshold,
-            peaks.secondary[keep],
-        )
+        peaks = peaks.take(keep)
         d_i = d_i[keep]
     if d_i.size:
         d_small, d_large = (float(v) for v in np.percentile(d_i, [10, 90]))

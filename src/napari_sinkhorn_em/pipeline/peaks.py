@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from .._validation import check_voxel_size
 from ._filters import box_filter
 from ._regions import foreground_boxes
-from .contrast import foreground_is_mostly_nuclei
+from .contrast import foreground_is_mostly_nuclei, voxel_noise
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
@@ -62,6 +62,17 @@ class Peaks:
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
+
+    def take(self, idx) -> Peaks:
+        """The peaks ``idx`` (indices or a boolean mask), in that order."""
+        return Peaks(
+            self.coords[idx],
+            self.sigma_um[idx],
+            self.intensity[idx],
+            self.response[idx],
+            self.threshold,
+            self.secondary[idx],
+        )
 
     def radius_um(self, ndim: int) -> np.ndarray:
         """Nucleus radius implied by each peak's best scale (``sigma * sqrt(ndim)``)."""
@@ -376,6 +387,11 @@ _VALLEY_REACH = 0.6
 # are never separate nuclei, valley or not
 _SMALL_PASS_FLOOR = 0.4
 
+# the small-scale pass' peaks must exceed this many standard deviations of the LoG
+# response to the voxel noise (at 0.6x the nucleus scale the field is barely smoothed,
+# and its noise maxima reach 5-6 of them)
+_SMALL_PASS_SIGNIFICANCE = 8.0
+
 
 def _valley_dips(smooth: np.ndarray, a: np.ndarray, b: np.ndarray, depth: float) -> np.ndarray:
     """For each pair of voxel positions ``a[i]``, ``b[i]``: does ``smooth`` dip below
@@ -419,6 +435,17 @@ def _no_valley(smoothed, cand_vox, prim_vox, pair_cand, pair_prim) -> np.ndarray
     return np.unique(pc[~_valley_dips(smooth, a, b, _VALLEY_DEPTH)])
 
 
+def _log_noise(sig, vs, sigma_um: float) -> float:
+    """Standard deviation of :func:`detect_peaks`' LoG response at ``sigma_um`` to the
+    image's voxel noise (:func:`~.contrast.voxel_noise` times the kernel's L2 norm)."""
+    sv = sigma_um / np.asarray(vs, dtype=np.float64)
+    half = np.ceil(4.0 * sv).astype(int) + 2
+    delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float64)
+    delta[tuple(half)] = 1.0
+    k = ndi.gaussian_laplace(delta, sigma=sv, mode="constant") * sigma_um**2
+    return voxel_noise(sig) * float(np.sqrt((k**2).sum()))
+
+
 def _add_small_scale(
     primary: Peaks,
     sig,
@@ -452,6 +479,16 @@ def _add_small_scale(
     )
     if len(small) == 0 or len(primary) == 0:
         return primary
+    # significance, as the blobs': the relative threshold alone lets the noise of a dim
+    # stack through (synthetic embryo at 60 photons: 123 noise maxima near the nuclei
+    # accepted, precision 0.45)
+    sig_ok = small.response > _SMALL_PASS_SIGNIFICANCE * _log_noise(
+        sig, vs, float(small.sigma_um.max())
+    )
+    if not sig_ok.all():
+        small = small.take(np.flatnonzero(sig_ok))
+        if len(small) == 0:
+            return primary
     small_um = small.coords * vs
     pts = primary.coords * vs
     big = np.maximum(d_primary, diameter)
