@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from napari_sinkhorn_em.evaluation.metrics import match_centres
 from napari_sinkhorn_em.pipeline.features import voxel_features
@@ -319,3 +320,30 @@ def test_no_private_names_imported_across_subpackages():
             if private:
                 offenders.append(f"{path.relative_to(root)}: {'.'.join(parts)} {private}")
     assert offenders == []
+
+
+def test_merge_slabs_assigns_a_voxel_fitted_only_across_the_cut():
+    # the voxel at x = 12.5 lies in the first slab's core (cut at x = 13) but its nearest
+    # start centre (6, 16) belongs to the second slab only (margin 0.01): only the
+    # second slab fits it; it was left without a component and the mass count raised
+    from types import SimpleNamespace
+
+    starts = np.array([[0.0, 0.0], [0.0, 10.0], [6.0, 16.0], [0.0, 30.0]])  # (y, x)
+    positions = np.array([[0.0, 0.1], [0.0, 9.9], [6.0, 12.5], [6.0, 16.5], [0.0, 29.0]])
+    slabs = plan_slabs(positions, starts, 2, margin=0.01)
+    assert slabs[0].hi == pytest.approx(13.0)
+    assert 2 not in slabs[0].voxels and 2 in slabs[1].voxels
+    models = [
+        SimpleNamespace(
+            means_=starts[s.components], covariances_=np.stack([np.eye(2)] * len(s.components))
+        )
+        for s in slabs
+    ]
+    comps = [
+        cKDTree(m.means_).query(positions[s.voxels], k=1)[1]
+        for m, s in zip(models, slabs, strict=True)
+    ]
+    merged = merge_slabs(slabs, models, comps, positions, np.ones(5))
+    assert merged.components.min() >= 0
+    np.testing.assert_allclose(merged.means[merged.components[2]], [6.0, 16.0])
+    assert merged.weights.sum() == pytest.approx(1.0)

@@ -135,6 +135,7 @@ def detect_peaks(
     scale_factor: float = 0.8,
     threshold: float | None = None,
     threshold_rel: float = 0.1,
+    zero_sum: bool = False,
 ) -> Peaks:
     """Detect nucleus centres as local maxima of the multi-scale LoG response.
 
@@ -159,6 +160,15 @@ def detect_peaks(
         of the response inside the foreground.
     threshold_rel : float
         Relative threshold used when ``threshold`` is None.
+    zero_sum : bool
+        LoG with a zero-sum kernel (:func:`_log`). Off by default: on an axis sampled
+        coarser than about 0.6 sigma the sampled kernel's sum is negative, so the
+        response also rises with the brightness. That makes a nucleus spanning 1-2
+        coarse planes peak once, in its brightest plane; the zero-sum kernel has almost
+        no curvature left along such an axis and gives a peak per plane (real
+        targettrack frames at 1.5 um z-steps and a given 2 um diameter: 540-820 peaks
+        for ~130 nuclei). The local mode's small-scale pass uses it (its peaks must
+        stand above the noise, not the brightness).
 
     Returns
     -------
@@ -192,7 +202,10 @@ def detect_peaks(
         best = np.full(sub.shape, -np.inf, dtype=np.float32)
         best_scale = np.zeros(sub.shape, dtype=np.int8)
         for i, s in enumerate(sigmas):
-            r = _log(sub, s / vs)
+            if zero_sum:
+                r = _log(sub, s / vs)
+            else:
+                r = ndi.gaussian_laplace(sub, sigma=s / vs, mode="nearest")
             r *= np.float32(-(s**2))
             better = r > best
             best[better] = r[better]
@@ -501,6 +514,7 @@ def _add_small_scale(
         scale_factor=0.6,
         min_distance=0.3 * diameter,
         threshold_rel=0.05,
+        zero_sum=True,
     )
     if len(small) == 0 or len(primary) == 0:
         return primary
