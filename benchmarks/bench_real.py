@@ -21,7 +21,9 @@ channels; the "gt" frames' points corrected by the measured -0.75 plane z offset
 score against the points as stored is in the JSON as ``f1_stored_truth``), QCANet 8- and 16-cell embryos (1.744 x 0.8 x 0.8 um), and the synthetic regimes
 (``make_whole_brain``, ``make_embryo`` at 30 / 100 / 200 / 370 nuclei and dim at
 60-80 / 40 photons,
-``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``). Real rows are skipped
+``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``, and 40-nucleus
+``make_worm`` crops with as many gut granules as nuclei: 3-D with one channel, 2-D with
+four and with one). Real rows are skipped
 when ``../shared/realdata`` is absent; the real 2-D DSB 2018 image (125 nuclei with masks,
 pixel units) when ``tools/fetch_external_data.py`` has fetched it
 (:mod:`napari_sinkhorn_em.evaluation.external`).
@@ -32,6 +34,7 @@ Usage::
     python benchmarks/bench_real.py --quick         # one row per kind, a few minutes
     python benchmarks/bench_real.py --only qcanet   # rows whose name contains "qcanet"
     python benchmarks/bench_real.py --json out.json # also write machine-readable rows
+    python benchmarks/bench_real.py --typed-diameter  # ours given the baseline's diameter
 """
 
 from __future__ import annotations
@@ -218,6 +221,23 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
             lambda: _synthetic_case("NeuroPAL-like head (make_worm)", make_worm(seed=0)),
         )
     )
+    # worms with as many gut granules (0.5-1 um, 6x brighter, alike in every channel) as
+    # nuclei: one channel (no colour to tell them apart), and a 2-D head
+    for name, kw in (
+        ("worm body, 1 channel, granules", {"ndim": 3, "n_channels": 1, "region": "body"}),
+        ("worm head, 1 channel, granules", {"ndim": 3, "n_channels": 1, "region": "head"}),
+        ("2-D worm head, 4 channels, granules", {"ndim": 2, "n_channels": 4, "region": "head"}),
+        ("2-D worm head, 1 channel, granules", {"ndim": 2, "n_channels": 1, "region": "head"}),
+    ):
+        out.append(
+            (
+                name,
+                False,
+                lambda name=name, kw=kw: _synthetic_case(
+                    name, make_worm(n_nuclei=40, seed=1, **kw)
+                ),
+            )
+        )
     return out
 
 
@@ -239,10 +259,12 @@ def score(case: Case, centres: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def run_case(case: Case) -> dict:
+def run_case(case: Case, typed_diameter: bool = False) -> dict:
+    """One row; with ``typed_diameter`` ours is also given the baseline's scale."""
     tol = 0.5 * nearest_neighbour_distance(case.centres, voxel_size=case.voxel_size)
+    kw = {"nucleus_diameter": case.diameter} if typed_diameter else {}
     t = time.perf_counter()
-    r = segment_nuclei(case.image, voxel_size=case.voxel_size, channel_axis=case.channel_axis)
+    r = segment_nuclei(case.image, voxel_size=case.voxel_size, channel_axis=case.channel_axis, **kw)
     t_ours = time.perf_counter() - t
     ours = score(case, r.centres, r.labels)
     ours["time_s"] = t_ours
@@ -330,6 +352,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one row per kind (a few minutes)")
     ap.add_argument("--only", metavar="NAME", help="rows whose name contains NAME")
     ap.add_argument("--json", metavar="OUT", help="write the rows as JSON to OUT")
+    ap.add_argument(
+        "--typed-diameter",
+        action="store_true",
+        help="give ours the baseline's diameter too (a user who types the size in)",
+    )
     args = ap.parse_args(argv)
 
     builders = case_builders()
@@ -350,7 +377,7 @@ def main(argv=None) -> int:
     for name, _, build in builders:
         case = build()
         try:
-            row = run_case(case)
+            row = run_case(case, typed_diameter=args.typed_diameter)
         except Exception as exc:  # a failing row is a result too; the others still run
             print(f"{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
             failed.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -366,6 +393,8 @@ def main(argv=None) -> int:
             flush=True,
         )
     print()
+    if args.typed_diameter:
+        print("ours given nucleus_diameter = the baseline's (--typed-diameter); otherwise:")
     print(
         "ours = segment_nuclei(image, voxel_size=..., channel_axis=...) with defaults only; "
         "baseline = LoG + watershed given one scale from the truth (nucleus_diameter = "

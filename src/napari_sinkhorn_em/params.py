@@ -71,7 +71,7 @@ class SegmentationParams:
         "auto", "typical nucleus diameter (um); 'auto' = estimated from the image"
     )
     local_contrast: bool | None = _p(
-        None, "scale/contrast-adaptive detection; None = on with an 'auto' diameter"
+        True, "scale/contrast-adaptive detection (False = the fixed-scale pipeline)"
     )
     method: str = _p("sinkhorn", "sinkhorn, em (same fixed weights) or em-learned", METHODS)
     init: Any = _p("peaks", "peaks, k-means++, random, or (K, ndim) centres in voxels")

@@ -432,9 +432,6 @@ class SinkhornEMWidget(QWidget):
             # refit at the scale the run estimated (and shows), not a new estimate
             if kwargs.get("nucleus_diameter") in (None, "auto") and state.diameter is not None:
                 kwargs["nucleus_diameter"] = state.diameter
-                if kwargs.get("local_contrast") is None:
-                    # the estimated number with the same (local) mode as the run
-                    kwargs["local_contrast"] = True
         except ValueError as exc:
             show_error(f"Sinkhorn-EM: {exc}")
             return

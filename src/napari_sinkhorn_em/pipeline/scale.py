@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "Blobs",
     "ScaleEstimate",
+    "default_diameter_range",
     "estimate_nucleus_diameter",
     "local_contrast",
     "normalized_log",
@@ -48,6 +49,9 @@ _MIN_ROUNDNESS = 0.2
 # smallest relative drop of the smoothed intensity from a blob's centre to the mean of the
 # 2 ndim points 0.6 diameters away along the axes (touching nuclei of equal size: ~0.5)
 _MIN_PROMINENCE = 0.25
+# an estimate within this factor of the smallest diameter searched (two ladder steps,
+# 2**0.25 = 1.19 each) is at the search's resolution (see diameter_from_blobs)
+_FLOOR_STEPS = 1.25
 
 
 @dataclass
@@ -301,13 +305,8 @@ def scale_space_blobs(
     """
     img, vs = _image_and_voxel_size(image, voxel_size)
     ndim = img.ndim
-    extent = np.array(img.shape) * vs
-    # axes with at least 4 voxels bound the search (a 2-plane stack says nothing in z)
-    big = np.array(img.shape) >= 4
     if diameter_range is None:
-        d_lo = 3.0 * float(vs.min())
-        d_hi = max(d_lo * 1.5, float(extent[big].min() if big.any() else extent.max()) / 3.0)
-        d_hi = min(d_hi, 40.0 * 2.0 * np.sqrt(ndim) * float(vs.min()))
+        d_lo, d_hi = default_diameter_range(img.shape, vs)
     else:
         d_lo, d_hi = (float(v) for v in diameter_range)
         if not 0 < d_lo < d_hi:
@@ -397,6 +396,21 @@ def _image_and_voxel_size(image, voxel_size) -> tuple[np.ndarray, np.ndarray]:
     if vs.shape != (img.ndim,):
         raise ValueError(f"voxel_size must have {img.ndim} entries, got {vs.shape}")
     return img, vs
+
+
+def default_diameter_range(shape, voxel_size) -> tuple[float, float]:
+    """The diameters (um) :func:`scale_space_blobs` searches by default: from 3 voxels of
+    the finest axis to a third of the smallest extent of the image (axes of at least 4
+    voxels), at most 40 voxels of the finest axis per sigma."""
+    vs = np.asarray(voxel_size, dtype=np.float64)
+    ndim = vs.size
+    extent = np.array(shape) * vs
+    # axes with at least 4 voxels bound the search (a 2-plane stack says nothing in z)
+    big = np.array(shape) >= 4
+    d_lo = 3.0 * float(vs.min())
+    d_hi = max(d_lo * 1.5, float(extent[big].min() if big.any() else extent.max()) / 3.0)
+    d_hi = min(d_hi, 40.0 * 2.0 * np.sqrt(ndim) * float(vs.min()))
+    return d_lo, d_hi
 
 
 def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
@@ -497,17 +511,39 @@ def estimate_nucleus_diameter(
             "cannot estimate the nucleus diameter: no blob-like structure in the image; "
             "give nucleus_diameter (um)"
         )
-    return diameter_from_blobs(blobs, img.ndim, min_contrast=min_contrast)
+    floor = diameter_range[0] if diameter_range is not None else None
+    if floor is None:
+        floor = default_diameter_range(block.shape, vs)[0]
+    return diameter_from_blobs(blobs, img.ndim, min_contrast=min_contrast, floor_um=floor)
 
 
-def diameter_from_blobs(blobs: Blobs, ndim: int, *, min_contrast: float = 1.0) -> ScaleEstimate:
+def diameter_from_blobs(
+    blobs: Blobs, ndim: int, *, min_contrast: float = 1.0, floor_um: float | None = None
+) -> ScaleEstimate:
     """The typical diameter of :func:`estimate_nucleus_diameter` from blobs already found
     (e.g. those of a detection over 0.5-2x a previous diameter): the contrast-weighted
     median diameter of the blobs with local contrast >= ``min_contrast`` and a response
-    of at least a quarter of their 95th percentile. ``blobs`` must not be empty."""
+    of at least a quarter of their 95th percentile. ``blobs`` must not be empty.
+
+    ``floor_um``: the smallest diameter searched. When the estimate lands within two
+    ladder steps of it (the blobs there are at or below the search's resolution: bright
+    sub-micrometre granules, noise) and at least 5 selected blobs, and a fifth of them,
+    are larger, the estimate is taken from those larger blobs alone (a 2-D worm head
+    with as many gut granules as nuclei: 1.05 um, the floor, instead of 2.4 um)."""
     sel = blobs.contrast >= min_contrast
     if sel.sum() < 3:  # a very clean or tiny image: the strongest blobs
         sel = blobs.response >= np.sort(blobs.response)[-min(len(blobs), 3)]
+    est = _weighted_median_diameter(blobs, ndim, sel)
+    if floor_um is not None and est[0] <= _FLOOR_STEPS * floor_um:
+        resolved = sel & (blobs.diameter_um(ndim) > _FLOOR_STEPS * floor_um)
+        if resolved.sum() >= max(5, 0.2 * sel.sum()):
+            est = _weighted_median_diameter(blobs, ndim, resolved)
+    med, (lo, hi), n = est
+    return ScaleEstimate(med, (lo, hi), n, blobs)
+
+
+def _weighted_median_diameter(blobs: Blobs, ndim: int, sel: np.ndarray):
+    """``(median, (p10, p90), n)`` of :func:`diameter_from_blobs` over the blobs ``sel``."""
     strong = blobs.response[sel] >= 0.25 * np.percentile(blobs.response[sel], 95)
     idx = np.flatnonzero(sel)[strong]
     d = blobs.diameter_um(ndim)[idx]
@@ -519,7 +555,7 @@ def diameter_from_blobs(blobs: Blobs, ndim: int, *, min_contrast: float = 1.0) -
     cw = np.cumsum(w[order])
     med = float(d[order][np.searchsorted(cw, 0.5 * cw[-1])])
     lo, hi = np.percentile(d, [10, 90])
-    return ScaleEstimate(med, (float(lo), float(hi)), int(idx.size), blobs)
+    return med, (float(lo), float(hi)), int(idx.size)
 
 
 def resolve_diameter(nucleus_diameter, name: str = "nucleus_diameter"):

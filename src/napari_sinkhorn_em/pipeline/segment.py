@@ -183,7 +183,7 @@ def segment_nuclei(
     channel_names=None,
     n_nuclei=None,
     nucleus_diameter: float | str = "auto",
-    local_contrast: bool | None = None,
+    local_contrast: bool | None = True,
     method: str = "sinkhorn",
     init="peaks",
     n_init: int = 1,
@@ -238,10 +238,13 @@ def segment_nuclei(
         roundness, prominence and local contrast; a per-nucleus foreground (each
         nucleus' own level); covariance bounds from the spread of the detected sizes plus the
         quantisation variance of each axis; the component count capped by the
-        foreground volume; labels cleaned (one compact piece, holes filled). None
-        (default) = on when ``nucleus_diameter="auto"``, off for a given number (the
-        fixed-scale pipeline of earlier versions, unchanged). ``params`` records the
-        resolved value.
+        foreground volume; labels cleaned (one compact piece, holes filled). True
+        (default; None, as older parameter files have it, means the same), whether the
+        diameter is "auto" or given: with a given number the blobs are searched around
+        it. False = the fixed-scale pipeline (one LoG scale, one global threshold), the
+        default for a given number until this release; it was not better on any data set
+        of docs/benchmarks_real.md, and up to minutes on dim, coarsely sampled stacks.
+        ``params`` records the resolved value.
     method : {"sinkhorn", "em", "em-learned"}
         Sinkhorn-EM with fixed weights, EM with the same fixed weights, or classic EM with
         learned weights.
@@ -346,7 +349,7 @@ def segment_nuclei(
     seed = p.random_state
     if seed is None:  # drawn here and recorded, so that the run can be repeated
         seed = int(np.random.SeedSequence().entropy % (2**31))
-    local = p.nucleus_diameter == "auto" if p.local_contrast is None else p.local_contrast
+    local = True if p.local_contrast is None else p.local_contrast
 
     # preprocess -> features -> peaks; the image-sized arrays live only in there
     found = _find_nuclei(image, p, clock, init_array, local)
@@ -420,13 +423,17 @@ def segment_nuclei(
         weight_refits=p.weight_refits if isinstance(p.weight_refits, str) else n_refits,
         local_contrast=bool(local),
     )  # fmt: skip
-    warn = _count_warnings(len(tab.table), K, p.n_nuclei)
+    # against the count asked for (the local mode may have capped it to the foreground)
+    asked = K if p.n_nuclei == "auto" else max(K, int(p.n_nuclei))
+    warn = _count_warnings(len(tab.table), asked, p.n_nuclei, capped=K if asked > K else None)
     for message in warn:
         warnings.warn(message, SegmentationWarning, stacklevel=2)
     info = _diagnostics(clock, found, fit, len(tab.table), n_refits, warn)
     info.update(adaptive.diagnostics(found.diameter, p.nucleus_diameter, local, found.local))
     info["n_split"] = n_split  # labels cut in two by split_touching (local mode)
-    info["warnings"] = warn + found.notes + adaptive.convergence_notes(fit, p.max_iter)
+    # one message per cause: the count warning already says the request was capped
+    notes = [n for n in found.notes if not (warn and adaptive.CAP_NOTE_MARK in n)]
+    info["warnings"] = warn + notes + adaptive.convergence_notes(fit, p.max_iter)
     return SegmentationResult(lab.labels, tab.table, fit.model, used.to_dict(), tab.centres, info)
 
 
@@ -452,7 +459,13 @@ def _find_nuclei(image, p: SegmentationParams, clock: StageClock, init_array, lo
     """Preprocess -> features -> peaks. The normalised stack dies with
     :func:`_features` (before the peaks), the signal and the foreground mask here (before
     the fit): only the voxel features and the peaks go on."""
-    feats, signal, foreground, meta = _features(image, p, clock, local)
+    ndim_init = None if init_array is None else _spatial_ndim(image, p)
+    if init_array is not None and (init_array.ndim != 2 or init_array.shape[1] != ndim_init):
+        raise ValueError(
+            f"init array must have shape (K, {ndim_init}) (centres in voxel coordinates), "
+            f"got {init_array.shape}"
+        )
+    feats, signal, foreground, meta = _features(image, p, clock, local, init_array)
     vs = meta["voxel_size"]
     auto = p.n_nuclei == "auto"
     local_peaks = meta.pop("local_peaks", None)  # the local mode detected them already
@@ -468,21 +481,17 @@ def _find_nuclei(image, p: SegmentationParams, clock: StageClock, init_array, lo
                 foreground=foreground,
                 n_nuclei=None if auto else p.n_nuclei,
             )
-        if init_array is not None and (init_array.ndim != 2 or init_array.shape[1] != vs.size):
-            raise ValueError(
-                f"init array must have shape (K, {vs.size}) (centres in voxel coordinates), "
-                f"got {init_array.shape}"
-            )
         K = n_components(p.n_nuclei, peaks, init_array, feats.n_points)
         K = adaptive.cap_count(K, meta["local"], init_array, meta["notes"])
     return _Found(feats, peaks, K, shape=foreground.shape, **meta)
 
 
-def _features(image, p: SegmentationParams, clock: StageClock, local: bool = False):
+def _features(image, p: SegmentationParams, clock: StageClock, local: bool = False, given=None):
     """Preprocess and voxel features; returns the features, the signal, the foreground
     mask and the image metadata (the normalised stack is dropped on return). In the
     local mode the nuclei are detected before the features (their own foreground joins
-    the mask) and returned in ``meta["local_peaks"]``."""
+    the mask, and so does that of the ``given`` init centres) and returned in
+    ``meta["local_peaks"]``."""
     with clock.stage("preprocess"):
         pre = preprocess(
             image,
@@ -500,7 +509,17 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
     local_peaks, local_info, notes = None, None, []
     if local:
         with clock.stage("peaks"):
-            local_peaks, local_info = adaptive.detect(pre, vs, diameter, notes)
+            # one channel: bright optical-resolution spots (gut granules) are dropped as
+            # peaks (the voxel-level granule filter above needs the colour test there)
+            granules = p.suppress_granules and _one_channel(image, p)
+            local_peaks, local_info = adaptive.detect(
+                pre,
+                vs,
+                diameter,
+                notes,
+                granules,
+                given=given,
+            )
     with clock.stage("features", report=False):
         feats = voxel_features(
             pre.data,
@@ -525,11 +544,19 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
     return feats, pre.signal, pre.foreground, meta
 
 
+def _spatial_ndim(image, p: SegmentationParams) -> int:
+    """Number of spatial axes (the channel axis, if any, left out)."""
+    return np.ndim(image) - (p.channel_axis is not None)
+
+
 def _one_channel(image, p: SegmentationParams) -> bool:
     """True when the image has a single channel (no channel axis, or one of length 1)."""
     if p.channel_axis is None:
         return True
-    return int(np.shape(image)[p.channel_axis]) == 1
+    shape = np.shape(image)
+    if not -len(shape) <= p.channel_axis < len(shape):
+        return False  # preprocess names the bad axis
+    return int(shape[p.channel_axis]) == 1
 
 
 def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]) -> dict:
@@ -553,9 +580,12 @@ def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]
     }
 
 
-def _count_warnings(n_found: int, n_components: int, n_nuclei) -> list[str]:
-    """Messages for a result with no nuclei or fewer than half the components fitted."""
+def _count_warnings(n_found: int, n_components: int, n_nuclei, capped=None) -> list[str]:
+    """Messages for a result with no nuclei or fewer than half the components fitted
+    (``capped``: the number fitted when the foreground capped the request)."""
     asked = "requested" if n_nuclei != "auto" else "detected"
+    if capped is not None:
+        asked += f", {capped} fitted: the foreground holds no more"
     if n_found == 0:
         return [
             f"no nuclei found ({n_components} {asked}): check nucleus_diameter, the voxel "

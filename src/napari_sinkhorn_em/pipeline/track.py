@@ -6,7 +6,7 @@ reference) one frame at a time:
 
 1. preprocess the frame and build its voxel features (the public
    :func:`.preprocess.preprocess` and :func:`.features.voxel_features`), detect its nuclei
-   as LoG peaks (:func:`.peaks.detect_nuclei`);
+   as ``segment_nuclei``'s local mode does (:func:`.adaptive.detect`);
 2. estimate the global motion from the previous frame: a translation by phase
    correlation of the (downsampled) signals, then a trimmed rigid ICP of the previous
    fitted centres onto the new peaks (rotation + translation), then non-rigid coherent
@@ -43,7 +43,6 @@ from ..mixture import ConvergenceWarning, SinkhornEM
 from . import adaptive
 from .features import voxel_features
 from .labels import min_label_volume
-from .peaks import detect_nuclei
 from .preprocess import auto_threshold, granule_mask, preprocess
 from .segment import SegmentationCancelled, segment_nuclei
 
@@ -591,8 +590,8 @@ def track_nuclei(
         ``segment_nuclei``): then each frame has its own, estimated on the reference
         frame as ``segment_nuclei`` does and on every other frame within 0.5-1.5 times
         the diameter of the frame before (an embryo's nuclei halve their volume at each
-        division), and each frame's nuclei are detected as ``segment_nuclei``'s local
-        mode detects them (each at its own scale and contrast). The reference frame's
+        division). Either way each frame's nuclei are detected as ``segment_nuclei``'s
+        local mode detects them (each at its own scale and contrast). The reference frame's
         value is :attr:`TrackingResult.nucleus_diameter_um`; each frame's is
         ``frames[t]["nucleus_diameter_um"]``.
     n_nuclei, intensity_weight, n_neighbors, foreground_threshold, \
@@ -814,6 +813,8 @@ threshold_method, suppress_granules, max_iter
     bounds = (lo_s * var_nominal, hi_s * var_nominal)
     weights0 = np.asarray(model.weights_, dtype=np.float64)[near]
     covs0 = m_covs[near].copy()
+    # given centres (voxels) of the reference frame; None for "peaks" and the like
+    init_centres = None if isinstance(init, str) else np.asarray(init, dtype=np.float64)
     if isinstance(init, str):
         ids = np.arange(1, K0 + 1, dtype=np.int64)
     else:
@@ -889,19 +890,19 @@ threshold_method, suppress_granules, max_iter
         n_spared = 0
         if suppress_granules:
             n_spared = _suppress_granules(pre, pre_kw, state.means[:, :ndim] + shift, d, 0.5 * d)
-        if auto_diameter:
-            # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
-            # interior nuclei of an attenuated embryo), their own foreground added; in
-            # the reference frame too, so that consecutive frames' peaks compare
-            peaks, linfo = adaptive.detect(pre, vs, d, [])
-            if not reference and "blob_diameter_um" in linfo:
-                # this frame's scale: the typical diameter of the blobs searched over
-                # 0.5-2x the last frame's, as the automatic estimate takes it (nuclei
-                # that divide shrink by 2^(1/3); a separate estimate on every frame cost
-                # as much as the detection)
-                d = float(np.clip(linfo["blob_diameter_um"], 0.5 * d, 1.5 * d))
-        else:
-            peaks = detect_nuclei(pre.signal, vs, nucleus_diameter=d, foreground=pre.foreground)
+        # segment_nuclei's local mode: each nucleus at its own scale and contrast (dim
+        # interior nuclei of an attenuated embryo), their own foreground added; in the
+        # reference frame too, so that consecutive frames' peaks compare
+        # the reference frame's given centres (hand-placed points) bring their own
+        # foreground, as in segment_nuclei: the refit onto itself keeps them there
+        given = init_centres if reference else None
+        peaks, linfo = adaptive.detect(pre, vs, d, [], given=given)
+        if auto_diameter and not reference and "blob_diameter_um" in linfo:
+            # this frame's scale: the typical diameter of the blobs searched over 0.5-2x
+            # the last frame's, as the automatic estimate takes it (nuclei that divide
+            # shrink by 2^(1/3); a separate estimate on every frame cost as much as the
+            # detection)
+            d = float(np.clip(linfo["blob_diameter_um"], 0.5 * d, 1.5 * d))
         var_d = (d / 2.0) ** 2 / 5.0
         bounds_d = (lo_s * var_d, hi_s * var_d)
         feats = voxel_features(
