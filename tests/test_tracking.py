@@ -593,6 +593,28 @@ def test_backfill_second_pass_retracks_only_the_frames_it_changes(monkeypatch):
     assert acc_s["accuracy"] == acc_f["accuracy"] >= 0.98
 
 
+def test_backfill_keeps_the_first_pass_when_its_reference_frame_ends_the_added(monkeypatch):
+    # the growing embryo, seed 1: a nucleus carried back 0.54 diameters from a reference
+    # nucleus (now below BACKFILL_MIN_GAP, so not tried). Tried anyway, the second pass'
+    # reference frame ends it as that neighbour's duplicate: the first pass is the
+    # result, after the reference frame only (the whole series was tracked again before)
+    from napari_sinkhorn_em.pipeline import track as track_mod
+
+    g = make_growing_embryo(seed=1)
+    kw = {"channel_axis": 1, "voxel_size": g.voxel_size, "random_state": 1}
+    once = track_nuclei(g.image, backfill=False, **kw)
+    monkeypatch.setattr(track_mod, "BACKFILL_MIN_GAP", 0.5)
+    r = track_nuclei(g.image, **kw)
+    info = r.frames[0]
+    assert info["backfilled"] == [] and len(info["backfill_ended"]) == 1
+    assert info["retracked"] == [0]
+    np.testing.assert_array_equal(r.labels, once.labels)
+    pd.testing.assert_frame_equal(r.tracks, once.tracks)
+    monkeypatch.setattr(track_mod, "BACKFILL_MIN_GAP", 0.8)
+    r = track_nuclei(g.image, **kw)
+    assert r.frames[0]["backfilled"] == [] and "backfill_ended" not in r.frames[0]
+
+
 def test_given_centres_start_and_stay_in_the_reference_frame():
     """Hand-placed points (a subset of the nuclei: the annotated neurons of a real head)
     start their tracks where they are, and none is ended in the reference frame."""
