@@ -1309,13 +1309,15 @@ threshold_method, suppress_granules, max_iter
         # until the bookkeeping splits them (growing embryo: 70-100 iterations of the
         # first fit, to convergence, in the frames of 150-250 nuclei; the heads converge
         # in 10-22)
-        # a dividing frame: the bookkeeping before the fit started or ended tracks for
-        # at least DIVIDING_FRACTION of the components (growing embryo: 14-78 divisions
-        # per frame; the heads: 0-1 new track). Its first fit only has to show which
-        # components cover two nuclei, and its refit stops at tol, segment_nuclei's own
+        # a dividing frame: the bookkeeping before the fit divided at least
+        # DIVIDING_FRACTION of the components (growing embryo: 14-78 divisions, a third of
+        # the components, per frame; the heads: none; new tracks do not count: a
+        # reference frame started from a subset of its nuclei gets dozens). Its first
+        # fit only has to show which components cover two nuclei, and its refit stops
+        # at tol, segment_nuclei's own
         # (DIVIDING_* below: the growing embryo's fits took 30 + 30 iterations in the
         # frames of 150-250 nuclei, 1.6-2.3x a segmentation of the frame)
-        dividing = len(new) + len(ended) >= DIVIDING_FRACTION * max(1, means.shape[0])
+        dividing = len(divided) >= DIVIDING_FRACTION * max(1, means.shape[0])
         first_iters = min(int(max_iter), DIVIDING_FIRST_MAX_ITER if dividing else REFIT_MAX_ITER)
         model, comp = fit(means, covs, mass, first_iters)
         n_iter_total += 0 if model is None else model.n_iter_
