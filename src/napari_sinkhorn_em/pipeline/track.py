@@ -54,16 +54,35 @@ _PROTECTED: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "napari_sinkhorn_em_track_protected", default=None
 )
 
+# ... and the first pass' result: the second pass re-tracks a frame only while its
+# tracks differ from the first pass' there (see _match_frame).
+_FIRST_PASS: contextvars.ContextVar[TrackingResult | None] = contextvars.ContextVar(
+    "napari_sinkhorn_em_track_first_pass", default=None
+)
+
 __all__ = ["TrackingCancelled", "TrackingResult", "save_tracking", "track_nuclei"]
 
 MOTIONS = ("none", "translation", "rigid", "deformable")
 METHODS = ("sinkhorn", "em")
 WEIGHTS = ("voronoi", "nuclei", "previous", "uniform")
 REFIT_MAX_ITER = 30
+# Frames where many nuclei divide (see track_nuclei's step): measured on the growing
+# embryo, seeds 0-2 (docs/tracking.md, "Growing embryos"): a first fit of 15 iterations
+# and a refit of 20 at tol kept the links (0.904 against 0.900 on average) and cut the
+# fits' iterations from 30 + 30 to 15 + 12-20 in the frames of 150-250 nuclei
+DIVIDING_FRACTION = 0.1
+DIVIDING_FIRST_MAX_ITER = 15
+DIVIDING_REFIT_MAX_ITER = 20
 
 
 class TrackingCancelled(SegmentationCancelled):
     """Raised by :func:`track_nuclei` when the progress callback asks to stop."""
+
+
+class _FirstPassStands(Exception):
+    """The backfill's second pass kept none of the nuclei it added in the reference
+    frame: the first pass is the result (raised by the second pass, caught by
+    :func:`_backfill`)."""
 
 
 @dataclass
@@ -92,8 +111,14 @@ class TrackingResult:
         "divided_adopted"), ``motion`` (phase shift, rotation
         and translation of the global estimate, residual after it, how far the fit moved
         the components), ``n_iter``, ``converged``, ``objective``, ``timings`` (s),
-        ``reference``, ``nucleus_diameter_um`` (the frame's scale). The reference
-        frame also holds ``segment_nuclei``'s info (``segmentation``).
+        ``reference``, ``nucleus_diameter_um`` (the frame's scale), ``dividing``
+        (the frame's fits were those of a frame where many nuclei divide, see
+        :data:`DIVIDING_FRACTION`). The reference frame also holds ``segment_nuclei``'s
+        info (``segmentation``) and the backfill's (``backfilled``; after a second
+        pass ``first_pass`` and ``retracked``, the frames that pass tracked; a frame
+        it took from the first pass has ``spliced: True``; ``backfill_ended``: the
+        carried-back nuclei whose second pass ended them in the reference frame, so
+        the first pass was kept).
     """
 
     labels: np.ndarray
@@ -605,7 +630,9 @@ threshold_method, suppress_granules, max_iter
         it (:data:`REFIT_TOL_FACTOR`): identities need settled centres. Measured on a
         real head frame tracked onto itself: with the fits stopped at 1e-4, 0.966 of the
         tracks stayed within 1 um (the next frame's refit went on moving centres the
-        reference fit had left unsettled), >= 0.98 at 1e-5.
+        reference fit had left unsettled), >= 0.98 at 1e-5. Except the refit after the
+        bookkeeping of a frame where many nuclei divide (``frames[t]["dividing"]``):
+        it stops at ``tol`` (and after 20 iterations; the first fit there after 15).
     marginal_penalty : float or None
         As for ``segment_nuclei`` (the reference frame is segmented with it too), but
         10 by default: from motion-compensated warm starts the stiffer 1000 kept no more
@@ -658,12 +685,17 @@ threshold_method, suppress_granules, max_iter
     backfill : bool
         Nuclei the reference frame missed: when tracks started after the reference
         (before it, going backward) without a parent and lasted at least two frames,
-        each is carried back to the
-        reference frame along the motion of its neighbouring tracks; those that land
-        inside the field and more than half a diameter from every reference nucleus are
+        each is carried back to the reference frame along the motion of its
+        neighbouring tracks; those that land inside the field, on signal and 0.8
+        diameters or more from every reference nucleus (:data:`BACKFILL_MIN_GAP`) are
         added to the reference nuclei, and the series is tracked once more from them (the
         reference nuclei of the first pass plus these, as ``init`` centres). The second
-        pass runs only then (about twice the time); it reports progress as stage "fit".
+        pass runs only then; it reports progress as stage "fit". It stops at the first
+        frame (in each direction from the reference) whose tracks pair one-to-one with
+        the first pass' there (within a quarter diameter), and the first pass' later
+        frames are taken on, their tracks renamed to the second pass' ids: the nuclei
+        it added change only the frames before the late tracks started. When its
+        reference frame ends every nucleus it added, the first pass is the result.
         ``frames[reference_frame]["backfilled"]`` lists the track ids added.
     progress : callable, optional
         ``progress(stage, frame, n_frames)`` with stage ``"frame"`` after each frame
@@ -1215,7 +1247,7 @@ threshold_method, suppress_granules, max_iter
             if chosen:
                 ids, means, covs, mass = add_tracks(chosen, ids, means, covs, mass)
 
-        def fit(means, covs, mass, iters):
+        def fit(means, covs, mass, iters, tol_factor=REFIT_TOL_FACTOR):
             K = means.shape[0]
             comp = np.full(X.shape[0], -1, dtype=np.int64)
             if K == 0:
@@ -1255,7 +1287,7 @@ threshold_method, suppress_granules, max_iter
                 weights=alpha,
                 covariance_type="full",
                 covariance_bounds=bounds_d,
-                tol=REFIT_TOL_FACTOR * tol,
+                tol=tol_factor * tol,
                 max_iter=iters,
                 init=means,
                 covariances_init=covs,
@@ -1278,7 +1310,16 @@ threshold_method, suppress_granules, max_iter
         # until the bookkeeping splits them (growing embryo: 70-100 iterations of the
         # first fit, to convergence, in the frames of 150-250 nuclei; the heads converge
         # in 10-22)
-        first_iters = min(int(max_iter), REFIT_MAX_ITER)
+        # a dividing frame: the bookkeeping before the fit divided at least
+        # DIVIDING_FRACTION of the components (growing embryo: 14-78 divisions, a third of
+        # the components, per frame; the heads: none; new tracks do not count: a
+        # reference frame started from a subset of its nuclei gets dozens). Its first
+        # fit only has to show which components cover two nuclei, and its refit stops
+        # at tol, segment_nuclei's own
+        # (DIVIDING_* below: the growing embryo's fits took 30 + 30 iterations in the
+        # frames of 150-250 nuclei, 1.6-2.3x a segmentation of the frame)
+        dividing = len(divided) >= DIVIDING_FRACTION * max(1, means.shape[0])
+        first_iters = min(int(max_iter), DIVIDING_FIRST_MAX_ITER if dividing else REFIT_MAX_ITER)
         model, comp = fit(means, covs, mass, first_iters)
         n_iter_total += 0 if model is None else model.n_iter_
         for _ in range(int(weight_refits)):
@@ -1335,7 +1376,12 @@ threshold_method, suppress_granules, max_iter
             tfit = time.perf_counter()
             # a warm refit: the components already sit on their nuclei (measured: 5-20
             # iterations); capped so that a frame costs no more than a segmentation
-            model, comp = fit(means, covs, mass, min(int(max_iter), REFIT_MAX_ITER))
+            if dividing:
+                model, comp = fit(
+                    means, covs, mass, min(int(max_iter), DIVIDING_REFIT_MAX_ITER), 1.0
+                )
+            else:
+                model, comp = fit(means, covs, mass, min(int(max_iter), REFIT_MAX_ITER))
             n_iter_total += 0 if model is None else model.n_iter_
             if model is not None:
                 means, covs = model.means_.copy(), model.covariances_.copy()
@@ -1385,6 +1431,7 @@ threshold_method, suppress_granules, max_iter
             "reasons": reasons,
             "motion": minfo,
             "n_iter": int(n_iter_total),
+            "dividing": bool(dividing),
             "converged": bool(model.converged_) if model is not None else True,
             "objective": float(model.objective_) if model is not None else None,
             "n_foreground_voxels": int(feats.n_points),
@@ -1408,14 +1455,30 @@ threshold_method, suppress_granules, max_iter
     # 3 x 3 inverses) and OpenBLAS's worker threads made it 10-100x slower on a busy
     # machine (a 154 x 154 solve: 19 ms against 0.25 ms; the growing embryo's last frame
     # spent 4 s in its motion estimate). The mixture kernels use Numba's own threads.
+    # the backfill's second pass: a direction stops at the first frame whose tracks are
+    # the first pass's (every track one-to-one on one of them), the first pass is spliced
+    # on for the frames beyond it (the same frames tracked from the same mixture)
+    first = _FIRST_PASS.get() if _SPLICE else None
+    splice_at: dict[int, tuple[int, dict[int, int]]] = {}
     with threadpool_limits(limits=1, user_api="blas"):
         state0 = step(ref, state0, forward=False, reference=True)
-        state = state0
-        for t in range(ref + 1, T):
-            state = step(t, state, forward=True)
-        state = state0
-        for t in range(ref - 1, -1, -1):
-            state = step(t, state, forward=False)
+        if first is not None and _match_frame(first, rows[-1], ref, diam, given_set) is not None:
+            # the reference frame ended the nuclei the backfill added (e.g. as a duplicate
+            # of a neighbour): every frame would be tracked as in the first pass
+            raise _FirstPassStands
+        for direction, span in ((1, range(ref + 1, T)), (-1, range(ref - 1, -1, -1))):
+            state = state0
+            for t in span:
+                state = step(t, state, forward=direction > 0)
+                if first is None or t == span[-1]:
+                    continue
+                same = _match_frame(first, rows[-1], t, state.diameter, given_set)
+                if same is not None:
+                    splice_at[direction] = (t, same)
+                    break
+    for direction, (t_s, same) in splice_at.items():
+        span = range(t_s + 1, T) if direction > 0 else range(t_s - 1, -1, -1)
+        _splice(first, span, same, next_id, rows, all_labels, frame_info)
 
     tracks = pd.concat(rows, ignore_index=True)
     tracks = tracks.sort_values(["track_id", "t"], kind="stable").reset_index(drop=True)
@@ -1517,6 +1580,90 @@ def _carry_to_reference(tracks, ref, diam, vs):
     return out_ids, np.asarray(out_pos, dtype=np.float64).reshape(-1, ndim)
 
 
+# False: the backfill's second pass tracks every frame again (the tests compare)
+_SPLICE = True
+
+#: A nucleus carried back to the reference frame is added there only this many nucleus
+#: diameters or more from every reference nucleus (see :func:`_backfill`).
+BACKFILL_MIN_GAP = 0.8
+
+#: Two passes' tracks of one frame are the same when they pair one-to-one within this
+#: many nucleus diameters (see :func:`_match_frame`).
+SPLICE_RADIUS = 0.25
+
+
+def _match_frame(first, rows, t, diam, given_set):
+    """The backfill's second pass against its first at frame ``t``: ``{first-pass track
+    id: second-pass track id}`` when both have the same number of tracks there and they
+    pair one-to-one, nearest first, within :data:`SPLICE_RADIUS` diameters (and the
+    user's given tracks keep their ids); else None.
+
+    ``rows``: the second pass' rows of frame ``t``. Both passes track the same frame
+    from mixtures that agree on every nucleus, so the second would continue as the
+    first did: the frames beyond ``t`` are the first pass' (:func:`_splice`).
+    """
+    a = first.tracks[first.tracks["t"] == t]
+    if len(a) != len(rows) or len(a) == 0:
+        return None
+    cols = ["z_um", "y_um", "x_um"][-len(first.params["voxel_size"]) :]
+    j = _pair_nearest(a[cols].to_numpy(float), rows[cols].to_numpy(float), SPLICE_RADIUS * diam)
+    if (j < 0).any():
+        return None
+    same = dict(
+        zip(
+            a["track_id"].astype(int).tolist(),
+            rows["track_id"].to_numpy()[j].astype(int).tolist(),
+            strict=True,
+        )
+    )
+    if any(same.get(i, i) != i for i in given_set):
+        return None
+    return same
+
+
+def _splice(first, span, same, next_id, rows, all_labels, frame_info):
+    """The first pass' frames ``span`` added to the second pass' ``rows``, labels and
+    frame info, their track ids renamed: a track of the splice frame takes its id
+    there (``same``, :func:`_match_frame`), a track started later a new id (in the first
+    pass' order); in place. Each spliced frame's info gets ``spliced: True``."""
+    sub = first.tracks[first.tracks["t"].isin(list(span))]
+    later = np.union1d(sub["track_id"].to_numpy(), sub["parent_id"].to_numpy())
+    rename = {0: 0, **same}
+    for i in later.astype(int).tolist():
+        if i not in rename:
+            rename[i] = next_id[0]
+            next_id[0] += 1
+    lut = np.zeros(max(int(first.labels.max(initial=0)), max(rename)) + 1, dtype=np.int64)
+    for a, b in rename.items():
+        if a < lut.size:
+            lut[a] = b
+
+    def ren(v):
+        if isinstance(v, list):
+            return [ren(x) for x in v]
+        return int(rename.get(int(v), v))
+
+    for t in span:
+        part = sub[sub["t"] == t].copy()
+        for c in ("track_id", "label", "parent_id"):
+            if c in part:
+                part[c] = part[c].map(lambda i: rename[int(i)]).astype(np.int64)
+        rows.append(part)
+        all_labels[t] = lut[np.asarray(first.labels[t], dtype=np.int64)]
+        info = dict(first.frames[t])
+        for k in ("new", "ended", "divided"):
+            info[k] = ren(list(info[k]))
+        info["reasons"] = {k: ren(list(v)) for k, v in info["reasons"].items()}
+        motion = dict(info["motion"])
+        if "fit_shift_um" in motion:
+            shift = dict(motion["fit_shift_um"])
+            shift["over_half_diameter"] = ren(list(shift["over_half_diameter"]))
+            motion["fit_shift_um"] = shift
+        info["motion"] = motion
+        info["spliced"] = True
+        frame_info[t] = info
+
+
 def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     """Second pass of :func:`track_nuclei` from the reference nuclei plus the nuclei it
     missed (see ``backfill`` there); ``result`` unchanged when there are none.
@@ -1534,7 +1681,11 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     extent = (np.asarray(shape) - 0.5) * vs
     inside = np.all((late_um >= -0.5 * vs) & (late_um <= extent), axis=1)
     if len(ref_um):
-        inside &= cKDTree(ref_um).query(late_um, k=1)[0] > 0.5 * diam
+        # at least 0.8 diameters from every reference nucleus, where the tracker starts a
+        # track at a peak after a fit: the growing embryo's carried-back nuclei, 0.51-0.74
+        # diameters from one, were all ended in the second pass' reference frame (as
+        # duplicates of it), a pass for nothing; a head's missed nucleus lay 1.0 away
+        inside &= cKDTree(ref_um).query(late_um, k=1)[0] > BACKFILL_MIN_GAP * diam
     # ... and with signal there in the reference frame: a nucleus that appeared later
     # (entered the field, or the embryo's new nucleus) is carried back onto nothing
     # (measured: the appearing nucleus of both synthetic embryos, a second pass for nothing)
@@ -1558,13 +1709,23 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     # reference frame's estimate is the same number again)
     kw.update(init=init, backfill=False)
     token = _PROTECTED.set(n_user)
+    token_first = _FIRST_PASS.set(result)
     try:
         again = track_nuclei(
             call["stack"],
             progress=None if progress is None else (lambda s, i, n: progress("fit", T, T)),
             **kw,
         )
+    except _FirstPassStands:
+        info = result.frames[ref]
+        info["backfilled"] = []
+        # the carried-back nuclei that the second pass' reference frame ended
+        info["backfill_ended"] = [late_ids[i] for i in keep]
+        info["retracked"] = [ref]
+        info["timings"]["tracking_total"] = time.perf_counter() - t_start
+        return result
     finally:
+        _FIRST_PASS.reset(token_first)
         _PROTECTED.reset(token)
     # the run is described by the caller's arguments (``track_nuclei(stack, **params)``
     # repeats it)
@@ -1580,6 +1741,8 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
         "late_tracks": late_ids,
         "seconds": float(result.frames[ref]["timings"]["tracking_total"]),
     }
+    # the frames the second pass tracked; the others are the first pass' (_splice)
+    info["retracked"] = [t for t, f in enumerate(again.frames) if not f.get("spliced")]
     info["timings"]["tracking_total"] = time.perf_counter() - t_start
     return again
 
