@@ -169,6 +169,10 @@ LOOKS: dict[str, FieldLook] = {
         "threshold method", choices=(("otsu", "otsu"), ("triangle", "triangle"), ("noise", "noise"))
     ),
     "suppress_granules": FieldLook("suppress granules"),
+    "local_contrast": FieldLook(
+        "adaptive (local scale and contrast)",
+        tip="Off = the fixed-scale pipeline: one LoG scale and one global threshold.",
+    ),
     "max_components_per_tile": FieldLook(
         "nuclei per tile", integer=True, minimum=1, maximum=1_000_000
     ),
