@@ -242,8 +242,9 @@ def segment_nuclei(
         (default; None, as older parameter files have it, means the same), whether the
         diameter is "auto" or given: with a given number the blobs are searched around
         it. False = the fixed-scale pipeline (one LoG scale, one global threshold), the
-        default for a given number until this release; it was not better on any data set
-        of docs/benchmarks_real.md, and up to minutes on dim, coarsely sampled stacks.
+        default for a given number until this release; of the rows of
+        docs/benchmarks_real.md it is better only on a 2-D single-channel worm head (dim
+        nuclei overlapping brighter ones), and takes minutes on dim, coarse stacks.
         ``params`` records the resolved value.
     method : {"sinkhorn", "em", "em-learned"}
         Sinkhorn-EM with fixed weights, EM with the same fixed weights, or classic EM with
