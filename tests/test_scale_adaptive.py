@@ -22,6 +22,12 @@ from napari_sinkhorn_em.pipeline.scale import estimate_nucleus_diameter, resolve
 from napari_sinkhorn_em.synthetic import make_whole_brain, make_worm
 
 
+def _segment(w, **kw):
+    """``segment_nuclei`` of a synthetic set at its own sampling, seed 0."""
+    kw.setdefault("random_state", 0)
+    return segment_nuclei(w.image, voxel_size=w.voxel_size, channel_axis=w.channel_axis, **kw)
+
+
 def _blob_field(diameter, voxel_size, n_side=3, seed=0, blur=0.1, brightness=None, noise=0.03):
     """Balls of ``diameter`` um on a jittered grid (spacing 1.6 d), blurred, with noise.
 
@@ -139,13 +145,7 @@ def test_a_typed_diameter_on_a_dim_coarse_whole_brain_is_as_good_as_auto():
     # default for a typed diameter before) took it to 9723 components, 22 minutes and
     # F1 0.03: its LoG kernel at 0.23 voxel of z-sigma follows the brightness
     w = make_whole_brain(seed=0)
-    r = segment_nuclei(
-        w.image,
-        voxel_size=w.voxel_size,
-        channel_axis=w.channel_axis,
-        nucleus_diameter=2.0,
-        random_state=0,
-    )
+    r = _segment(w, nucleus_diameter=2.0)
     assert r.info["n_components"] <= 1.2 * len(w.centres)
     m = match_centres_nn(r.centres, w.centres, voxel_size=w.voxel_size, fraction=0.5)
     assert m.f1 >= 0.9
@@ -428,9 +428,7 @@ def test_estimate_is_not_taken_by_granules_at_the_search_floor():
     # "nucleus" of that size (F1 0.25)
     w = make_worm(n_nuclei=40, ndim=2, n_channels=4, region="head", seed=1)
     assert len(w.granules) >= 40
-    r = segment_nuclei(
-        w.image, voxel_size=w.voxel_size, channel_axis=w.channel_axis, random_state=0
-    )
+    r = _segment(w)
     d_true = float(np.median(w.diameters_um))
     assert abs(r.info["nucleus_diameter_um"] - d_true) < 0.2 * d_true
     assert r.info["preprocess"]["n_granule_voxels"] > 0
@@ -452,21 +450,12 @@ def test_one_channel_granules_are_not_nuclei(ndim, region):
     # (bright, optical-resolution spots) were detected as nuclei: 62 objects for 40
     # nuclei on the body (F1 0.78), 78 on the head (0.68)
     w = make_worm(n_nuclei=40, ndim=ndim, n_channels=1, region=region, seed=1)
-    r = segment_nuclei(
-        w.image, voxel_size=w.voxel_size, channel_axis=w.channel_axis, random_state=0
-    )
+    r = _segment(w)
     assert r.info["adaptive"]["n_granule_peaks"] >= 0.5 * len(w.granules)
     m = match_centres(r.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
     assert m.f1 >= 0.95, m.summary()
     # and with the diameter typed in (the local mode around it)
-    t = segment_nuclei(
-        w.image,
-        voxel_size=w.voxel_size,
-        channel_axis=w.channel_axis,
-        nucleus_diameter=2.7,
-        n_nuclei=40,
-        random_state=0,
-    )
+    t = _segment(w, nucleus_diameter=2.7, n_nuclei=40)
     mt = match_centres(t.centres, w.centres, voxel_size=w.voxel_size, max_distance=1.5)
     assert mt.f1 >= 0.95, mt.summary()
 
@@ -478,14 +467,7 @@ def test_given_centres_on_a_dim_whole_brain_each_keep_a_nucleus():
     # points placed by hand (here: the true centres) start the components; each brings
     # its own foreground even where the detection did not accept a nucleus
     w = make_whole_brain(seed=1)
-    r = segment_nuclei(
-        w.image,
-        voxel_size=w.voxel_size,
-        channel_axis=w.channel_axis,
-        nucleus_diameter=2.0,
-        init=w.centres,
-        random_state=0,
-    )
+    r = _segment(w, nucleus_diameter=2.0, init=w.centres)
     vs = np.asarray(w.voxel_size)
     dist = cKDTree(r.centres * vs).query(w.centres * vs)[0]
     assert np.mean(dist < 1.0) >= 0.95
