@@ -299,7 +299,7 @@ def granule_peaks(pre, peaks: Peaks, vs, diameter: float) -> tuple[np.ndarray, n
       took on dim synthetic embryos 2-12.
 
     Without the peak-level test the granules of a single-channel worm were nuclei (F1
-    0.78 on a body, 0.68 on a head with as many granules as nuclei; 0.93-0.96 with it).
+    0.78 on a body, 0.68 on a head with as many granules as nuclei; 0.99-1.00 with it).
     The voxel-level filter alone took the speckle of textured nuclei on the real sets
     (QCANet 16-cell F1 0.97 -> 0.67); this test changes no real row of
     docs/benchmarks_real.md.

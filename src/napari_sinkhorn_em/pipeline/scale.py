@@ -49,8 +49,9 @@ _MIN_ROUNDNESS = 0.2
 # smallest relative drop of the smoothed intensity from a blob's centre to the mean of the
 # 2 ndim points 0.6 diameters away along the axes (touching nuclei of equal size: ~0.5)
 _MIN_PROMINENCE = 0.25
-# an estimate within this factor of the smallest diameter searched (two ladder steps,
-# 2**0.25 = 1.19 each) is at the search's resolution (see diameter_from_blobs)
+# an estimate within this factor of the smallest diameter searched (on the two smallest
+# scales of the ladder, 2**0.25 = 1.19 apart) is at the search's resolution
+# (see diameter_from_blobs)
 _FLOOR_STEPS = 1.25
 
 
@@ -525,11 +526,12 @@ def diameter_from_blobs(
     median diameter of the blobs with local contrast >= ``min_contrast`` and a response
     of at least a quarter of their 95th percentile. ``blobs`` must not be empty.
 
-    ``floor_um``: the smallest diameter searched. When the estimate lands within two
-    ladder steps of it (the blobs there are at or below the search's resolution: bright
-    sub-micrometre granules, noise) and at least 5 selected blobs, and a fifth of them,
-    are larger, the estimate is taken from those larger blobs alone (a 2-D worm head
-    with as many gut granules as nuclei: 1.05 um, the floor, instead of 2.4 um)."""
+    ``floor_um``: the smallest diameter searched. When the estimate lands on the two
+    smallest scales of the ladder, within 1.25x of it (the blobs there are at or below
+    the search's resolution: bright sub-micrometre granules, noise) and at least 5
+    selected blobs, and a fifth of them, are larger, the estimate is taken from those
+    larger blobs alone (a 2-D worm head with as many gut granules as nuclei: 1.05 um,
+    the floor, instead of 2.4 um)."""
     sel = blobs.contrast >= min_contrast
     if sel.sum() < 3:  # a very clean or tiny image: the strongest blobs
         sel = blobs.response >= np.sort(blobs.response)[-min(len(blobs), 3)]
