@@ -150,7 +150,9 @@ class SegmentationParams:
         )
         put("min_size", check_float("min_size", self.min_size, min=0.0))
         optional("background_scale", check_float, min=0.0, unit="um")
-        if self.local_contrast is not None and not isinstance(self.local_contrast, bool):
+        if self.local_contrast is None:
+            put("local_contrast", True)  # as older parameter files have it: the default
+        elif not isinstance(self.local_contrast, bool):
             if type(self.local_contrast).__name__ != "bool_":
                 raise ValueError(
                     f"local_contrast must be True, False or None, got {self.local_contrast!r}"

@@ -350,7 +350,7 @@ def segment_nuclei(
     seed = p.random_state
     if seed is None:  # drawn here and recorded, so that the run can be repeated
         seed = int(np.random.SeedSequence().entropy % (2**31))
-    local = True if p.local_contrast is None else p.local_contrast
+    local = p.local_contrast  # (None, from older parameter files, validated to True)
 
     # preprocess -> features -> peaks; the image-sized arrays live only in there
     found = _find_nuclei(image, p, clock, init_array, local)

@@ -1376,12 +1376,11 @@ threshold_method, suppress_granules, max_iter
             tfit = time.perf_counter()
             # a warm refit: the components already sit on their nuclei (measured: 5-20
             # iterations); capped so that a frame costs no more than a segmentation
-            if dividing:
-                model, comp = fit(
-                    means, covs, mass, min(int(max_iter), DIVIDING_REFIT_MAX_ITER), 1.0
-                )
-            else:
-                model, comp = fit(means, covs, mass, min(int(max_iter), REFIT_MAX_ITER))
+            # (a dividing frame's refit: fewer iterations, at tol itself)
+            cap, tol_factor = (
+                (DIVIDING_REFIT_MAX_ITER, 1.0) if dividing else (REFIT_MAX_ITER, REFIT_TOL_FACTOR)
+            )
+            model, comp = fit(means, covs, mass, min(int(max_iter), cap), tol_factor)
             n_iter_total += 0 if model is None else model.n_iter_
             if model is not None:
                 means, covs = model.means_.copy(), model.covariances_.copy()
