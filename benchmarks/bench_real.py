@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_sinkhorn_em import segment_nuclei
 from napari_sinkhorn_em.evaluation import external, realdata
@@ -120,6 +121,17 @@ def _synthetic_case(name: str, w, source: str = "median true diameter") -> Case:
         diameter=float(np.median(w.diameters_um)),
         diameter_source=source,
     )
+
+
+def _registered(w):
+    """A synthetic set registered by half a pixel in y and x (linear interpolation: the
+    noise of each voxel averaged with its neighbours'); the truth moves by 0.5 voxel,
+    well within the matching tolerance, and its labels are dropped (AP is not scored)."""
+    shift = [0.0] * w.image.ndim
+    shift[-1] = shift[-2] = 0.5
+    w.image = ndi.shift(w.image.astype(np.float32), shift, order=1, mode="nearest")
+    w.labels = None
+    return w
 
 
 def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
@@ -205,6 +217,22 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
                 lambda n=n, p=photons, name=name: _synthetic_case(
                     name, make_embryo(n_nuclei=n, photons=p, seed=0)
                 ),
+            )
+        )
+    # stacks whose noise neighbouring voxels share: registered by a half-pixel shift in y
+    # and x (linear interpolation), as motion-corrected whole-brain recordings are
+    for name, build_w in (
+        ("whole brain, registered (half-pixel shift)", lambda: make_whole_brain(seed=1)),
+        (
+            "dim embryo 370 nuclei, registered (half-pixel shift)",
+            lambda: make_embryo(n_nuclei=370, photons=80.0, seed=1),
+        ),
+    ):
+        out.append(
+            (
+                name,
+                False,
+                lambda name=name, build_w=build_w: _synthetic_case(name, _registered(build_w())),
             )
         )
     out.append(

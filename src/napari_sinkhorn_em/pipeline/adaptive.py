@@ -35,8 +35,8 @@ from .contrast import (
     local_foreground,
     near_mask,
     nucleus_extents,
-    voxel_noise,
 )
+from .noise import voxel_sd
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold, granule_mask
 from .scale import diameter_from_blobs
@@ -78,7 +78,7 @@ def _difference_noise_level(signal: np.ndarray) -> float:
     0.17, and the dim nuclei between the two were never searched)."""
     s = np.asarray(signal)
     rows = s.reshape(-1, s.shape[-1])[:: max(1, s.size // 1_000_000)]
-    return float(np.percentile(rows, 25)) + 4.0 * voxel_noise(s)
+    return float(np.percentile(rows, 25)) + 4.0 * voxel_sd(s)
 
 
 def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
@@ -294,7 +294,7 @@ def granule_peaks(pre, peaks: Peaks, vs, diameter: float) -> tuple[np.ndarray, n
       :data:`_GRANULE_MAX_UM` (an optical-resolution spot; on the real DSB 2-D image,
       in pixel units, the 0.7 rule alone took 9 small nuclei);
     * it is bright: at least :data:`_GRANULE_SNR` voxel-noise levels
-      (:func:`~.contrast.voxel_noise`). The granules of the synthetic single-channel
+      (:func:`~.noise.voxel_sd`). The granules of the synthetic single-channel
       worms stand 130-400 noise levels high; the dim small nuclei the first two rules
       took on dim synthetic embryos 2-12.
 
@@ -316,7 +316,7 @@ def granule_peaks(pre, peaks: Peaks, vs, diameter: float) -> tuple[np.ndarray, n
     at = tuple(idx.T)
     d_peak = 2.0 * np.sqrt(vs.size) * peaks.sigma_um
     small = d_peak <= min(_GRANULE_MAX_FRACTION * diameter, _GRANULE_MAX_UM)
-    bright = pre.signal[at] >= _GRANULE_SNR * voxel_noise(pre.signal)
+    bright = pre.signal[at] >= _GRANULE_SNR * voxel_sd(pre.signal)
     is_granule = gm[at] & small & bright
     lab, _ = ndi.label(gm)
     ids = np.unique(lab[at][is_granule])

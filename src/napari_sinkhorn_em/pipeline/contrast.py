@@ -296,20 +296,6 @@ def component_cap(foreground_volume_um3: float, diameter_um: float, ndim: int) -
 MAX_FOREGROUND_PER_NUCLEUS_VOLUME = 4.0
 
 
-def voxel_noise(signal: np.ndarray) -> float:
-    """Standard deviation of the voxel noise, from the differences of neighbouring voxels
-    along the last axis (blind to smooth signal): ``1.4826 x median |diff| / sqrt(2)`` on
-    about a million voxels. Where the background is exactly zero (DoG-filtered
-    recordings) the zero differences are left out."""
-    s = np.asarray(signal)
-    rows = s.reshape(-1, s.shape[-1])
-    rows = rows[:: max(1, rows.size // 1_000_000)].astype(np.float32)
-    d = np.diff(rows, axis=-1).reshape(-1)
-    if np.count_nonzero(d) > 100:
-        d = d[d != 0]
-    return 1.4826 * float(np.median(np.abs(d))) / np.sqrt(2.0) if d.size else 0.0
-
-
 def foreground_is_mostly_nuclei(n_voxels: int, voxel_size, diameters_um, ndim: int) -> bool:
     """Whether a foreground of ``n_voxels`` is at most
     :data:`MAX_FOREGROUND_PER_NUCLEUS_VOLUME` times the volume (area in 2-D) of balls of

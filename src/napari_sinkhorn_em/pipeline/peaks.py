@@ -24,7 +24,8 @@ from scipy import ndimage as ndi
 from .._validation import check_voxel_size
 from ._filters import box_filter
 from ._regions import foreground_boxes
-from .contrast import foreground_is_mostly_nuclei, voxel_noise
+from .contrast import foreground_is_mostly_nuclei
+from .noise import noise_blur, response_noise, white_noise_level
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
@@ -475,13 +476,15 @@ def _log(image: np.ndarray, sigma_vox) -> np.ndarray:
 
 def _log_noise(sig, vs, sigma_um: float) -> float:
     """Standard deviation of :func:`detect_peaks`' LoG response at ``sigma_um`` to the
-    image's voxel noise (:func:`~.contrast.voxel_noise` times the kernel's L2 norm)."""
+    image's noise (:func:`~.noise.response_noise`: the voxel noise times the kernel's L2
+    norm for white noise)."""
     sv = sigma_um / np.asarray(vs, dtype=np.float64)
     half = np.ceil(4.0 * sv).astype(int) + 2
     delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float64)
     delta[tuple(half)] = 1.0
     k = _log(delta, sv) * sigma_um**2
-    return voxel_noise(sig) * float(np.sqrt((k**2).sum()))
+    b = noise_blur(sig)
+    return response_noise(k, white_noise_level(sig, b), b)
 
 
 def _add_small_scale(

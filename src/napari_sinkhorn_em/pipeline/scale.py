@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .noise import noise_blur, response_noise
+
 __all__ = [
     "Blobs",
     "ScaleEstimate",
@@ -321,10 +323,12 @@ def scale_space_blobs(
     sigmas = np.concatenate([[sigmas[0] / ratio], sigmas, [sigmas[-1] * ratio]])
 
     levels = [_level(img, vs, s) for s in sigmas]
-    # white-noise level of each scale: the pixel noise (from the finest scale, where the
+    # noise level of each scale: the pixel noise (from the finest scale, where the
     # background's response is noise) times the filter's L2 norm on its grid, divided by
-    # the block averaging's sqrt(voxels per block); exact also for floored axes
-    pixel_noise = _noise_level(levels[0][1]) / _level_norm(sigmas[0], vs, levels[0][0])
+    # the block averaging's sqrt(voxels per block); exact also for floored axes. For
+    # correlated noise (noise.noise_blur) the norms are those of the blurred filters
+    blur = noise_blur(img)
+    pixel_noise = _noise_level(levels[0][1]) / _level_norm(sigmas[0], vs, levels[0][0], blur)
     parts = []
     for k in range(1, len(sigmas) - 1):
         factor, r, rmax, _ = levels[k]
@@ -340,7 +344,9 @@ def scale_space_blobs(
                         np.array(rmax2.shape) - 1)  # fmt: skip
             ok &= val >= rmax2[tuple(j.T)]
         if ok.any():
-            parts.append(_score(levels[k], sigmas[k], vs, cand[ok], pixel_noise, contrast_window))
+            parts.append(
+                _score(levels[k], sigmas[k], vs, cand[ok], pixel_noise, contrast_window, blur)
+            )
     return _concat(parts, ndim)
 
 
@@ -380,14 +386,15 @@ def single_scale_blobs(
     # 0.5-2x this diameter (its finest, one step below the range)
     s_fine = 0.5 * sigma / 2.0 ** (1.0 / _PER_OCTAVE)
     fine = _level(img, vs, s_fine)
-    pixel_noise = _noise_level(fine[1]) / _level_norm(s_fine, vs, fine[0])
+    blur = noise_blur(img)
+    pixel_noise = _noise_level(fine[1]) / _level_norm(s_fine, vs, fine[0], blur)
     del fine
     lev = _level(img, vs, sigma)
     _, r, rmax, _ = lev
     cand = np.argwhere((r == rmax) & (r > 0))
     if cand.size == 0:
         return _concat([], ndim)
-    return _concat([_score(lev, sigma, vs, cand, pixel_noise, contrast_window)], ndim)
+    return _concat([_score(lev, sigma, vs, cand, pixel_noise, contrast_window, blur)], ndim)
 
 
 def _image_and_voxel_size(image, voxel_size) -> tuple[np.ndarray, np.ndarray]:
@@ -426,11 +433,25 @@ def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
     return factor, r, ndi.maximum_filter(r, size=3, mode="nearest"), sm
 
 
-def _level_norm(sigma: float, vs: np.ndarray, factor: np.ndarray) -> float:
-    return _kernel_norm(_axis_sigmas(sigma, vs, factor)) / np.sqrt(np.prod(factor))
+def _level_norm(sigma: float, vs: np.ndarray, factor: np.ndarray, blur=None) -> float:
+    """Response of one scale's filter (block mean by ``factor``, then the LoG on the
+    grid) to unit white noise blurred by ``blur`` voxels per axis (None or 0: white)."""
+    sv = _axis_sigmas(sigma, vs, factor)
+    if blur is None or not np.any(np.asarray(blur) > 0):
+        return _kernel_norm(sv) / np.sqrt(np.prod(factor))
+    f = np.asarray(factor, dtype=np.int64)
+    s = np.asarray(sv, dtype=np.float64)
+    half = np.ceil(4.0 * s).astype(int) + 2
+    delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float32)
+    delta[tuple(half)] = 1.0
+    k = normalized_log(delta, s).astype(np.float64)
+    # the weight of each full-resolution voxel: its block's grid weight over the block size
+    for a in range(k.ndim):
+        k = np.repeat(k, int(f[a]), axis=a)
+    return response_noise(k / float(np.prod(f)), 1.0, blur)
 
 
-def _score(level, sigma: float, vs, cand, pixel_noise: float, contrast_window: float):
+def _score(level, sigma: float, vs, cand, pixel_noise: float, contrast_window: float, blur=None):
     """``(coords, sigma, response, contrast, intensity)`` of the candidate maxima ``cand``
     (grid coordinates) of one scale: local contrast, zeroed when the maximum is not
     significant, not round or not prominent."""
@@ -440,7 +461,7 @@ def _score(level, sigma: float, vs, cand, pixel_noise: float, contrast_window: f
     centre_vox = (cand + 0.5) * factor - 0.5  # in full-resolution voxels
     d_um = 2.0 * np.sqrt(ndim) * sigma
     win = np.maximum(1, np.round(contrast_window * d_um / (vs * factor))).astype(int) | 1
-    noise_k = pixel_noise * _level_norm(sigma, vs, factor)
+    noise_k = pixel_noise * _level_norm(sigma, vs, factor, blur)
     c = local_contrast(r, win, noise_k)[tuple(cand.T)]
     # significance: a maximum of pure noise rarely exceeds ~4 noise levels
     c = np.where(val > _SIGNIFICANCE * noise_k, c, 0.0)
