@@ -134,6 +134,18 @@ def _registered(w):
     return w
 
 
+def _hot_pixels(w, n: int = 300, amplitude: float = 1000.0, seed: int = 5):
+    """A synthetic set with ``n`` single voxels raised by ``amplitude`` counts (a
+    camera's hot pixels), at seeded random positions."""
+    img = w.image.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    spatial = img.shape[1:] if w.channel_axis == 0 else img.shape
+    at = tuple(rng.integers(0, s, n) for s in spatial)
+    img[(0, *at) if w.channel_axis == 0 else at] += amplitude
+    w.image = img
+    return w
+
+
 def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
     """``(name, in_quick, build)`` for every row, real first."""
     out: list[tuple[str, bool, Callable[[], Case]]] = []
@@ -235,6 +247,16 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
                 lambda name=name, build_w=build_w: _synthetic_case(name, _registered(build_w())),
             )
         )
+    # a camera's hot pixels: 300 single voxels (0.03 %) raised by 1000 counts
+    out.append(
+        (
+            "whole brain, 300 hot pixels",
+            False,
+            lambda: _synthetic_case(
+                "whole brain, 300 hot pixels", _hot_pixels(make_whole_brain(seed=1))
+            ),
+        )
+    )
     out.append(
         (
             "2-D field 125 nuclei",

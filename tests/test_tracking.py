@@ -599,6 +599,41 @@ def test_backfill_second_pass_retracks_only_the_frames_it_changes(monkeypatch):
         assert len(pairs) >= 0.95 * max(len(ra), len(rb)), t
 
 
+def test_backfill_splice_runs_backwards_from_a_later_reference_frame(monkeypatch):
+    # the same real series reversed (tar, tar, gt, gt) with the reference frame last: the
+    # backfill adds neurons to frame 3 (measured: two, which the tar frames find), re-tracks
+    # frames 3 and 2 and splices frames 1-0 from the first pass, as forwards
+    from napari_sinkhorn_em.pipeline import track as track_mod
+
+    if not (REAL / "ex2").is_dir():
+        pytest.skip("targettrack data not present")
+    gt, tar = (
+        np.transpose(np.load(REAL / "ex2" / f"frame_{n}.npy"), (0, 3, 2, 1)) for n in ("gt", "tar")
+    )
+    stack = np.stack([tar, tar, gt, gt])
+    kw = {"channel_axis": 1, "voxel_size": (1.5, 0.4, 0.4), "random_state": 0, "reference_frame": 3}
+    spliced = track_nuclei(stack, **kw)
+    info = spliced.frames[3]
+    assert len(info["backfilled"]) >= 1
+    assert sorted(info["retracked"]) == [2, 3]
+    assert [bool(f.get("spliced")) for f in spliced.frames] == [True, True, False, False]
+    for added in info["backfilled"]:
+        assert 3 in set(spliced.tracks.t[spliced.tracks.track_id == added])
+    monkeypatch.setattr(track_mod, "_SPLICE", False)
+    full = track_nuclei(stack, **kw)
+    assert sorted(full.frames[3]["retracked"]) == [0, 1, 2, 3]
+    diam = float(spliced.nucleus_diameter_um)
+    late = _same_tracks(
+        spliced.tracks[spliced.tracks.t >= 2], full.tracks[full.tracks.t >= 2], 0.25 * diam
+    )
+    assert len(set(late.values())) == len(late)
+    cols = ["z_um", "y_um", "x_um"]
+    for t in (0, 1):
+        ra, rb = spliced.tracks[spliced.tracks.t == t], full.tracks[full.tracks.t == t]
+        pairs = match_points(ra[cols].to_numpy(float), rb[cols].to_numpy(float), 0.25 * diam)
+        assert len(pairs) >= 0.95 * max(len(ra), len(rb)), t
+
+
 def test_backfill_keeps_the_first_pass_when_its_reference_frame_ends_the_added(monkeypatch):
     # the growing embryo, seed 1: a nucleus carried back 0.54 diameters from a reference
     # nucleus (now below BACKFILL_MIN_GAP, so not tried). Tried anyway, the second pass'

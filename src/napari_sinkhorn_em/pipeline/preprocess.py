@@ -42,6 +42,7 @@ __all__ = [
     "normalize_channels",
     "physical_voxel_size",
     "preprocess",
+    "remove_hot_pixels",
     "subtract_background",
     "validate_image",
 ]
@@ -269,6 +270,93 @@ def subtract_background(
         subtract_interpolated(data4, out4, c, np.ascontiguousarray(coarse3), *interp[0],
                               *interp[1], *interp[2])  # fmt: skip
     return out, levels
+
+
+# a hot pixel stands this many voxel-noise levels above the highest of its neighbours,
+# and their mean rises at most this fraction of its height above the background (the
+# median of the in-plane ring two voxels out): a blurred spot's neighbours rise with it
+# (a Gaussian of 0.8 voxels: 0.37 of its height; a sub-micrometre granule of the
+# synthetic worms, which spans three planes: 0.2), a hot pixel's do not (real QCANet
+# spikes: about 0.1)
+HOT_PIXEL_SNR = 10.0
+HOT_PIXEL_NEIGHBOUR_RISE = 0.15
+
+
+def remove_hot_pixels(data: np.ndarray) -> int:
+    """Replace single-voxel spikes (camera hot pixels, cosmic-ray hits) by the median of
+    their neighbours, in place: the 8 in their plane (the last two axes) and, in 3-D,
+    the voxels above and below.
+
+    A voxel is a hot pixel when it stands more than :data:`HOT_PIXEL_SNR` noise levels
+    (:func:`~.noise.voxel_sd` of its channel, and the local spread of the in-plane ring
+    two voxels out) above the highest of those neighbours,
+    and their mean rises at most :data:`HOT_PIXEL_NEIGHBOUR_RISE` of the spike's height
+    above the background (the median of the in-plane ring two voxels out). No blurred
+    object sampled at the usual rates does that (its neighbours follow its peak), nor
+    does the photon noise of a bright nucleus.
+    Left in, 300 hot pixels in a synthetic whole-brain stack (0.03 % of its voxels)
+    pulled Otsu's threshold up to their level: the global foreground fell from 416,000
+    voxels to 301 and recall from 0.96 to 0.84.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        ``(*spatial, C)`` float32 (as :func:`validate_image` returns), modified in place.
+
+    Returns
+    -------
+    int
+        Number of voxels replaced, over all channels.
+    """
+    from .noise import voxel_sd
+
+    spatial = data.shape[:-1]
+    if min(spatial[-2:]) < 3:
+        return 0
+    # the neighbours: the 8 in-plane ones, and in 3-D the voxel above and below
+    fp = np.zeros((3,) * len(spatial), dtype=bool)
+    fp[(1,) * (len(spatial) - 2)] = True
+    if len(spatial) == 3 and spatial[0] >= 3:
+        fp[:, 1, 1] = True
+    fp[(1,) * len(spatial)] = False
+    offsets = np.argwhere(fp) - 1
+    outer = np.zeros((5, 5), dtype=bool)
+    outer[[0, -1], :] = outer[:, [0, -1]] = True
+    outer = np.concatenate(
+        [np.zeros((int(outer.sum()), len(spatial) - 2), np.int64), np.argwhere(outer) - 2], axis=1
+    )
+    top = np.array(spatial) - 1
+
+    def around(cand, offs):
+        # the values at cand + offs, mirrored at the edges (an edge voxel's missing
+        # neighbour is its inner one)
+        nb = np.abs(cand[:, None, :] + offs[None])
+        nb = np.where(nb > top, 2 * top - nb, nb)
+        return ch[tuple(np.moveaxis(np.clip(nb, 0, top), -1, 0))]
+
+    n = 0
+    for c in range(data.shape[-1]):
+        ch = data[..., c]
+        sd = voxel_sd(ch)
+        if not sd > 0:
+            continue
+        high = ndi.maximum_filter(ch, footprint=fp, mode="mirror")
+        cand = np.argwhere(ch > high + np.float32(HOT_PIXEL_SNR * sd))
+        if cand.size == 0:
+            continue
+        near = around(cand, offsets)
+        ring = around(cand, outer)
+        bg = np.median(ring, axis=1)
+        v = ch[tuple(cand.T)]
+        hot = near.mean(axis=1) - bg <= HOT_PIXEL_NEIGHBOUR_RISE * (v - bg)
+        # ... and above the local noise too (the ring's spread): inside a textured
+        # nucleus the photon noise is several times the image's, and its maxima are no
+        # spikes (real QCANet nuclei: 157 of 278 "spikes" without this test)
+        local = 1.4826 * np.median(np.abs(ring - bg[:, None]), axis=1)
+        hot &= v - near.max(axis=1) > HOT_PIXEL_SNR * local
+        ch[tuple(cand[hot].T)] = np.median(near[hot], axis=1)
+        n += int(hot.sum())
+    return n
 
 
 def _subsample(values: np.ndarray, max_samples: int = 2_000_000) -> np.ndarray:
@@ -642,7 +730,7 @@ def preprocess(
     data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
     if given is not None:
         check_nucleus_diameter(given, data.shape[:-1], vs)
-    info: dict = {}
+    info: dict = {"n_hot_pixels": remove_hot_pixels(data)}
     if given is None:
         est = estimate_nucleus_diameter(_normalized_mean(data), vs)
         nucleus_diameter = est.diameter_um
