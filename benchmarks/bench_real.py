@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_sinkhorn_em import segment_nuclei
 from napari_sinkhorn_em.evaluation import external, realdata
@@ -64,6 +63,9 @@ from napari_sinkhorn_em.synthetic import (
     make_nuclei_field_2d,
     make_whole_brain,
     make_worm,
+    with_debris,
+    with_hot_pixels,
+    with_registration_shift,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,29 +123,6 @@ def _synthetic_case(name: str, w, source: str = "median true diameter") -> Case:
         diameter=float(np.median(w.diameters_um)),
         diameter_source=source,
     )
-
-
-def _registered(w):
-    """A synthetic set registered by half a pixel in y and x (linear interpolation: the
-    noise of each voxel averaged with its neighbours'); the truth moves by 0.5 voxel,
-    well within the matching tolerance, and its labels are dropped (AP is not scored)."""
-    shift = [0.0] * w.image.ndim
-    shift[-1] = shift[-2] = 0.5
-    w.image = ndi.shift(w.image.astype(np.float32), shift, order=1, mode="nearest")
-    w.labels = None
-    return w
-
-
-def _hot_pixels(w, n: int = 300, amplitude: float = 1000.0, seed: int = 5):
-    """A synthetic set with ``n`` single voxels raised by ``amplitude`` counts (a
-    camera's hot pixels), at seeded random positions."""
-    img = w.image.astype(np.float32)
-    rng = np.random.default_rng(seed)
-    spatial = img.shape[1:] if w.channel_axis == 0 else img.shape
-    at = tuple(rng.integers(0, s, n) for s in spatial)
-    img[(0, *at) if w.channel_axis == 0 else at] += amplitude
-    w.image = img
-    return w
 
 
 def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
@@ -244,7 +223,9 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
             (
                 name,
                 False,
-                lambda name=name, build_w=build_w: _synthetic_case(name, _registered(build_w())),
+                lambda name=name, build_w=build_w: _synthetic_case(
+                    name, with_registration_shift(build_w())
+                ),
             )
         )
     # a camera's hot pixels: 300 single voxels (0.03 %) raised by 1000 counts
@@ -253,7 +234,18 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
             "whole brain, 300 hot pixels",
             False,
             lambda: _synthetic_case(
-                "whole brain, 300 hot pixels", _hot_pixels(make_whole_brain(seed=1))
+                "whole brain, 300 hot pixels", with_hot_pixels(make_whole_brain(seed=1))
+            ),
+        )
+    )
+    # 20 nucleus-sized spots 20x brighter than the nuclei (debris, dust): they are
+    # counted (no test tells them from nuclei), the nuclei must not be lost
+    out.append(
+        (
+            "whole brain, 20 bright debris spots",
+            False,
+            lambda: _synthetic_case(
+                "whole brain, 20 bright debris spots", with_debris(make_whole_brain(seed=1))
             ),
         )
     )

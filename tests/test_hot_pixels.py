@@ -10,16 +10,7 @@ from napari_sinkhorn_em import segment_nuclei
 from napari_sinkhorn_em.evaluation import realdata as rd
 from napari_sinkhorn_em.evaluation.metrics import match_centres_nn
 from napari_sinkhorn_em.pipeline.preprocess import remove_hot_pixels, validate_image
-from napari_sinkhorn_em.synthetic import make_embryo, make_whole_brain, make_worm
-
-
-def _with_hot_pixels(image, n=300, amplitude=1000.0, seed=5):
-    """``image`` (1, Z, Y, X) as float32 with ``n`` random voxels raised, and where."""
-    img = image.astype(np.float32)
-    rng = np.random.default_rng(seed)
-    at = tuple(rng.integers(0, s, n) for s in img.shape[1:])
-    img[(0, *at)] += amplitude
-    return img, np.stack(at, axis=1)
+from napari_sinkhorn_em.synthetic import make_embryo, make_whole_brain, make_worm, with_hot_pixels
 
 
 def _as_data(image, w):
@@ -28,7 +19,8 @@ def _as_data(image, w):
 
 def test_hot_pixels_are_replaced_by_their_neighbours_median():
     w = make_whole_brain(seed=1)
-    img, at = _with_hot_pixels(w.image)
+    hot = with_hot_pixels(w)
+    img, at = hot.image, np.array(hot.params["artifacts"][-1]["at"])
     clean = _as_data(w.image, w)
     data = _as_data(img, w)
     # edges included: the random positions hit the first and last planes and rows
@@ -71,7 +63,7 @@ def test_hot_pixels_do_not_cost_nuclei():
     # 300 hot pixels (0.03 % of the voxels) pulled Otsu's threshold to their level: the
     # global foreground fell from 416,000 voxels to 301 and recall from 0.96 to 0.84
     w = make_whole_brain(seed=1)
-    img, _ = _with_hot_pixels(w.image)
+    img = with_hot_pixels(w).image
     before = img.copy()
     r = segment_nuclei(img, voxel_size=w.voxel_size, channel_axis=0, random_state=0)
     assert np.array_equal(img, before)  # the caller's array is not modified

@@ -93,3 +93,28 @@ def test_regime_errors_are_specific():
         make_nuclei_field_2d(diameter_range=(30.0, 10.0))
     with pytest.raises(ValueError, match="could only place"):
         make_nuclei_field_2d(n_nuclei=500, shape=(100, 100))
+
+
+def test_artifacts_leave_the_input_and_record_themselves():
+    from napari_sinkhorn_em.synthetic import with_debris, with_hot_pixels, with_registration_shift
+
+    w = make_whole_brain(seed=1)
+    before = w.image.copy()
+    hot = with_hot_pixels(w, n=50, amplitude=500.0, seed=2)
+    at = np.array(hot.params["artifacts"][-1]["at"])
+    assert at.shape == (50, 3)
+    raised = hot.image[(0, *at.T)] - before[(0, *at.T)].astype(np.float32)
+    assert np.all(raised >= 500.0)  # (a voxel drawn twice is raised twice)
+    assert np.array_equal(w.image, before)  # the input is not modified
+    again = with_hot_pixels(w, n=50, amplitude=500.0, seed=2)
+    assert np.array_equal(again.image, hot.image)  # deterministic given the seed
+    deb = with_debris(hot, n=5, brightness=10.0)
+    assert [a["kind"] for a in deb.params["artifacts"]] == ["hot_pixels", "debris"]
+    bg, top = np.median(before), np.percentile(before, 99.9)
+    assert deb.image.max() - bg > 5.0 * (top - bg)
+    reg = with_registration_shift(w)
+    assert reg.labels is None and reg.image.shape == w.image.shape
+    # the shift averages neighbouring voxels: the noise is smoother, the mean unchanged
+    d_before = np.diff(before[0].astype(np.float32), axis=-1).std()
+    assert np.diff(reg.image[0], axis=-1).std() < 0.8 * d_before
+    assert reg.image.mean() == pytest.approx(before.mean(), rel=0.01)
