@@ -183,6 +183,10 @@ class _EStep:
         # measured, carried over from earlier E-steps)
         self.fuse = fuse
         self.stats = None
+        # a pass that accumulated the M-step's statistics ends the solve if its marginal
+        # error is below fuse_slack * tol (the mixture's loose early E-steps only; 1 = the
+        # plain rule)
+        self.fuse_slack = 1.0
         self.rate = _CHORD_RATE if rate is None else float(rate)
         if hess_budget is None:
             hess_budget = max(_HESS_BUDGET, _HESS_PER_ENTRY * N * M)
@@ -532,6 +536,10 @@ class _EStep:
                 # a step that contracted poorly: the next trial point brings a Hessian
                 refresh = err_t > _CHORD_RATE * err
             g, col, wlse, J, err = gt, col_t, wlse_t, Jt, err_t
+            if self.stats is not None and self.stats[0] is g and err < self.fuse_slack * tol:
+                # the statistics of this pass serve the M-step; a near miss of a loose
+                # tolerance is not worth another pass and an M-step pass of its own
+                break
         self.system = system
         return g, col, wlse, err, it, err < tol
 
