@@ -1174,7 +1174,11 @@ def _sq_dists8(Xp, i, D, m8, x, dist):
     The sum runs over the features in order, as the loop over features of
     :func:`brute_neighbors` adds them (a padded lane adds an exact 0), so the distances
     are the same bit for bit; with the row's features in registers the loop over the
-    means vectorises without a load and store of ``dist`` per feature.
+    means vectorises without a load and store of ``dist`` per feature. Measured over the
+    recorded refreshes of a 5-iteration fit (N = 2e5, K = 100, d = 6, m = 16; CPU ms over
+    both threads, the two variants in turns in one process): first scan 101-105 vs
+    105-107, the refresh after iteration 1 104-108 vs 110-112, later refreshes 37-44 vs
+    42-52 (the ranking, not the distances, dominates the first two).
     """
     for d in range(D):
         x[d] = Xp[i, d]
