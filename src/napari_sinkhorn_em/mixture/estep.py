@@ -42,10 +42,10 @@ _CHORD_RATE = 0.1
 # A trial pass due to form a fresh Hessian (the last step contracted poorly) forms the
 # M-step's statistics instead when the error expected from the last contraction is below
 # this fraction of the tolerance. Measured on the structured data of bench_coldstart part
-# 2 (seed 0): without it 9 of 23 iterations ended on a Hessian pass and then paid an
-# M-step pass of their own; with a fraction of 1 instead of 0.5, part 1's second E-step
-# (its Hessian stale after the first, large move of the means) missed with the
-# statistics and paid for them, a Hessian pass and the M-step pass.
+# 2 (seed 0): separate M-step passes in 9 of 23 iterations without it (4 after an E-step
+# that ended on a Hessian pass), 5 of 22 with it; with a fraction of 1 instead of 0.5,
+# part 1's second E-step (its Hessian stale after the first, large move of the means)
+# missed with the statistics and paid for them, a Hessian pass and the M-step pass.
 _FUSE_OVER_REFRESH = 0.5
 # A sparse E-step still unsolved after this many passes checks whether its components
 # fall into blocks that no point links (see _EStep._balance_blocks); a normal E-step
