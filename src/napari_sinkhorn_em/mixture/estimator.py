@@ -229,9 +229,10 @@ class SinkhornEM:
     -----
     A fit's large work arrays (the (N, m) log-densities and exp table, 8 bytes per
     entry) go back to a small process-wide pool when it ends, at most 64 MiB in total,
-    so that the next fit of the same size skips their page faults
-    (``mixture/_workspace.py``; measured 18-80 ms per fresh 25 MB array on a shared
-    2-core machine). Results do not depend on it.
+    so that the next fit of the same size skips their page faults when other work has
+    taken the freed memory in between (``mixture/_workspace.py``; measured 13-83 ms per
+    fresh 25 MB array against 4 ms reused on a shared 2-core machine). Results do not
+    depend on it.
     """
 
     def __init__(
