@@ -836,3 +836,72 @@ def test_fused_last_pass_gives_the_m_step_of_the_solved_e_step():
     # both stop where the objective changes by < tol on a flat (overlapping) landscape
     np.testing.assert_allclose(np.sort(fused.means_, 0), np.sort(exact.means_, 0), atol=1e-3)
     assert fused.objective_ == pytest.approx(exact.objective_, abs=1e-6)
+
+
+def test_workspace_pool_hands_back_arrays_by_shape_within_its_cap(monkeypatch):
+    """The work-array pool returns a released array for the same shape, allocates for
+    another shape, and keeps at most MAX_BYTES (the most recently released)."""
+    from napari_sinkhorn_em.mixture import _workspace as ws
+
+    monkeypatch.setattr(ws, "_free", [])
+    monkeypatch.setattr(ws, "MAX_BYTES", 3 * 8 * 1000)
+    a = ws.take((100, 10))
+    assert a.shape == (100, 10) and a.dtype == np.float64 and a.flags.c_contiguous
+    ws.give(a)
+    assert ws.take((100, 10)) is a  # reused
+    assert ws.take((100, 10)) is not a  # handed to one caller at a time
+    b = ws.take((10, 100))
+    assert b is not a and b.shape == (10, 100)
+    c, d = ws.take((1000,)), ws.take((1000,))
+    ws.give(a, b, c, d)  # 4 x 8000 bytes > the cap of 24000: the oldest (a) is dropped
+    assert [x is y for x, y in zip(ws._free, (b, c, d), strict=True)] == [True] * 3
+    ws.give(np.empty(4000))  # larger than the cap: not kept
+    assert len(ws._free) == 3
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"init": "random", "covariance_type": "diag", "n_neighbors": 6},
+        {"covariance_type": "full", "n_neighbors": 6, "position_dims": 2},
+        {"weights": "estimate", "covariance_type": "diag", "init": "random"},
+        {"method": "em", "learn_weights": True, "covariance_type": "spherical"},
+    ],
+)
+def test_fits_are_identical_with_reused_work_arrays_and_in_threads(kw, monkeypatch):
+    """Reused work arrays change no result: the same fit with the pool off, twice in a row
+    with it on (the second reusing the first's arrays, filled with its values) and four
+    at once in threads (each taking its own arrays) agree bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_sinkhorn_em.mixture import _workspace as ws
+
+    X, _, _ = blobs(4, K=8, D=3, n=150, sep=4.0)
+
+    def fit():
+        est = SinkhornEM(8, random_state=2, max_iter=30, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X)
+        return est
+
+    def same(e1, e2):
+        for name in ("means_", "covariances_", "weights_", "potential_", "objective_history_"):
+            np.testing.assert_array_equal(getattr(e1, name), getattr(e2, name))
+        np.testing.assert_array_equal(e1._fit_labels, e2._fit_labels)
+
+    monkeypatch.setattr(ws, "_free", [])
+    monkeypatch.setattr(ws, "MAX_BYTES", 0)
+    ref = fit()
+    assert ws._free == []
+    monkeypatch.setattr(ws, "MAX_BYTES", 64 << 20)
+    first = fit()
+    assert len(ws._free) >= 2  # the run's arrays came back
+    pooled = sorted(map(id, ws._free))
+    second = fit()
+    assert sorted(map(id, ws._free)) == pooled  # ... and were reused, none allocated
+    same(ref, first)
+    same(ref, second)
+    with ThreadPoolExecutor(4) as pool:
+        for est in pool.map(lambda _: fit(), range(4)):
+            same(ref, est)

@@ -78,7 +78,11 @@ class _BruteNeighbors:
             movers = order[: min(n_far, _MAX_MOVERS, K - 1)].astype(np.int64)
             rest = float(step[order[movers.size]])
         self.last = means_p.copy()
-        means_t = np.ascontiguousarray(means_p.T)
+        d = means_p.shape[1]
+        # up to 8 features: zero-padded to 8 rows for the written-out distances of
+        # _kernels._sq_dists8
+        means_t = np.zeros((8, K)) if d <= 8 else np.empty((d, K))
+        means_t[:d] = means_p.T
         is_mover = np.zeros(K, dtype=np.bool_)
         is_mover[movers] = True
         _k.brute_neighbors(
