@@ -557,78 +557,57 @@ def _same_tracks(a, b, radius):
     return ids
 
 
-def test_backfill_second_pass_retracks_only_the_frames_it_changes(monkeypatch):
+@pytest.mark.parametrize(
+    ("order", "ref", "n_added", "retracked"),
+    [("gt gt tar tar", 0, 1, [0, 1]), ("tar tar gt gt", 3, 1, [2, 3])],
+    ids=["forwards", "backwards"],
+)
+def test_backfill_second_pass_retracks_only_the_frames_it_changes(
+    monkeypatch, order, ref, n_added, retracked
+):
     # a real head (targettrack ex2) as the series gt, gt, tar, tar: the reference
     # segmentation misses a neuron that frames 1-2 find; the backfill adds it to frame 0.
     # Its second pass then tracks frames 0 and 1, where the added neuron changes the
     # tracks, and takes frames 2-3 from the first pass (their tracks pair one-to-one with
     # the first pass' in frame 1). Before, it tracked all four frames again. (The
     # synthetic heads no longer need a backfill: the local mode finds every reference
-    # nucleus of them, with the diameter typed in too.)
+    # nucleus of them, with the diameter typed in too.) Backwards, from the last frame of
+    # the reversed series, the same: the neuron added to frame 3, frames 3-2 re-tracked,
+    # 1-0 spliced.
     from napari_sinkhorn_em.pipeline import track as track_mod
 
     if not (REAL / "ex2").is_dir():
         pytest.skip("targettrack data not present")
-    gt, tar = (
-        np.transpose(np.load(REAL / "ex2" / f"frame_{n}.npy"), (0, 3, 2, 1)) for n in ("gt", "tar")
-    )
-    stack = np.stack([gt, gt, tar, tar])
+    frames = {
+        n: np.transpose(np.load(REAL / "ex2" / f"frame_{n}.npy"), (0, 3, 2, 1))
+        for n in ("gt", "tar")
+    }
+    stack = np.stack([frames[n] for n in order.split()])
     kw = {"channel_axis": 1, "voxel_size": (1.5, 0.4, 0.4), "random_state": 0}
+    kw["reference_frame"] = ref
     spliced = track_nuclei(stack, **kw)
-    info = spliced.frames[0]
-    assert len(info["backfilled"]) == 1
-    assert info["retracked"] == [0, 1]
-    assert [bool(f.get("spliced")) for f in spliced.frames] == [False, False, True, True]
-    added = info["backfilled"][0]
-    assert 0 in set(spliced.tracks.t[spliced.tracks.track_id == added])
+    info = spliced.frames[ref]
+    assert len(info["backfilled"]) == n_added
+    assert sorted(info["retracked"]) == retracked
+    assert [bool(f.get("spliced")) for f in spliced.frames] == [
+        t not in retracked for t in range(4)
+    ]
+    for added in info["backfilled"]:
+        assert ref in set(spliced.tracks.t[spliced.tracks.track_id == added])
     monkeypatch.setattr(track_mod, "_SPLICE", False)
     full = track_nuclei(stack, **kw)
-    assert full.frames[0]["retracked"] == [0, 1, 2, 3]
+    assert sorted(full.frames[ref]["retracked"]) == [0, 1, 2, 3]
     # the re-tracked frames are the full pass' (ids renamed); the spliced ones pair with
     # it one-to-one for all but a track or two (measured: 46 of 47 tracks in frame 2;
     # the first pass' later frames do not know the added neuron)
     diam = float(spliced.nucleus_diameter_um)
-    early = _same_tracks(
-        spliced.tracks[spliced.tracks.t <= 1], full.tracks[full.tracks.t <= 1], 0.25 * diam
+    again = spliced.tracks.t.isin(retracked)
+    ids = _same_tracks(
+        spliced.tracks[again], full.tracks[full.tracks.t.isin(retracked)], 0.25 * diam
     )
-    assert len(set(early.values())) == len(early)
+    assert len(set(ids.values())) == len(ids)
     cols = ["z_um", "y_um", "x_um"]
-    for t in (2, 3):
-        ra, rb = spliced.tracks[spliced.tracks.t == t], full.tracks[full.tracks.t == t]
-        pairs = match_points(ra[cols].to_numpy(float), rb[cols].to_numpy(float), 0.25 * diam)
-        assert len(pairs) >= 0.95 * max(len(ra), len(rb)), t
-
-
-def test_backfill_splice_runs_backwards_from_a_later_reference_frame(monkeypatch):
-    # the same real series reversed (tar, tar, gt, gt) with the reference frame last: the
-    # backfill adds neurons to frame 3 (measured: two, which the tar frames find), re-tracks
-    # frames 3 and 2 and splices frames 1-0 from the first pass, as forwards
-    from napari_sinkhorn_em.pipeline import track as track_mod
-
-    if not (REAL / "ex2").is_dir():
-        pytest.skip("targettrack data not present")
-    gt, tar = (
-        np.transpose(np.load(REAL / "ex2" / f"frame_{n}.npy"), (0, 3, 2, 1)) for n in ("gt", "tar")
-    )
-    stack = np.stack([tar, tar, gt, gt])
-    kw = {"channel_axis": 1, "voxel_size": (1.5, 0.4, 0.4), "random_state": 0, "reference_frame": 3}
-    spliced = track_nuclei(stack, **kw)
-    info = spliced.frames[3]
-    assert len(info["backfilled"]) >= 1
-    assert sorted(info["retracked"]) == [2, 3]
-    assert [bool(f.get("spliced")) for f in spliced.frames] == [True, True, False, False]
-    for added in info["backfilled"]:
-        assert 3 in set(spliced.tracks.t[spliced.tracks.track_id == added])
-    monkeypatch.setattr(track_mod, "_SPLICE", False)
-    full = track_nuclei(stack, **kw)
-    assert sorted(full.frames[3]["retracked"]) == [0, 1, 2, 3]
-    diam = float(spliced.nucleus_diameter_um)
-    late = _same_tracks(
-        spliced.tracks[spliced.tracks.t >= 2], full.tracks[full.tracks.t >= 2], 0.25 * diam
-    )
-    assert len(set(late.values())) == len(late)
-    cols = ["z_um", "y_um", "x_um"]
-    for t in (0, 1):
+    for t in set(range(4)) - set(retracked):
         ra, rb = spliced.tracks[spliced.tracks.t == t], full.tracks[full.tracks.t == t]
         pairs = match_points(ra[cols].to_numpy(float), rb[cols].to_numpy(float), 0.25 * diam)
         assert len(pairs) >= 0.95 * max(len(ra), len(rb)), t

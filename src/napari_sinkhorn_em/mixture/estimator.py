@@ -10,7 +10,6 @@ from scipy.spatial import cKDTree
 
 from . import _kernels as _k
 from . import _splitmerge as _sm
-from . import _workspace as _ws
 from ._neighbors import neighbor_search
 from .estep import (
     _DUMMY_IDX,
@@ -224,15 +223,6 @@ class SinkhornEM:
         ``|| mean responsibility - weights ||_1`` of the final E-step (with
         ``marginal_penalty``: the distance to the soft target of the column sums).
     n_features_in_ : int
-
-    Notes
-    -----
-    A fit's large work arrays (the (N, m) log-densities and exp table, 8 bytes per
-    entry) go back to a small process-wide pool when it ends, at most 64 MiB in total,
-    so that the next fit of the same size skips their page faults when other work has
-    taken the freed memory in between (``mixture/_workspace.py``; measured 13-83 ms per
-    fresh 25 MB array against 4 ms reused on a shared 2-core machine). Results do not
-    depend on it.
     """
 
     def __init__(
@@ -603,18 +593,14 @@ class SinkhornEM:
         method = self.method if method is None else method
         m = self._n_neigh()
         M = K if m is None else m
-        # work arrays from the pool (see _workspace), given back at the end of the run
-        A = _ws.take((N, M))
+        A = np.empty((N, M))
         sinkhorn = method == "sinkhorn"
-        table = (_ws.take((N, M)), _ws.take((N,))) if sinkhorn else None
-        lse = _ws.take((N,))
-        try:
-            return self._run_iterations(
-                X, a, n_chunks, means, cov, alpha, method, learn, max_iter, A, table, lse,
-                want_mass,
-            )  # fmt: skip
-        finally:
-            _ws.give(A, lse, *(table or ()))
+        table = (np.empty((N, M)), np.empty(N)) if sinkhorn else None
+        lse = np.empty(N)
+        return self._run_iterations(
+            X, a, n_chunks, means, cov, alpha, method, learn, max_iter, A, table, lse,
+            want_mass,
+        )  # fmt: skip
 
     def _run_iterations(
         self, X, a, n_chunks, means, cov, alpha, method, learn, max_iter, A, table, lse,
