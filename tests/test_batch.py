@@ -584,6 +584,10 @@ def test_config_file_and_flags(worm_dir, tmp_path, capsys):
     assert rec["voxel_size_source"] == "metadata" and rec["voxel_size"] == [0.7, 0.7]
     assert rec["parameters_used"]["method"] == "em"
     assert rec["n_nuclei"] == 12 == len(pd.read_csv(out / "worm2d_nuclei.csv"))
+    # the scale used (estimated: "auto" is the default) and the single-pixel spikes
+    # replaced (in this 2-D worm: one-pixel gut granules, 28)
+    assert 1.5 < rec["nucleus_diameter_um"] < 4.5
+    assert isinstance(rec["n_hot_pixels"], int) and 0 < rec["n_hot_pixels"] < 100
     # how the fit went, for spotting stacks that ran to max_iter
     assert rec["fit"]["n_components"] == 12 and rec["fit"]["n_tiles"] == 1
     assert 1 <= rec["fit"]["n_iter"] <= 100 and isinstance(rec["fit"]["converged"], bool)

@@ -159,6 +159,7 @@ def test_cli_tracks_a_time_lapse(series, movie_dir, reference):
     assert rec["status"] == "ok"
     assert rec["n_frames"] == 3 and rec["frames_done"] == 3 and rec["time_axis"] == 0
     assert rec["n_tracks"] == tracks.track_id.nunique() == rec["n_nuclei"]
+    assert rec["nucleus_diameter_um"] == pytest.approx(direct.nucleus_diameter_um, abs=1e-4)
     assert [f["t"] for f in rec["frames"]] == [0, 1, 2]
     for f, info in zip(rec["frames"], direct.frames, strict=True):
         assert f["converged"] == info["converged"] and f["n_iter"] == info["n_iter"] > 0

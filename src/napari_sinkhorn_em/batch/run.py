@@ -254,6 +254,10 @@ def process_file(
             info = result.info
             record.update(
                 n_nuclei=len(result.table),
+                # the scale used (estimated with nucleus_diameter="auto") and the camera
+                # spikes replaced, for the log and for spotting odd stacks
+                nucleus_diameter_um=round(float(info["nucleus_diameter_um"]), 4),
+                n_hot_pixels=int(info.get("preprocess", {}).get("n_hot_pixels", 0)),
                 fit={
                     "converged": bool(info["converged"]),
                     "n_iter": int(info["n_iter"]),
@@ -337,6 +341,7 @@ def _tracking_record(result: Any) -> dict[str, Any]:
     n_tracks = int(result.tracks["track_id"].nunique()) if len(result.tracks) else 0
     return {
         "n_nuclei": n_tracks,
+        "nucleus_diameter_um": round(float(result.nucleus_diameter_um), 4),
         "n_tracks": n_tracks,
         "n_frames": len(frames),
         "frames_done": len(frames),
@@ -561,10 +566,17 @@ class _Recorder:
 def _log_result(task: FileTask, rec: Mapping[str, Any], entry: Mapping[str, Any]) -> None:
     name = Path(task.input).name
     if rec["status"] == "ok":
+        extra = ""
+        if rec.get("nucleus_diameter_um") is not None:
+            extra = f" (diameter {rec['nucleus_diameter_um']:.2f} um"
+            if rec.get("n_hot_pixels"):
+                extra += f", {rec['n_hot_pixels']} hot pixels replaced"
+            extra += ")"
         logger.info(
-            "ok      %s: %d nuclei in %.2f s",
+            "ok      %s: %d nuclei%s in %.2f s",
             name,
             rec.get("n_nuclei", 0),
+            extra,
             rec["timings"].get("total", 0.0),
         )
     else:
