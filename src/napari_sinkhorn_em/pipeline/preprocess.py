@@ -282,6 +282,15 @@ HOT_PIXEL_SNR = 10.0
 HOT_PIXEL_NEIGHBOUR_RISE = 0.15
 
 
+def _values_around(image: np.ndarray, at: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(len(at), len(offsets))`` values of ``image`` at ``at + offsets``, mirrored at
+    the edges (an edge voxel's missing neighbour is its inner one)."""
+    top = np.array(image.shape) - 1
+    nb = np.abs(at[:, None, :] + offsets[None])
+    nb = np.clip(np.where(nb > top, 2 * top - nb, nb), 0, top)
+    return image[tuple(np.moveaxis(nb, -1, 0))]
+
+
 def remove_hot_pixels(data: np.ndarray) -> int:
     """Replace single-voxel spikes (camera hot pixels, cosmic-ray hits) by the median of
     their neighbours, in place: the 8 in their plane (the last two axes) and, in 3-D,
@@ -289,12 +298,11 @@ def remove_hot_pixels(data: np.ndarray) -> int:
 
     A voxel is a hot pixel when it stands more than :data:`HOT_PIXEL_SNR` noise levels
     (:func:`~.noise.voxel_sd` of its channel, and the local spread of the in-plane ring
-    two voxels out) above the highest of those neighbours,
-    and their mean rises at most :data:`HOT_PIXEL_NEIGHBOUR_RISE` of the spike's height
-    above the background (the median of the in-plane ring two voxels out). No blurred
-    object sampled at the usual rates does that (its neighbours follow its peak), nor
-    does the photon noise of a bright nucleus.
-    Left in, 300 hot pixels in a synthetic whole-brain stack (0.03 % of its voxels)
+    two voxels out) above the highest of those neighbours, and their mean rises at most
+    :data:`HOT_PIXEL_NEIGHBOUR_RISE` of the spike's height above the background (the
+    median of that ring). No blurred object sampled at the usual rates does that (its
+    neighbours follow its peak), nor does the photon noise of a bright nucleus. Left
+    in, 300 hot pixels in a synthetic whole-brain stack (0.03 % of its voxels)
     pulled Otsu's threshold up to their level: the global foreground fell from 416,000
     voxels to 301 and recall from 0.96 to 0.84.
 
@@ -325,15 +333,6 @@ def remove_hot_pixels(data: np.ndarray) -> int:
     outer = np.concatenate(
         [np.zeros((int(outer.sum()), len(spatial) - 2), np.int64), np.argwhere(outer) - 2], axis=1
     )
-    top = np.array(spatial) - 1
-
-    def around(cand, offs):
-        # the values at cand + offs, mirrored at the edges (an edge voxel's missing
-        # neighbour is its inner one)
-        nb = np.abs(cand[:, None, :] + offs[None])
-        nb = np.where(nb > top, 2 * top - nb, nb)
-        return ch[tuple(np.moveaxis(np.clip(nb, 0, top), -1, 0))]
-
     n = 0
     for c in range(data.shape[-1]):
         ch = data[..., c]
@@ -344,8 +343,8 @@ def remove_hot_pixels(data: np.ndarray) -> int:
         cand = np.argwhere(ch > high + np.float32(HOT_PIXEL_SNR * sd))
         if cand.size == 0:
             continue
-        near = around(cand, offsets)
-        ring = around(cand, outer)
+        near = _values_around(ch, cand, offsets)
+        ring = _values_around(ch, cand, outer)
         bg = np.median(ring, axis=1)
         v = ch[tuple(cand.T)]
         hot = near.mean(axis=1) - bg <= HOT_PIXEL_NEIGHBOUR_RISE * (v - bg)
