@@ -587,7 +587,7 @@ class SinkhornEM:
         with ``method`` / ``learn`` (weight learning) / ``max_iter`` overriding the
         estimator's. ``want_mass``: also return the component masses of the final
         responsibilities (``"mass"``)."""
-        N = X.shape[0]
+        N, D = X.shape
         K = self.n_components
         means, cov, alpha = self._initialize(X, a, rng) if start is None else start
         method = self.method if method is None else method
@@ -597,20 +597,6 @@ class SinkhornEM:
         sinkhorn = method == "sinkhorn"
         table = (np.empty((N, M)), np.empty(N)) if sinkhorn else None
         lse = np.empty(N)
-        return self._run_iterations(
-            X, a, n_chunks, means, cov, alpha, method, learn, max_iter, A, table, lse,
-            want_mass,
-        )  # fmt: skip
-
-    def _run_iterations(
-        self, X, a, n_chunks, means, cov, alpha, method, learn, max_iter, A, table, lse,
-        want_mass,
-    ):  # fmt: skip
-        N, D = X.shape
-        K = self.n_components
-        m = self._n_neigh()
-        M = K if m is None else m
-        sinkhorn = method == "sinkhorn"
         idx = None
         if m is not None:
             grid = neighbor_search(self._pos(X), K, m)
