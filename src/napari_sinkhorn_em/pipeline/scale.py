@@ -259,13 +259,14 @@ def _noise_level(response: np.ndarray) -> float:
     return float(max(1.4826 * np.median(a), 1e-3 * a.max(), 1e-12))
 
 
-def _kernel_norm(sigma_vox) -> float:
-    """L2 norm of the :func:`normalized_log` kernel (its response to unit white noise)."""
+def _log_kernel(sigma_vox) -> np.ndarray:
+    """The :func:`normalized_log` kernel of ``sigma_vox`` (its response to a unit
+    impulse, float64)."""
     s = np.asarray(sigma_vox, dtype=np.float64)
     half = np.ceil(4.0 * s).astype(int) + 2
     delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float32)
     delta[tuple(half)] = 1.0
-    return float(np.sqrt((normalized_log(delta, s).astype(np.float64) ** 2).sum()))
+    return normalized_log(delta, s).astype(np.float64)
 
 
 def _central_block(image: np.ndarray, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -436,15 +437,10 @@ def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
 def _level_norm(sigma: float, vs: np.ndarray, factor: np.ndarray, blur=None) -> float:
     """Response of one scale's filter (block mean by ``factor``, then the LoG on the
     grid) to unit white noise blurred by ``blur`` voxels per axis (None or 0: white)."""
-    sv = _axis_sigmas(sigma, vs, factor)
+    k = _log_kernel(_axis_sigmas(sigma, vs, factor))
     if blur is None or not np.any(np.asarray(blur) > 0):
-        return _kernel_norm(sv) / np.sqrt(np.prod(factor))
+        return float(np.sqrt((k**2).sum())) / np.sqrt(np.prod(factor))
     f = np.asarray(factor, dtype=np.int64)
-    s = np.asarray(sv, dtype=np.float64)
-    half = np.ceil(4.0 * s).astype(int) + 2
-    delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float32)
-    delta[tuple(half)] = 1.0
-    k = normalized_log(delta, s).astype(np.float64)
     # the weight of each full-resolution voxel: its block's grid weight over the block size
     for a in range(k.ndim):
         k = np.repeat(k, int(f[a]), axis=a)
