@@ -36,7 +36,7 @@ from .contrast import (
     near_mask,
     nucleus_extents,
 )
-from .noise import voxel_sd
+from .noise import noise_blur, voxel_sd
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold, granule_mask
 from .scale import diameter_from_blobs
@@ -63,14 +63,15 @@ __all__ = [
 ]
 
 
-def search_mask(pre) -> np.ndarray:
+def search_mask(pre, blur=None) -> np.ndarray:
     """Global foreground plus every voxel above the noise level of the signal: the lower
-    of the whole image's median + 4 MAD and :func:`_difference_noise_level`."""
-    noise_thr = min(auto_threshold(pre.signal, "noise"), _difference_noise_level(pre.signal))
+    of the whole image's median + 4 MAD and :func:`_difference_noise_level`
+    (``blur``: the signal's :func:`~.noise.noise_blur` if known)."""
+    noise_thr = min(auto_threshold(pre.signal, "noise"), _difference_noise_level(pre.signal, blur))
     return pre.foreground | (pre.signal > noise_thr)
 
 
-def _difference_noise_level(signal: np.ndarray) -> float:
+def _difference_noise_level(signal: np.ndarray, blur=None) -> float:
     """The background (25th percentile) plus 4 voxel-noise standard deviations, the noise
     from the differences of neighbouring voxels along the last axis, which are blind to
     smooth signal. Where nuclei cover a fifth of the image the whole image's MAD measures
@@ -78,7 +79,7 @@ def _difference_noise_level(signal: np.ndarray) -> float:
     0.17, and the dim nuclei between the two were never searched)."""
     s = np.asarray(signal)
     rows = s.reshape(-1, s.shape[-1])[:: max(1, s.size // 1_000_000)]
-    return float(np.percentile(rows, 25)) + 4.0 * voxel_sd(s)
+    return float(np.percentile(rows, 25)) + 4.0 * voxel_sd(s, blur)
 
 
 def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
@@ -244,22 +245,26 @@ def detect(
     ``info["n_granule_peaks"]`` the peaks dropped as granules."""
     blobs: list = []
 
-    def find() -> Peaks:
+    def find(blur) -> Peaks:
         blobs.clear()
         return detect_nuclei(
             pre.signal,
             vs,
             nucleus_diameter=diameter,
-            foreground=search_mask(pre),
+            foreground=search_mask(pre, blur),
             local=True,
             small_foreground=pre.foreground,
             blobs_out=blobs,
+            noise_blur_voxels=blur,
         )
 
-    peaks = find()
+    # the signal's noise model (noise.noise_blur), measured once per search: the same
+    # signal feeds the search mask, every significance test and the granule test
+    blur = noise_blur(pre.signal)
+    peaks = find(blur)
     n_granules = 0
     if granules and len(peaks):
-        drop, spots = granule_peaks(pre, peaks, vs, diameter)
+        drop, spots = granule_peaks(pre, peaks, vs, diameter, blur)
         n_granules = int(drop.sum())
         if n_granules:
             # the spots go, as the voxel-level filter removes them, and the nuclei are
@@ -269,9 +274,11 @@ def detect(
             pre.signal[spots] = 0.0
             pre.foreground &= ~spots
             pre.info["n_granule_voxels"] = int(spots.sum())
-            peaks = find()
+            blur = noise_blur(pre.signal)  # the signal changed
+            peaks = find(blur)
             if len(peaks):
-                peaks = peaks.take(np.flatnonzero(~granule_peaks(pre, peaks, vs, diameter)[0]))
+                again = granule_peaks(pre, peaks, vs, diameter, blur)[0]
+                peaks = peaks.take(np.flatnonzero(~again))
     vs = np.asarray(vs, dtype=np.float64)
     peaks, info = refine(pre, peaks, vs, diameter, notes, given)
     info["n_granule_peaks"] = n_granules
@@ -282,7 +289,9 @@ def detect(
     return peaks, info
 
 
-def granule_peaks(pre, peaks: Peaks, vs, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+def granule_peaks(
+    pre, peaks: Peaks, vs, diameter: float, blur=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Which peaks are autofluorescent granules, for an image with one channel (where the
     voxel-level filter of :func:`~.preprocess.granule_mask` has no colour to test).
 
@@ -316,7 +325,7 @@ def granule_peaks(pre, peaks: Peaks, vs, diameter: float) -> tuple[np.ndarray, n
     at = tuple(idx.T)
     d_peak = 2.0 * np.sqrt(vs.size) * peaks.sigma_um
     small = d_peak <= min(_GRANULE_MAX_FRACTION * diameter, _GRANULE_MAX_UM)
-    bright = pre.signal[at] >= _GRANULE_SNR * voxel_sd(pre.signal)
+    bright = pre.signal[at] >= _GRANULE_SNR * voxel_sd(pre.signal, blur)
     is_granule = gm[at] & small & bright
     lab, _ = ndi.label(gm)
     ids = np.unique(lab[at][is_granule])

@@ -274,6 +274,7 @@ def detect_nuclei(
     min_contrast: float = 0.5,
     small_foreground: np.ndarray | None = None,
     blobs_out: list | None = None,
+    noise_blur_voxels=None,
 ) -> Peaks:
     """Nucleus centres from two LoG passes: the nucleus scale, then a smaller scale.
 
@@ -324,7 +325,9 @@ def detect_nuclei(
     blobs_out : list, optional
         Local mode only: the scale-space blobs searched are appended to it (for
         :func:`~napari_sinkhorn_em.pipeline.scale.diameter_from_blobs`).
-
+    noise_blur_voxels : sequence of float, optional
+        Local mode only: :func:`~napari_sinkhorn_em.pipeline.noise.noise_blur` of
+        ``signal`` when the caller has it (it is measured once here otherwise).
 
     Returns
     -------
@@ -346,6 +349,7 @@ def detect_nuclei(
             separation,
             small_foreground,
             blobs_out,
+            noise_blur_voxels,
         )
     primary = detect_peaks(signal, vs, nucleus_diameter=nucleus_diameter, foreground=foreground)
     small = detect_peaks(
@@ -498,16 +502,16 @@ def _log(image: np.ndarray, sigma_vox) -> np.ndarray:
     return r
 
 
-def _log_noise(sig, vs, sigma_um: float) -> float:
+def _log_noise(sig, vs, sigma_um: float, blur=None) -> float:
     """Standard deviation of :func:`detect_peaks`' LoG response at ``sigma_um`` to the
     image's noise (:func:`~.noise.response_noise`: the voxel noise times the kernel's L2
-    norm for white noise)."""
+    norm for white noise); ``blur``: the image's :func:`~.noise.noise_blur` if known."""
     sv = sigma_um / np.asarray(vs, dtype=np.float64)
     half = np.ceil(4.0 * sv).astype(int) + 2
     delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float64)
     delta[tuple(half)] = 1.0
     k = _log(delta, sv) * sigma_um**2
-    b = noise_blur(sig)
+    b = noise_blur(sig) if blur is None else np.asarray(blur, dtype=np.float64)
     return response_noise(k, white_noise_level(sig, b), b)
 
 
@@ -520,6 +524,7 @@ def _add_small_scale(
     d_primary,
     separation: float,
     smoothed,
+    blur=None,
 ) -> Peaks:
     """The fixed-scale pipeline's second pass for the local mode (see :func:`detect_nuclei`):
     LoG peaks at 0.6x the ball-optimal scale of ``diameter`` in ``foreground`` (the global
@@ -549,7 +554,7 @@ def _add_small_scale(
     # stack through (synthetic embryo at 60 photons: 123 noise maxima near the nuclei
     # accepted, precision 0.45)
     sig_ok = small.response > _SMALL_PASS_SIGNIFICANCE * _log_noise(
-        sig, vs, float(small.sigma_um.max())
+        sig, vs, float(small.sigma_um.max()), blur
     )
     if not sig_ok.all():
         small = small.take(np.flatnonzero(sig_ok))
@@ -583,14 +588,26 @@ def _add_small_scale(
 
 
 def _detect_local(
-    signal, vs, diameter, foreground, min_contrast, separation=0.55, small_fg=None, blobs_out=None
+    signal,
+    vs,
+    diameter,
+    foreground,
+    min_contrast,
+    separation=0.55,
+    small_fg=None,
+    blobs_out=None,
+    blur=None,
 ) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
     from .scale import scale_space_blobs
 
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
-    blobs = scale_space_blobs(sig, vs, diameter_range=(0.5 * diameter, 2.0 * diameter))
+    # the noise model of every significance test below, measured once
+    blur = noise_blur(sig) if blur is None else np.asarray(blur, dtype=np.float64)
+    blobs = scale_space_blobs(
+        sig, vs, diameter_range=(0.5 * diameter, 2.0 * diameter), noise_blur_voxels=blur
+    )
     if blobs_out is not None:
         blobs_out.append(blobs)
     ok = blobs.contrast >= max(min_contrast, 1e-12)
@@ -628,7 +645,7 @@ def _detect_local(
     fill_fg = foreground if small_fg is None else small_fg
     smoothed = _valley_signal(sig, vs, diameter)
     fill = _single_scale_fill(
-        sig, vs, diameter, fill_fg, min_contrast, coords, d_i, floor, smoothed
+        sig, vs, diameter, fill_fg, min_contrast, coords, d_i, floor, smoothed, blur
     )
     if fill is not None:
         n_fill = fill[0].shape[0]
@@ -652,7 +669,9 @@ def _detect_local(
     # (not on whole-brain stacks, whose Otsu foreground is noise)
     if not foreground_is_mostly_nuclei(np.count_nonzero(small_fg), vs, d_kept, ndim):
         return primary
-    return _add_small_scale(primary, sig, vs, diameter, small_fg, d_kept, separation, smoothed)
+    return _add_small_scale(
+        primary, sig, vs, diameter, small_fg, d_kept, separation, smoothed, blur
+    )
 
 
 # the single-scale fill's scale, relative to the ball-optimal one of the typical diameter
@@ -662,7 +681,9 @@ def _detect_local(
 _FILL_SCALE = 0.8
 
 
-def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i, floor, smoothed):
+def _single_scale_fill(
+    sig, vs, diameter, foreground, min_contrast, coords, d_i, floor, smoothed, blur=None
+):
     """Nuclei without a maximum in scale: the maxima of the LoG at the typical scale
     (:func:`~napari_sinkhorn_em.pipeline.scale.single_scale_blobs`) that pass the blobs'
     tests (contrast, significance, roundness, prominence, the relative-response floor),
@@ -673,7 +694,7 @@ def _single_scale_fill(sig, vs, diameter, foreground, min_contrast, coords, d_i,
 
     from .scale import single_scale_blobs
 
-    b = single_scale_blobs(sig, vs, _FILL_SCALE * diameter)
+    b = single_scale_blobs(sig, vs, _FILL_SCALE * diameter, noise_blur_voxels=blur)
     ok = b.contrast >= max(min_contrast, 1e-12)
     if not ok.any():
         return None

@@ -287,6 +287,7 @@ def scale_space_blobs(
     *,
     diameter_range: tuple[float, float] | None = None,
     contrast_window: float = 2.0,
+    noise_blur_voxels=None,
 ) -> Blobs:
     """Maxima of the scale-normalised LoG in space and scale.
 
@@ -302,6 +303,9 @@ def scale_space_blobs(
         finest axis per sigma, beyond which nuclei would be 300+ voxels across).
     contrast_window : float
         Size of the local-contrast window in units of each scale's diameter.
+    noise_blur_voxels : sequence of float, optional
+        The image's :func:`~napari_sinkhorn_em.pipeline.noise.noise_blur`, when the
+        caller has measured it; default: measured here.
 
     Returns
     -------
@@ -328,7 +332,7 @@ def scale_space_blobs(
     # background's response is noise) times the filter's L2 norm on its grid, divided by
     # the block averaging's sqrt(voxels per block); exact also for floored axes. For
     # correlated noise (noise.noise_blur) the norms are those of the blurred filters
-    blur = noise_blur(img)
+    blur = _blur(img, noise_blur_voxels)
     pixel_noise = _noise_level(levels[0][1]) / _level_norm(sigmas[0], vs, levels[0][0], blur)
     parts = []
     for k in range(1, len(sigmas) - 1):
@@ -352,7 +356,12 @@ def scale_space_blobs(
 
 
 def single_scale_blobs(
-    image: np.ndarray, voxel_size, diameter: float, *, contrast_window: float = 2.0
+    image: np.ndarray,
+    voxel_size,
+    diameter: float,
+    *,
+    contrast_window: float = 2.0,
+    noise_blur_voxels=None,
 ) -> Blobs:
     """Spatial maxima of the scale-normalised LoG at one scale (that of a ball of
     ``diameter`` um), scored like :func:`scale_space_blobs` (significance, roundness,
@@ -373,6 +382,9 @@ def single_scale_blobs(
         Ball diameter (um) whose optimal scale ``diameter / (2 sqrt(ndim))`` is used.
     contrast_window : float
         Size of the local-contrast window in diameters.
+    noise_blur_voxels : sequence of float, optional
+        The image's :func:`~napari_sinkhorn_em.pipeline.noise.noise_blur`, when the
+        caller has measured it; default: measured here.
 
     Returns
     -------
@@ -387,7 +399,7 @@ def single_scale_blobs(
     # 0.5-2x this diameter (its finest, one step below the range)
     s_fine = 0.5 * sigma / 2.0 ** (1.0 / _PER_OCTAVE)
     fine = _level(img, vs, s_fine)
-    blur = noise_blur(img)
+    blur = _blur(img, noise_blur_voxels)
     pixel_noise = _noise_level(fine[1]) / _level_norm(s_fine, vs, fine[0], blur)
     del fine
     lev = _level(img, vs, sigma)
@@ -432,6 +444,12 @@ def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
     sm = ndi.gaussian_filter(grid, sv, mode="nearest")
     r = normalized_log(grid, sv, smoothed=sm)
     return factor, r, ndi.maximum_filter(r, size=3, mode="nearest"), sm
+
+
+def _blur(img: np.ndarray, given) -> np.ndarray:
+    """The image's noise blur per axis: ``given`` (the caller's :func:`~.noise.noise_blur`
+    of this image) or measured."""
+    return noise_blur(img) if given is None else np.asarray(given, dtype=np.float64)
 
 
 def _level_norm(sigma: float, vs: np.ndarray, factor: np.ndarray, blur=None) -> float:
