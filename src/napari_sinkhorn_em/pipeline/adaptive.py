@@ -274,6 +274,17 @@ def detect(
             pre.signal[spots] = 0.0
             pre.foreground &= ~spots
             pre.info["n_granule_voxels"] = int(spots.sum())
+            method = pre.info.get("threshold_method")
+            if method is not None:
+                # an automatic threshold is taken again without them: granules 5x brighter
+                # than the nuclei had set it (2-D single-channel worm head: a global
+                # foreground of 19 um^2 for 40 nuclei of 2.7 um, empty once the spots went)
+                pre.threshold = auto_threshold(pre.signal, method)
+                pre.foreground = pre.signal > pre.threshold
+                pre.foreground &= ~spots
+                if pre.granules is not None:
+                    pre.foreground &= ~pre.granules
+                pre.info["n_foreground"] = int(pre.foreground.sum())
             blur = noise_blur(pre.signal)  # the signal changed
             peaks = find(blur)
             if len(peaks):

@@ -770,6 +770,8 @@ def preprocess(
         if not np.isfinite(thr) or thr < 0:
             raise ValueError(f"foreground_threshold must be a finite number >= 0, got {thr}")
     fg = signal > thr
+    # how the threshold was set (None: given), for a stage that changes the signal
+    info["threshold_method"] = threshold_method if foreground_threshold is None else None
     info["n_foreground"] = int(fg.sum())
     if info["n_foreground"] == 0:
         raise ValueError(
