@@ -39,7 +39,7 @@ from .contrast import (
 from .noise import noise_blur, voxel_sd
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold, granule_mask
-from .scale import diameter_from_blobs
+from .scale import diameter_from_blobs, high_outliers
 
 # granule peaks of a single-channel image (granule_peaks): at most this fraction of the
 # nucleus diameter and this many um across, at least this many voxel-noise levels bright
@@ -262,6 +262,8 @@ def detect(
     # signal feeds the search mask, every significance test and the granule test
     blur = noise_blur(pre.signal)
     peaks = find(blur)
+    if _threshold_without_outliers(pre, blobs[0]):
+        peaks = find(blur)
     n_granules = 0
     if granules and len(peaks):
         drop, spots = granule_peaks(pre, peaks, vs, diameter, blur)
@@ -298,6 +300,48 @@ def detect(
         # automatic estimate takes it: the tracker's scale for the next frame
         info["blob_diameter_um"] = diameter_from_blobs(blobs[0], pre.signal.ndim).diameter_um
     return peaks, info
+
+
+def _threshold_without_outliers(pre, blobs, min_contrast: float = 0.5) -> bool:
+    """Take an automatic global threshold again without the blobs far brighter than the
+    others (:func:`~.scale.high_outliers` of their responses: debris, dust, dead cells)
+    when they had raised it; returns whether ``pre`` changed.
+
+    Otsu's level separates such objects from everything else: 20 spots 20x brighter than
+    the neurons of a whole-brain stack left a global foreground of 736 voxels (416,000
+    without them), and the single-scale fill and the small-scale pass, which look there,
+    found nothing (recall 0.96 -> 0.87). Each outlier takes the voxels within one of its
+    diameters out of the threshold's histogram."""
+    method = pre.info.get("threshold_method")
+    if method is None or blobs is None or len(blobs) == 0:
+        return False
+    ok = blobs.contrast >= max(min_contrast, 1e-12)
+    out = np.flatnonzero(ok)[high_outliers(blobs.response[ok])]
+    if out.size == 0:
+        return False
+    vs = np.asarray(pre.voxel_size, dtype=np.float64)
+    shape = np.array(pre.signal.shape)
+    keep = np.ones(pre.signal.shape, dtype=bool)
+    for i in out:
+        r_um = 2.0 * np.sqrt(vs.size) * float(blobs.sigma_um[i])
+        c = np.asarray(blobs.coords[i], dtype=np.float64)
+        lo = np.clip(np.floor(c - r_um / vs).astype(np.int64), 0, shape)
+        hi = np.clip(np.ceil(c + r_um / vs).astype(np.int64) + 1, 0, shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        grid = np.ogrid[box]
+        d2 = sum(((g - ci) * v) ** 2 for g, ci, v in zip(grid, c, vs, strict=True))
+        keep[box] &= d2 > r_um**2
+    thr = auto_threshold(pre.signal[keep], method)
+    if not thr < pre.threshold:
+        return False
+    fg = pre.signal > thr
+    if pre.granules is not None:
+        fg &= ~pre.granules
+    pre.threshold = float(thr)
+    pre.foreground = fg
+    pre.info["n_foreground"] = int(fg.sum())
+    pre.info["n_threshold_outliers"] = int(out.size)
+    return True
 
 
 def granule_peaks(

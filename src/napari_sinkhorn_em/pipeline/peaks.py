@@ -26,6 +26,7 @@ from ._filters import box_filter
 from ._regions import foreground_boxes
 from .contrast import foreground_is_mostly_nuclei
 from .noise import noise_blur, response_noise, white_noise_level
+from .scale import high_outliers
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
@@ -390,28 +391,19 @@ def detect_nuclei(
 # (strong_response: outliers far above the rest left out)
 _MIN_RELATIVE_RESPONSE = 0.1
 
-# a blob response more than this many interquartile ranges of the log responses (the
-# range taken at least a factor 2 wide) above their upper quartile is an outlier: bright
-# debris, dust, a bead. 20 nucleus-sized spots 20x brighter than the nuclei of a
-# whole-brain stack made up its 95th percentile, and the floor a tenth of it dropped
-# most neurons (recall 0.44; 0.87 with the outliers left out). Every bench_real row is
-# unchanged (none has such outliers)
-OUTLIER_IQR = 2.0
-
 
 def strong_response(response, q: float = 95.0) -> float:
     """The ``q``-th percentile of blob responses without the outliers far above them
-    (see :data:`OUTLIER_IQR`): the level of the strong nuclei, for the relative floor.
+    (:func:`~.scale.high_outliers`): the level of the strong nuclei, for the relative
+    floor. 20 nucleus-sized spots 20x brighter than the nuclei of a whole-brain stack made
+    up its 95th percentile, and the floor a tenth of it dropped most neurons (recall
+    0.44; 0.87 with the outliers left out).
 
     Not used for the diameter estimate's selection of strong blobs: used there too, it
     broke the real QCANet 8-cell stack (8 large nuclei among many texture blobs: 29
     objects, F1 1.00 -> 0.22)."""
     r = np.asarray(response, dtype=np.float64)
-    pos = r[r > 0]
-    if pos.size >= 8:
-        q1, q3 = np.percentile(np.log(pos), [25, 75])
-        r = r[r <= np.exp(q3 + OUTLIER_IQR * max(q3 - q1, np.log(2.0)))]
-    return float(np.percentile(r, q))
+    return float(np.percentile(r[~high_outliers(r)], q))
 
 
 # the small-scale pass' valley test: a candidate inside a detected nucleus' reach is its
