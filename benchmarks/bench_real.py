@@ -111,6 +111,51 @@ def _masked_case(d) -> Case:
     )
 
 
+@dataclass
+class _Resampled:
+    """A real set with masks as another set-up would have recorded it (see
+    :func:`_resample`)."""
+
+    name: str
+    image: np.ndarray
+    voxel_size: tuple[float, ...]
+    labels: np.ndarray
+    centres: np.ndarray
+
+
+def _resample(d, name: str, *, z_step=1, bin_xy=1, photons=None, noise=None) -> _Resampled:
+    """``d`` (``image``, ``voxel_size``, ``labels``) with every ``z_step``-th plane, ``bin_xy``
+    x ``bin_xy`` in-plane binning, ``photons`` (a fraction: the counts above the 1st
+    percentile scaled by it, then Poisson noise) or Gaussian ``noise`` (a fraction of the
+    1st-99th percentile range); the masks sampled alike, the centres their centroids."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    rng = np.random.default_rng(0)
+    img = np.asarray(d.image, dtype=np.float32)
+    lab = np.asarray(d.labels)
+    vs = np.asarray(d.voxel_size, dtype=np.float64).copy()
+    if z_step > 1:
+        img, lab = img[::z_step], lab[::z_step]
+        vs[0] *= z_step
+    if bin_xy > 1:
+        b = int(bin_xy)
+        ny, nx = img.shape[-2] // b, img.shape[-1] // b
+        img = img[..., : ny * b, : nx * b]
+        img = img.reshape(*img.shape[:-2], ny, b, nx, b).mean(axis=(-3, -1))
+        lab = lab[..., : ny * b : b, : nx * b : b]
+        vs[-2:] *= b
+    lo, hi = np.percentile(img, [1.0, 99.0])
+    if photons is not None:
+        img = rng.poisson(np.maximum(lo + (img - lo) * photons, 0.0)).astype(np.float32)
+    if noise is not None:
+        img = img + rng.normal(0.0, noise * (hi - lo), img.shape).astype(np.float32)
+    lab = relabel_sequential(lab)[0]
+    ids = np.arange(1, int(lab.max()) + 1)
+    centres = np.array(ndi.center_of_mass(lab > 0, lab, ids), dtype=np.float64)
+    return _Resampled(name, img, tuple(vs), lab, centres.reshape(-1, img.ndim))
+
+
 def _synthetic_case(name: str, w, source: str = "median true diameter") -> Case:
     return Case(
         name=name,
@@ -183,6 +228,30 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
                 return _masked_case(realdata.load_qcanet(stage))
 
             out.append((f"qcanet {stage}-cell", stage == 16, build_q))
+    # the real sets as other set-ups record them: coarser z, binned pixels, fewer photons,
+    # more noise (the masks and centres sampled alike)
+    variants = []
+    if external.dsb2018_available():
+        variants += [
+            ("DSB 2-D binned 2x", external.load_dsb2018, {"bin_xy": 2}),
+            ("DSB 2-D, noise 10 %", external.load_dsb2018, {"noise": 0.1}),
+        ]
+    if realdata.available("qcanet"):
+        for stage in realdata.QCANET_STAGES:
+            load = lambda stage=stage: realdata.load_qcanet(stage)  # noqa: E731
+            variants += [
+                (f"qcanet {stage}-cell, every 2nd plane", load, {"z_step": 2}),
+                (f"qcanet {stage}-cell, every 3rd plane", load, {"z_step": 3}),
+                (f"qcanet {stage}-cell, 5x fewer photons", load, {"photons": 0.2}),
+            ]
+    for name, load, kw in variants:
+        out.append(
+            (
+                name,
+                False,
+                lambda name=name, load=load, kw=kw: _masked_case(_resample(load(), name, **kw)),
+            )
+        )
     out.append(
         (
             "whole brain 15x169x411",
