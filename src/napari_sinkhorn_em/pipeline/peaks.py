@@ -607,6 +607,7 @@ def _detect_local(
     coords = np.clip(coords, 0, np.array(sig.shape) - 1)
     # each nucleus' level: the signal smoothed at its own scale, at its centre
     sigma, resp, inten = blobs.sigma_um[ok], blobs.response[ok], blobs.intensity[ok]
+    con = blobs.contrast[ok]
     floor = 0.0
     if resp.size and _MIN_RELATIVE_RESPONSE > 0:
         # an absolute floor relative to the strong nuclei: where the background is exactly
@@ -614,9 +615,11 @@ def _detect_local(
         floor = _MIN_RELATIVE_RESPONSE * strong_response(resp)
         bright = resp >= floor
         coords, sigma, resp, inten = coords[bright], sigma[bright], resp[bright], inten[bright]
+        con = con[bright]
     if foreground is not None and coords.size:
         inside = np.asarray(foreground)[tuple(coords.T)]
         coords, sigma, resp, inten = coords[inside], sigma[inside], resp[inside], inten[inside]
+        con = con[inside]
     if coords.shape[0] == 0:
         return _empty(ndim)
     d_i = 2.0 * np.sqrt(ndim) * sigma
@@ -625,7 +628,12 @@ def _detect_local(
     # interior) are closer than half a typical diameter; their own diameters let them
     # both through (synthetic embryo of 200 nuclei: 216 found, F1 0.94 -> 205, 0.99)
     d_pair = np.maximum(d_i, diameter)
-    keep = _suppress_close(coords * vs, resp, 0.5 * diameter, scale=d_pair / diameter)
+    # of such a pair the blob kept is the one with the larger response x local contrast:
+    # a texture blob inside a nucleus can respond as strongly as the nucleus' own blob
+    # but stands out less (real QCANet 16-cell stack at 5.2 um z-steps: a 7.7 um texture
+    # blob of response 0.445 and contrast 4.6 won over the nucleus' 15.2 um blob, 0.419
+    # and 7.4, and the small-scale pass then split the nucleus in five; F1 0.84 -> 0.94)
+    keep = _suppress_close(coords * vs, resp * con, 0.5 * diameter, scale=d_pair / diameter)
     order = np.flatnonzero(keep)[np.argsort(-resp[keep], kind="stable")]
     coords, sigma, resp, inten = coords[order], sigma[order], resp[order], inten[order]
     d_i = d_i[order]
