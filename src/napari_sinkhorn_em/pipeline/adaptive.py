@@ -281,12 +281,7 @@ def detect(
                 # an automatic threshold is taken again without them: granules 5x brighter
                 # than the nuclei had set it (2-D single-channel worm head: a global
                 # foreground of 19 um^2 for 40 nuclei of 2.7 um, empty once the spots went)
-                pre.threshold = auto_threshold(pre.signal, method)
-                pre.foreground = pre.signal > pre.threshold
-                pre.foreground &= ~spots
-                if pre.granules is not None:
-                    pre.foreground &= ~pre.granules
-                pre.info["n_foreground"] = int(pre.foreground.sum())
+                _set_threshold(pre, auto_threshold(pre.signal, method), exclude=spots)
             blur = noise_blur(pre.signal)  # the signal changed
             peaks = find(blur)
             if len(peaks):
@@ -334,14 +329,22 @@ def _threshold_without_outliers(pre, blobs, min_contrast: float = 0.5) -> bool:
     thr = auto_threshold(pre.signal[keep], method)
     if not thr < pre.threshold:
         return False
+    _set_threshold(pre, thr)
+    pre.info["n_threshold_outliers"] = int(out.size)
+    return True
+
+
+def _set_threshold(pre, thr: float, exclude: np.ndarray | None = None) -> None:
+    """Make ``thr`` the global threshold of ``pre`` (in place): the foreground is the
+    signal above it, without the granules and the voxels ``exclude``."""
     fg = pre.signal > thr
     if pre.granules is not None:
         fg &= ~pre.granules
+    if exclude is not None:
+        fg &= ~exclude
     pre.threshold = float(thr)
     pre.foreground = fg
     pre.info["n_foreground"] = int(fg.sum())
-    pre.info["n_threshold_outliers"] = int(out.size)
-    return True
 
 
 def granule_peaks(

@@ -26,7 +26,7 @@ from ._filters import box_filter
 from ._regions import foreground_boxes
 from .contrast import foreground_is_mostly_nuclei
 from .noise import noise_blur, response_noise, white_noise_level
-from .scale import high_outliers
+from .scale import high_outliers, scale_space_blobs, single_scale_blobs
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
 
@@ -399,9 +399,10 @@ def strong_response(response, q: float = 95.0) -> float:
     up its 95th percentile, and the floor a tenth of it dropped most neurons (recall
     0.44; 0.87 with the outliers left out).
 
-    Not used for the diameter estimate's selection of strong blobs: used there too, it
-    broke the real QCANet 8-cell stack (8 large nuclei among many texture blobs: 29
-    objects, F1 1.00 -> 0.22)."""
+    The diameter estimate leaves out *intensity* outliers instead
+    (:func:`~.scale.diameter_from_blobs`): response outliers there broke the real QCANet
+    8-cell stack, whose 8 large nuclei are the response outliers among their own texture
+    blobs (29 objects, F1 1.00 -> 0.22)."""
     r = np.asarray(response, dtype=np.float64)
     return float(np.percentile(r[~high_outliers(r)], q))
 
@@ -591,8 +592,6 @@ def _detect_local(
     blur=None,
 ) -> Peaks:
     """Local mode of :func:`detect_nuclei` (see there)."""
-    from .scale import scale_space_blobs
-
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
     # the noise model of every significance test below, measured once
@@ -691,8 +690,6 @@ def _single_scale_fill(
     suppression distance of the pair; strongest first. Returns ``(coords, response,
     intensity)`` or None."""
     from scipy.spatial import cKDTree
-
-    from .scale import single_scale_blobs
 
     b = single_scale_blobs(sig, vs, _FILL_SCALE * diameter, noise_blur_voxels=blur)
     ok = b.contrast >= max(min_contrast, 1e-12)
