@@ -28,6 +28,24 @@ def test_strong_response_leaves_out_only_far_outliers():
     assert strong_response(few) == pytest.approx(np.percentile(few, 95))
 
 
+def test_only_the_whole_image_estimate_leaves_out_bright_blobs():
+    # the tracker's chained estimate (diameter_from_blobs of a frame's blobs) keeps them:
+    # on real DoG-filtered heads the brightest neurons are the outliers
+    from napari_sinkhorn_em.pipeline.scale import (
+        diameter_from_blobs,
+        estimate_nucleus_diameter,
+    )
+
+    w = with_debris(make_embryo(n_nuclei=100, seed=0))
+    img = w.image[0].astype(np.float32)
+    lo, hi = np.percentile(img, [1.0, 99.8])
+    est = estimate_nucleus_diameter((img - lo) / (hi - lo), w.voxel_size)  # as preprocess
+    d_true = float(np.median(w.diameters_um))
+    assert abs(est.diameter_um - d_true) < 0.2 * d_true
+    d_all = diameter_from_blobs(est.blobs, 3).diameter_um
+    assert d_all < 0.5 * d_true  # with the spots voting, they decide
+
+
 def test_high_outliers_flags_only_a_far_minority():
     rng = np.random.default_rng(1)
     v = np.exp(rng.uniform(0.0, np.log(10.0), 150))
