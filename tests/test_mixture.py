@@ -745,7 +745,7 @@ def test_weights_estimate_moves_with_sparse_lists_and_other_covariances(kw):
     assert est.score(X) > em.score(X) + 0.05
 
 
-@pytest.mark.parametrize("D", [3, 6, 9])
+@pytest.mark.parametrize("D", [3, 5, 6, 7, 9])
 @pytest.mark.parametrize("dense", [True, False])
 def test_fused_kernels_match_the_separate_passes_bit_for_bit(D, dense):
     """The vectorised diagonal M-step (D <= 8 lanes; D = 9 takes the generic kernel) and

@@ -534,8 +534,8 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
 
 
 # Diagonal M-step statistics for up to MSTEP_LANES features: each entry updates a constant
-# number of lanes (4 or 8; the features beyond D are zero in x and in the shift, so they
-# add zeros), written out as straight-line code (_diag_lanes8 / _diag_lanes4) with the
+# number of lanes (4, 6 or 8; the features beyond D are zero in x and in the shift, so
+# they add zeros), written out as straight-line code (_diag_lanes4/6/8) with the
 # row's features in registers and the component's shift loaded before the first store.
 # The same operations in the same order as mstep_stats (bit-identical results). Numba
 # does not SLP-vectorise (its default), so the lanes stay scalar; what the written-out
@@ -546,7 +546,9 @@ def mstep_stats(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunks, ki
 # weights (6.6 ms for a plain E-step pass), is the cost: 17 loads and stores per entry
 # into the component's row. Tried and dropped: bucketing a chunk's entries by component
 # first (register accumulators, the same summation order): 110 ms; skipping the padded
-# lanes beyond D with branches: 42.7 ms.
+# lanes beyond D with branches: 42.7 ms. Six lanes for D = 5-6 (13 loads and stores per
+# entry instead of 17): 21.8 -> 17.9 ms per call at N = 2e5, K = 100, m = 16, D = 6 (2
+# threads, wall, interleaved with the 8-lane kernel; see docs/method.md, "Seventh pass").
 MSTEP_LANES = 8
 
 
@@ -593,6 +595,36 @@ def _diag_lanes8(row, w, x0, x1, x2, x3, x4, x5, x6, x7, s):
 
 
 @njit(cache=True, inline="always")
+def _diag_lanes6(row, w, x0, x1, x2, x3, x4, x5, s):
+    """:func:`_diag_lanes8` for 6 lanes (row ``[s1 (6), s2 (6), nk]``)."""
+    y0 = x0 - s[0]
+    y1 = x1 - s[1]
+    y2 = x2 - s[2]
+    y3 = x3 - s[3]
+    y4 = x4 - s[4]
+    y5 = x5 - s[5]
+    a0 = w * y0
+    a1 = w * y1
+    a2 = w * y2
+    a3 = w * y3
+    a4 = w * y4
+    a5 = w * y5
+    row[0] += a0
+    row[1] += a1
+    row[2] += a2
+    row[3] += a3
+    row[4] += a4
+    row[5] += a5
+    row[6] += a0 * y0
+    row[7] += a1 * y1
+    row[8] += a2 * y2
+    row[9] += a3 * y3
+    row[10] += a4 * y4
+    row[11] += a5 * y5
+    row[12] += w
+
+
+@njit(cache=True, inline="always")
 def _diag_lanes4(row, w, x0, x1, x2, x3, s):
     """:func:`_diag_lanes8` for 4 lanes (row ``[s1 (4), s2 (4), nk]``)."""
     y0 = x0 - s[0]
@@ -624,12 +656,24 @@ def _add_diag_entries(accf, keep, cnt, v, kk, x, sh, L):
             j = keep[t]
             k = kk[j]
             _diag_lanes4(accf[k], v[j], x0, x1, x2, x3, sh[k])
+    elif L == 6:
+        x0, x1, x2, x3, x4, x5 = x[0], x[1], x[2], x[3], x[4], x[5]
+        for t in range(cnt):
+            j = keep[t]
+            k = kk[j]
+            _diag_lanes6(accf[k], v[j], x0, x1, x2, x3, x4, x5, sh[k])
     else:
         x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
         for t in range(cnt):
             j = keep[t]
             k = kk[j]
             _diag_lanes8(accf[k], v[j], x0, x1, x2, x3, x4, x5, x6, x7, sh[k])
+
+
+@njit(cache=True, inline="always")
+def _diag_lane_count(D):
+    """Lanes of the diagonal M-step accumulators for ``D <= MSTEP_LANES`` features."""
+    return 4 if D <= 4 else (6 if D <= 6 else MSTEP_LANES)
 
 
 @njit(cache=True)
@@ -666,7 +710,7 @@ def mstep_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, shift, cut, n_chunk
     M = A.shape[1]
     K = g.shape[0]
     G, gmax = _potential_scale(g)
-    L = 4 if D <= 4 else MSTEP_LANES
+    L = _diag_lane_count(D)
     # one accumulator row per component: [s1 (L), s2 (L), nk]
     W = 2 * L + 1
     sh = _lane_shift(shift, L)
@@ -704,7 +748,7 @@ def estep_pass_stats_diag(X, A, P, amax, use_p, idx, dense, g, a, lse, shift, cu
     M = A.shape[1]
     K = g.shape[0]
     G, gmax = _potential_scale(g)
-    L = 4 if D <= 4 else MSTEP_LANES
+    L = _diag_lane_count(D)
     W = 2 * L + 1
     sh = _lane_shift(shift, L)
     c_acc = np.zeros((n_chunks, K))
@@ -1195,6 +1239,24 @@ def _sq_dists8(Xp, i, D, m8, x, dist):
         dist[k] = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4 + z5 * z5 + z6 * z6 + z7 * z7
 
 
+@njit(cache=True, inline="always")
+def _sq_dists6(Xp, i, D, m8, x, dist):
+    """:func:`_sq_dists8` for ``D <= 6`` features: the first 6 lanes only (the two
+    left out add exact zeros to a non-negative sum, so the distances are the same bit
+    for bit)."""
+    for d in range(D):
+        x[d] = Xp[i, d]
+    x0, x1, x2, x3, x4, x5 = x[0], x[1], x[2], x[3], x[4], x[5]
+    for k in range(m8.shape[1]):
+        z0 = x0 - m8[0, k]
+        z1 = x1 - m8[1, k]
+        z2 = x2 - m8[2, k]
+        z3 = x3 - m8[3, k]
+        z4 = x4 - m8[4, k]
+        z5 = x5 - m8[5, k]
+        dist[k] = z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3 + z4 * z4 + z5 * z5
+
+
 @njit(parallel=True, cache=True)
 def brute_neighbors(
     Xp, means_t, out, upper, lower, step, movers, is_mover, rest, have_old, n_chunks
@@ -1283,7 +1345,9 @@ def brute_neighbors(
                         upper[i] = u
                         lower[i] = lo
                         continue
-            if lanes8:
+            if lanes8 and D <= 6:
+                _sq_dists6(Xp, i, D, means_t, xl, dist)
+            elif lanes8:
                 _sq_dists8(Xp, i, D, means_t, xl, dist)
             else:
                 for k in range(K):

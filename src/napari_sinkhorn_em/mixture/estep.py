@@ -195,6 +195,9 @@ class _EStep:
         # error is below fuse_slack * tol (the mixture's loose early E-steps only; 1 = the
         # plain rule)
         self.fuse_slack = 1.0
+        # the M-step skips weights below this fraction of their column's mass (a loose
+        # E-step of the mixture raises it; see estimator._LOOSE_CUT)
+        self.mstep_cut = _k.MSTEP_CUT
         self.rate = _CHORD_RATE if rate is None else float(rate)
         if hess_budget is None:
             hess_budget = max(_HESS_BUDGET, _HESS_PER_ENTRY * N * M)
@@ -521,7 +524,7 @@ class _EStep:
                 refresh = False
             for _ in range(40):
                 gt = self.normalise(g + t * d)
-                cut = _k.MSTEP_CUT * col if fuse and t == 1.0 else None
+                cut = self.mstep_cut * col if fuse and t == 1.0 else None
                 col_t, wlse_t, S_t = self.pass_(gt, want_hess=refresh, stats_cut=cut)
                 Jt = -self.objective(gt, wlse_t)
                 # near the optimum J changes by less than its rounding error: a step that
