@@ -23,7 +23,14 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["noise_blur", "response_noise", "voxel_noise", "voxel_sd", "white_noise_level"]
+__all__ = [
+    "given_or_measured_blur",
+    "noise_blur",
+    "response_noise",
+    "voxel_noise",
+    "voxel_sd",
+    "white_noise_level",
+]
 
 # a lag-2 / lag-1 spread ratio below this is taken as white noise: smooth signal raises
 # the ratio of white-noise images to 1.00-1.14 (measured: every bench_real image, the
@@ -144,13 +151,20 @@ def noise_blur(signal: np.ndarray) -> np.ndarray:
     return out
 
 
+def given_or_measured_blur(signal: np.ndarray, blur=None) -> np.ndarray:
+    """``blur`` (a caller's :func:`noise_blur` of ``signal``, as float64) or, when None,
+    :func:`noise_blur` measured here: the noise model is measured once per signal and
+    handed down to every significance test."""
+    return noise_blur(signal) if blur is None else np.asarray(blur, dtype=np.float64)
+
+
 def white_noise_level(signal: np.ndarray, blur=None) -> float:
     """Standard deviation of the white noise that, blurred by ``blur`` (default
     :func:`noise_blur`), gives the image's noise; equal to :func:`voxel_noise` for
     white noise. With a blur it is larger than the voxel noise: the response of a filter
     ``k`` to the noise is this level times ``||G_blur * k||`` (:func:`response_noise`)."""
     s = np.asarray(signal)
-    b = noise_blur(s) if blur is None else np.asarray(blur, dtype=np.float64)
+    b = given_or_measured_blur(s, blur)
     v = voxel_noise(s)
     if not np.any(b > 0):
         return v
@@ -178,5 +192,5 @@ def voxel_sd(signal: np.ndarray, blur=None) -> float:
     for white noise, larger where the noise is blurred (a 0.7-voxel blur in y and x:
     1.6x). ``blur``: :func:`noise_blur` of ``signal`` when the caller has it."""
     s = np.asarray(signal)
-    b = noise_blur(s) if blur is None else np.asarray(blur, dtype=np.float64)
+    b = given_or_measured_blur(s, blur)
     return response_noise(np.ones((1,) * s.ndim), white_noise_level(s, b), b)

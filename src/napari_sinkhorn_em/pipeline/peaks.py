@@ -25,7 +25,7 @@ from .._validation import check_voxel_size
 from ._filters import box_filter
 from ._regions import foreground_boxes
 from .contrast import foreground_is_mostly_nuclei
-from .noise import noise_blur, response_noise, white_noise_level
+from .noise import given_or_measured_blur, response_noise, white_noise_level
 from .scale import high_outliers, scale_space_blobs, single_scale_blobs
 
 __all__ = ["Peaks", "detect_nuclei", "detect_peaks", "log_scales"]
@@ -504,7 +504,7 @@ def _log_noise(sig, vs, sigma_um: float, blur=None) -> float:
     delta = np.zeros(tuple(2 * h + 1 for h in half), dtype=np.float64)
     delta[tuple(half)] = 1.0
     k = _log(delta, sv) * sigma_um**2
-    b = noise_blur(sig) if blur is None else np.asarray(blur, dtype=np.float64)
+    b = given_or_measured_blur(sig, blur)
     return response_noise(k, white_noise_level(sig, b), b)
 
 
@@ -595,7 +595,7 @@ def _detect_local(
     sig = np.asarray(signal, dtype=np.float32)
     ndim = sig.ndim
     # the noise model of every significance test below, measured once
-    blur = noise_blur(sig) if blur is None else np.asarray(blur, dtype=np.float64)
+    blur = given_or_measured_blur(sig, blur)
     blobs = scale_space_blobs(
         sig, vs, diameter_range=(0.5 * diameter, 2.0 * diameter), noise_blur_voxels=blur
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .noise import noise_blur, response_noise
+from .noise import given_or_measured_blur, response_noise
 
 __all__ = [
     "Blobs",
@@ -332,7 +332,7 @@ def scale_space_blobs(
     # background's response is noise) times the filter's L2 norm on its grid, divided by
     # the block averaging's sqrt(voxels per block); exact also for floored axes. For
     # correlated noise (noise.noise_blur) the norms are those of the blurred filters
-    blur = _blur(img, noise_blur_voxels)
+    blur = given_or_measured_blur(img, noise_blur_voxels)
     pixel_noise = _noise_level(levels[0][1]) / _level_norm(sigmas[0], vs, levels[0][0], blur)
     parts = []
     for k in range(1, len(sigmas) - 1):
@@ -399,7 +399,7 @@ def single_scale_blobs(
     # 0.5-2x this diameter (its finest, one step below the range)
     s_fine = 0.5 * sigma / 2.0 ** (1.0 / _PER_OCTAVE)
     fine = _level(img, vs, s_fine)
-    blur = _blur(img, noise_blur_voxels)
+    blur = given_or_measured_blur(img, noise_blur_voxels)
     pixel_noise = _noise_level(fine[1]) / _level_norm(s_fine, vs, fine[0], blur)
     del fine
     lev = _level(img, vs, sigma)
@@ -444,12 +444,6 @@ def _level(img: np.ndarray, vs: np.ndarray, sigma: float):
     sm = ndi.gaussian_filter(grid, sv, mode="nearest")
     r = normalized_log(grid, sv, smoothed=sm)
     return factor, r, ndi.maximum_filter(r, size=3, mode="nearest"), sm
-
-
-def _blur(img: np.ndarray, given) -> np.ndarray:
-    """The image's noise blur per axis: ``given`` (the caller's :func:`~.noise.noise_blur`
-    of this image) or measured."""
-    return noise_blur(img) if given is None else np.asarray(given, dtype=np.float64)
 
 
 def _level_norm(sigma: float, vs: np.ndarray, factor: np.ndarray, blur=None) -> float:
