@@ -55,6 +55,7 @@ from napari_sinkhorn_em.evaluation import external, realdata
 from napari_sinkhorn_em.evaluation.baseline import log_watershed
 from napari_sinkhorn_em.evaluation.metrics import (
     average_precision,
+    label_centroids,
     match_centres_nn,
     nearest_neighbour_distance,
 )
@@ -128,7 +129,6 @@ def _resample(d, name: str, *, z_step=1, bin_xy=1, photons=None, noise=None) -> 
     x ``bin_xy`` in-plane binning, ``photons`` (a fraction: the counts above the 1st
     percentile scaled by it, then Poisson noise) or Gaussian ``noise`` (a fraction of the
     1st-99th percentile range); the masks sampled alike, the centres their centroids."""
-    from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential
 
     rng = np.random.default_rng(0)
@@ -151,9 +151,7 @@ def _resample(d, name: str, *, z_step=1, bin_xy=1, photons=None, noise=None) -> 
     if noise is not None:
         img = img + rng.normal(0.0, noise * (hi - lo), img.shape).astype(np.float32)
     lab = relabel_sequential(lab)[0]
-    ids = np.arange(1, int(lab.max()) + 1)
-    centres = np.array(ndi.center_of_mass(lab > 0, lab, ids), dtype=np.float64)
-    return _Resampled(name, img, tuple(vs), lab, centres.reshape(-1, img.ndim))
+    return _Resampled(name, img, tuple(vs), lab, label_centroids(lab))
 
 
 def _synthetic_case(name: str, w, source: str = "median true diameter") -> Case:

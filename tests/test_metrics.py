@@ -132,3 +132,16 @@ def test_nearest_neighbour_distance_and_scaled_matching():
         nearest_neighbour_distance(true[:1])
     with pytest.raises(ValueError, match="fraction"):
         match_centres_nn(pred, true, fraction=0.0)
+
+
+def test_label_centroids_rows_follow_the_labels():
+    from napari_sinkhorn_em.evaluation.metrics import label_centroids
+
+    lab = np.zeros((6, 8), dtype=np.int32)
+    lab[1:3, 1:3] = 2  # centroid (1.5, 1.5)
+    lab[3:6, 4:8] = 1  # centroid (4, 5.5)
+    np.testing.assert_allclose(label_centroids(lab), [[4.0, 5.5], [1.5, 1.5]])
+    lab[lab == 1] = 3  # label 1 missing: a row of NaN
+    got = label_centroids(lab)
+    assert got.shape == (3, 2) and np.isnan(got[0]).all()
+    np.testing.assert_allclose(got[1:], [[1.5, 1.5], [4.0, 5.5]])

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import label_centroids
+
 __all__ = [
     "DSB2018_FILES",
     "ENV_VAR",
@@ -148,7 +150,6 @@ def load_dsb2018(root=None) -> DSB2018Image:
         When the files are not a 2-D image and masks of one shape.
     """
     import tifffile
-    from scipy import ndimage as ndi
 
     for folder in _candidates(root):
         fimg, fmask = _files(folder)
@@ -170,9 +171,9 @@ def load_dsb2018(root=None) -> DSB2018Image:
     ids = np.unique(masks)
     ids = ids[ids > 0]
     labels = np.zeros(masks.shape, dtype=np.int32)
-    centres = np.asarray(ndi.center_of_mass(masks > 0, masks, ids), dtype=float).reshape(-1, 2)
     for i, v in enumerate(ids, start=1):
         labels[masks == v] = i
+    centres = label_centroids(labels)
     return DSB2018Image(image, labels, centres, (1.0, 1.0), folder)
 
 

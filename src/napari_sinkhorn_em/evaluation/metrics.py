@@ -26,6 +26,7 @@ from .._validation import check_voxel_size
 __all__ = [
     "CentreMatch",
     "average_precision",
+    "label_centroids",
     "label_iou",
     "match_centres",
     "match_centres_nn",
@@ -281,6 +282,18 @@ def average_precision(pred_labels, true_labels, *, threshold: float = 0.5) -> di
         "f1": 1.0 if (n_pred + n_true) == 0 else 2 * tp / (n_pred + n_true),
         "mean_matched_iou": float(v.mean()) if v.size else float("nan"),
     }
+
+
+def label_centroids(labels) -> np.ndarray:
+    """``(n, ndim)`` voxel centroids of the labels ``1..n`` of a sequentially labelled
+    image (row ``i`` = label ``i + 1``; a missing label gives a row of NaN)."""
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels)
+    ids = np.arange(1, int(lab.max()) + 1 if lab.size else 1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a missing label: 0 / 0
+        c = ndi.center_of_mass(lab > 0, lab, ids)
+    return np.asarray(c, dtype=float).reshape(-1, lab.ndim)
 
 
 def nearest_neighbour_distance(points, *, voxel_size=None, statistic: str = "median") -> float:

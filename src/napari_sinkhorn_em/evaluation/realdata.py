@@ -78,6 +78,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import label_centroids
+
 __all__ = [
     "ENV_VAR",
     "QCANET_STAGES",
@@ -390,9 +392,8 @@ def load_qcanet(
             f"{fraw} and {fmask}: expected two 3-D stacks of one shape, got "
             f"{image.shape} and {mask.shape}"
         )
-    labels, n = ndi.label(mask > 0)
-    labels = labels.astype(np.int32)
-    centres = np.asarray(ndi.center_of_mass(mask > 0, labels, np.arange(1, n + 1)), dtype=float)
+    labels = ndi.label(mask > 0)[0].astype(np.int32)
+    centres = label_centroids(labels)
     return QCANetStack(
         name=f"qcanet {stage}-cell",
         stage=int(stage),

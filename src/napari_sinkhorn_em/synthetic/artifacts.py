@@ -30,6 +30,11 @@ def _channels_first(w: SyntheticWorm) -> np.ndarray:
     return img[None] if w.channel_axis is None else np.moveaxis(img, w.channel_axis, 0)
 
 
+def _random_voxels(rng: np.random.Generator, shape, n: int) -> np.ndarray:
+    """``(n, len(shape))`` uniformly random voxel coordinates in ``shape``."""
+    return np.stack([rng.integers(0, s, int(n)) for s in shape], axis=1)
+
+
 def _replace(w: SyntheticWorm, image_cf: np.ndarray, record: dict, **changes) -> SyntheticWorm:
     img = image_cf[0] if w.channel_axis is None else np.moveaxis(image_cf, 0, w.channel_axis)
     params = dict(w.params)
@@ -56,7 +61,7 @@ def with_hot_pixels(
     camera). Their voxel coordinates are ``params["artifacts"][-1]["at"]``."""
     img = _channels_first(w).copy()
     rng = np.random.default_rng(seed)
-    at = np.stack([rng.integers(0, s, int(n)) for s in img.shape[1:]], axis=1)
+    at = _random_voxels(rng, img.shape[1:], n)
     img[(slice(None), *at.T)] += np.float32(amplitude)
     rec = {"kind": "hot_pixels", "n": int(n), "amplitude": float(amplitude), "at": at.tolist()}
     return _replace(w, img, rec)
@@ -73,7 +78,7 @@ def with_debris(
     vs = np.asarray(w.voxel_size, dtype=np.float64)
     rng = np.random.default_rng(seed)
     spot = np.zeros(spatial, np.float32)
-    at = np.stack([rng.integers(0, s, int(n)) for s in spatial], axis=1)
+    at = _random_voxels(rng, spatial, n)
     spot[tuple(at.T)] = 1.0
     spot = ndi.gaussian_filter(spot, 0.6 / vs)
     spot /= spot.max()
