@@ -121,6 +121,11 @@ def _regime_result(
     lut = np.zeros(n + 1, dtype=np.float32)
     lut[1:] = brightness[perm]
     obj = lut[labels] * profile * np.asarray(gain, dtype=np.float32)
+    if texture < 0 or texture_scale_um <= 0:
+        raise ValueError(
+            f"texture must be >= 0 and texture_scale_um > 0, got {texture} and "
+            f"{texture_scale_um}"
+        )
     if texture > 0:
         obj *= _texture_field(rng, shape, vsz, texture, texture_scale_um)
     if ndim == 3:
