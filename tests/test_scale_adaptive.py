@@ -359,7 +359,8 @@ def test_valley_merge_reach_needs_the_nucleus_sampled_on_every_axis():
     assert _merge_reach(2.0, np.array([2.0, 0.27, 0.27]), 0.55) == 0.55
     assert _merge_reach(2.0, np.array([2.0, 0.27, 0.27]), 0.0) == 0.0
     # embryo nuclei at 1 um z-steps, 2-D images: the texture reach
-    assert _merge_reach(4.0, np.array([1.0, 0.3, 0.3]), 0.0) == _TEXTURE_MERGE
+    assert _merge_reach(2.5, np.array([1.0, 0.3, 0.3]), 0.0) == _TEXTURE_MERGE
+    assert _merge_reach(1.5, np.array([1.0, 0.3, 0.3]), 0.0) == 0.0
     assert _merge_reach(24.0, np.array([1.0, 1.0]), 0.55) == max(0.55, _TEXTURE_MERGE)
 
 
