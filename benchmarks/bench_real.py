@@ -301,6 +301,16 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
                 ),
             )
         )
+    # chromatin-like texture (log-sd 0.4 at a quarter of the diameter): a large nucleus
+    # shows 2-3 blobs of half its size (synthetic.make_embryo(texture=...))
+    for name, build_w in (
+        ("embryo 30 nuclei, textured", lambda: make_embryo(n_nuclei=30, texture=0.4, seed=1)),
+        ("embryo 100 nuclei, textured", lambda: make_embryo(n_nuclei=100, texture=0.4, seed=1)),
+        ("2-D field 125 nuclei, textured", lambda: make_nuclei_field_2d(texture=0.4, seed=1)),
+    ):
+        out.append(
+            (name, False, lambda name=name, build_w=build_w: _synthetic_case(name, build_w()))
+        )
     # a camera's hot pixels: 300 single voxels (0.03 %) raised by 1000 counts
     out.append(
         (
