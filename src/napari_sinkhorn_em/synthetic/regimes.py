@@ -87,7 +87,7 @@ def _regime_result(
     camera_offset: float,
     params: dict,
     texture: float = 0.0,
-    texture_scale_um: float = 0.8,
+    texture_scale_um: float | None = None,
 ) -> SyntheticWorm:
     """Rasterise, blur, add noise and pack one single-channel regime as a SyntheticWorm.
 
@@ -121,10 +121,11 @@ def _regime_result(
     lut = np.zeros(n + 1, dtype=np.float32)
     lut[1:] = brightness[perm]
     obj = lut[labels] * profile * np.asarray(gain, dtype=np.float32)
+    if texture_scale_um is None:  # a quarter of the mean diameter
+        texture_scale_um = 0.25 * float(np.mean(diam)) if n else 1.0
     if texture < 0 or texture_scale_um <= 0:
         raise ValueError(
-            f"texture must be >= 0 and texture_scale_um > 0, got {texture} and "
-            f"{texture_scale_um}"
+            f"texture must be >= 0 and texture_scale_um > 0, got {texture} and {texture_scale_um}"
         )
     if texture > 0:
         obj *= _texture_field(rng, shape, vsz, texture, texture_scale_um)
@@ -273,9 +274,7 @@ def make_whole_brain(
             "seed": seed,
         },
         texture=texture,
-        texture_scale_um=(
-            0.25 * float(np.mean(diam)) if texture_scale_um is None else texture_scale_um
-        ),
+        texture_scale_um=texture_scale_um,
     )
 
 
@@ -374,13 +373,8 @@ def make_embryo(
         Photon and camera settings as in :func:`make_whole_brain`.
     cytoplasm : float
         Cytoplasmic signal relative to the nuclei.
-    texture : float
-        Chromatin-like texture: each nucleus' brightness is multiplied by a smooth
-        log-normal field of log-sd ``texture`` (0 = uniform nuclei, 0.3-0.5 is
-        typical of histone-labelled nuclei).
-    texture_scale_um : float, optional
-        Correlation length of the texture (um); default a quarter of the mean
-        nucleus diameter.
+    texture, texture_scale_um : float
+        Chromatin-like texture as in :func:`make_whole_brain`.
     seed : int, optional
         Generator seed.
 
@@ -430,9 +424,7 @@ def make_embryo(
             "seed": seed,
         },
         texture=texture,
-        texture_scale_um=(
-            0.25 * float(np.mean(diam)) if texture_scale_um is None else texture_scale_um
-        ),
+        texture_scale_um=texture_scale_um,
     )
 
 
@@ -478,13 +470,8 @@ def make_nuclei_field_2d(
         Gaussian PSF standard deviation (um).
     photons, background_photons, read_noise, camera_offset : float
         Photon and camera settings as in :func:`make_whole_brain`.
-    texture : float
-        Chromatin-like texture: each nucleus' brightness is multiplied by a smooth
-        log-normal field of log-sd ``texture`` (0 = uniform nuclei, 0.3-0.5 is
-        typical of histone-labelled nuclei).
-    texture_scale_um : float, optional
-        Correlation length of the texture (um); default a quarter of the mean
-        nucleus diameter.
+    texture, texture_scale_um : float
+        Chromatin-like texture as in :func:`make_whole_brain`.
     seed : int, optional
         Generator seed.
 
@@ -535,7 +522,5 @@ def make_nuclei_field_2d(
             "seed": seed,
         },
         texture=texture,
-        texture_scale_um=(
-            0.25 * float(np.mean(diam)) if texture_scale_um is None else texture_scale_um
-        ),
+        texture_scale_um=texture_scale_um,
     )
