@@ -686,13 +686,15 @@ def _detect_local(
 # pressed nuclei the small-scale pass is for sit 0.84-1.07 diameters from their
 # brighter neighbour, often without a dip (NeuroPAL-like head: 13 of them lost at 1.0).
 _TEXTURE_MERGE = 0.8
-# ... only where a typical nucleus spans at least this many samples along every axis:
-# on coarser axes the line between two centres is interpolated between 1-2 planes and its
-# dips mean little (real targettrack heads, 2 um nuclei at 2 um z-steps, ~1.3 samples:
-# 2-5 neurons per frame merged with a neighbour). At 2 the 2.5 um nuclei of a textured
-# 370-nucleus embryo at 1 um z-steps are in (384 -> 373 objects for 370, F1 0.976 ->
-# 0.991); the untextured embryo rows move by 1-2 objects either way.
-_MERGE_MIN_SAMPLES = 2.0
+# ... only where a typical nucleus spans at least this many samples along every axis.
+# On coarser axes the line between two centres is interpolated between a few planes and
+# the dip of two touching nuclei is not seen: real targettrack heads (2 um nuclei at 2 um
+# z-steps, ~1.3 samples) lost 2-5 neurons per frame to a neighbour; at 2 samples the
+# 2.7 um nuclei of the moving synthetic heads (0.8 um z-steps) and the just-divided
+# daughters of the growing embryo (1 um z-steps, 3.4 samples) were merged (tracking:
+# growing embryo 0.901 -> 0.879 correct links, nuclei found 0.963 -> 0.941). Texture
+# splits the large nuclei, which span many samples.
+_MERGE_MIN_SAMPLES = 4.0
 
 
 def _merge_reach(diameter: float, vs, default: float) -> float:
