@@ -710,37 +710,13 @@ def _merge_without_valley(coords, vs, rank_score, d_pair, keep, smoothed, reach)
     visiting the blobs by decreasing ``rank_score``, a kept blob removes every kept blob
     within ``reach`` x the pair's mean diameter (``d_pair``, um) that the
     smoothed signal does not dip between."""
-    from scipy.spatial import cKDTree
-
     out = np.asarray(keep, dtype=bool).copy()
     idx = np.flatnonzero(out)
-    if idx.size < 2:
-        return out
-    pts = coords[idx] * vs
-    pairs = cKDTree(pts).query_pairs(reach * float(d_pair[idx].max()), output_type="ndarray")
-    if pairs.size == 0:
-        return out
-    a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
-    dist = np.linalg.norm((coords[a] - coords[b]) * vs, axis=1)
-    near = dist < reach * 0.5 * (d_pair[a] + d_pair[b])
-    a, b = a[near], b[near]
-    if a.size == 0:
-        return out
-    ca, cb = coords[a].astype(np.float64), coords[b].astype(np.float64)
-    flat = ~_valley_dips(smoothed(), ca, cb, _VALLEY_DEPTH)
-    a, b = a[flat], b[flat]
-    order = np.argsort(-rank_score, kind="stable")
-    rank = np.empty(len(rank_score), dtype=np.intp)
-    rank[order] = np.arange(len(rank_score))
-    strong = np.where(rank[a] < rank[b], a, b)
-    weak = np.where(rank[a] < rank[b], b, a)
-    nbrs: dict[int, list[int]] = {}
-    for i, j in zip(strong.tolist(), weak.tolist(), strict=True):
-        nbrs.setdefault(i, []).append(j)
-    for i in order.tolist():
-        if out[i]:
-            for j in nbrs.get(i, ()):
-                out[j] = False
+    pairs = idx[_close_pairs(coords[idx] * vs, reach, d_pair[idx])]
+    if pairs.size:
+        a, b = pairs[:, 0], pairs[:, 1]
+        ca, cb = coords[a].astype(np.float64), coords[b].astype(np.float64)
+        _drop_weaker(out, pairs[~_valley_dips(smoothed(), ca, cb, _VALLEY_DEPTH)], rank_score)
     return out
 
 
@@ -832,26 +808,40 @@ def _suppress_close(
     than ``min_distance`` to one already kept. With ``scale`` (one factor per peak) the
     limit of a pair is ``min_distance`` times the mean of their factors. Returns a
     boolean keep mask."""
+    keep = np.ones(points.shape[0], dtype=bool)
+    _drop_weaker(keep, _close_pairs(points, min_distance, scale), response)
+    return keep
+
+
+def _close_pairs(points: np.ndarray, min_distance: float, scale=None) -> np.ndarray:
+    """``(P, 2)`` index pairs of ``points`` closer than ``min_distance`` (with ``scale``:
+    times the mean of the pair's two factors)."""
     from scipy.spatial import cKDTree
 
-    n = points.shape[0]
-    keep = np.ones(n, dtype=bool)
-    if n < 2:
-        return keep
+    if points.shape[0] < 2:
+        return np.zeros((0, 2), dtype=np.intp)
     reach = min_distance if scale is None else min_distance * float(np.max(scale))
     pairs = cKDTree(points).query_pairs(reach, output_type="ndarray")
     if scale is not None and pairs.size:
         lim = min_distance * 0.5 * (scale[pairs[:, 0]] + scale[pairs[:, 1]])
         dist = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
         pairs = pairs[dist < lim]
+    return pairs
+
+
+def _drop_weaker(keep: np.ndarray, pairs: np.ndarray, score: np.ndarray) -> None:
+    """Greedy suppression in place: visiting the indices by decreasing ``score``, each
+    one still in ``keep`` drops the weaker member of every pair it is in."""
     if pairs.size == 0:
-        return keep
-    order = np.argsort(-response, kind="stable")
+        return
+    n = len(score)
+    order = np.argsort(-score, kind="stable")
     rank = np.empty(n, dtype=np.intp)
     rank[order] = np.arange(n)
     # orient each pair from the stronger to the weaker peak
-    strong = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
-    weak = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
+    first = rank[pairs[:, 0]] < rank[pairs[:, 1]]
+    strong = np.where(first, pairs[:, 0], pairs[:, 1])
+    weak = np.where(first, pairs[:, 1], pairs[:, 0])
     nbrs = [[] for _ in range(n)]
     for a, b in zip(strong.tolist(), weak.tolist(), strict=True):
         nbrs[a].append(b)
@@ -859,7 +849,6 @@ def _suppress_close(
         if keep[i]:
             for j in nbrs[i]:
                 keep[j] = False
-    return keep
 
 
 def _empty(ndim: int, threshold: float = 0.0) -> Peaks:
