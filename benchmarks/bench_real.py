@@ -29,7 +29,7 @@ score against the points as stored is in the JSON as ``f1_stored_truth``), QCANe
 60-80 / 40 photons,
 ``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``, and 40-nucleus
 ``make_worm`` crops with as many gut granules as nuclei: 3-D with one channel, 2-D with
-four and with one). Real rows are skipped
+four and with one; textured nuclei; embryos with 15 % of the nuclei in mitosis). Real rows are skipped
 when ``../shared/realdata`` is absent; the real 2-D DSB 2018 image (125 nuclei with masks,
 pixel units) when ``tools/fetch_external_data.py`` has fetched it
 (:mod:`napari_sinkhorn_em.evaluation.external`).
@@ -310,6 +310,19 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
     ):
         out.append(
             (name, False, lambda name=name, build_w=build_w: _synthetic_case(name, build_w()))
+        )
+    # dividing embryos: 15 % of the nuclei in metaphase, a bright plate holding the
+    # nucleus' light (synthetic.make_embryo(mitotic_fraction=...))
+    for n in (200, 370):
+        name = f"embryo {n} nuclei, 15 % in mitosis"
+        out.append(
+            (
+                name,
+                False,
+                lambda name=name, n=n: _synthetic_case(
+                    name, make_embryo(n_nuclei=n, mitotic_fraction=0.15, seed=1)
+                ),
+            )
         )
     # a camera's hot pixels: 300 single voxels (0.03 %) raised by 1000 counts
     out.append(

@@ -141,3 +141,34 @@ def test_texture_varies_the_nuclei_and_leaves_the_truth():
     assert inner_cv(tex) > 1.3 * inner_cv(plain)  # 1.48 measured; 1.0 without texture
     with pytest.raises(ValueError, match="texture"):
         make_embryo(n_nuclei=30, texture=-0.1)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mitotic_nuclei_are_condensed_plates_holding_the_nucleus_light(ndim):
+    def make(frac):
+        if ndim == 3:
+            return make_embryo(n_nuclei=30, seed=4, mitotic_fraction=frac)
+        return make_nuclei_field_2d(n_nuclei=60, seed=4, mitotic_fraction=frac)
+
+    plain, mit = make(0.0), make(0.2)
+    ids = np.array(mit.params["mitotic_labels"])
+    assert ids.size == round(0.2 * mit.n_nuclei) and plain.params["mitotic_labels"] == []
+    assert mit.params["mitotic_fraction"] == 0.2
+    # the centres stay; a plate's mask is a fraction of its interphase nucleus' ...
+    np.testing.assert_array_equal(plain.centres, mit.centres)
+    vol = lambda w, i: np.count_nonzero(w.labels == i)  # noqa: E731
+    frac = np.median([vol(mit, i) / vol(plain, i) for i in ids])
+    expected = 0.7 * 0.7 * 0.2 if ndim == 3 else 0.7 * 0.2
+    assert 0.5 * expected < frac < 2.0 * expected
+    # ... and holds about its light (the noise-free sum is conserved; blur spills a little
+    # into the neighbourhood, so the sum is taken over the dilated interphase mask)
+    from scipy import ndimage as ndi
+
+    def light(w, i):
+        region = ndi.binary_dilation(plain.labels == i, iterations=2)
+        return float((w.image[0].astype(float) - 100.0)[region].sum())
+
+    ratio = np.median([light(mit, i) / light(plain, i) for i in ids])
+    assert 0.85 < ratio < 1.15  # 0.93-1.05 measured; 0.45 if a plate held 0.3 of it
+    with pytest.raises(ValueError, match="mitotic_fraction"):
+        make_embryo(n_nuclei=30, mitotic_fraction=1.5)
