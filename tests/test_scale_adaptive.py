@@ -555,7 +555,9 @@ def test_spot_lengths_measure_a_plate_and_not_a_point():
     assert lengths[0] == pytest.approx(8.0, rel=0.1)
     assert lengths[1] < 1.0
     # a disk seen face-on or edge-on shows its width in the lateral plane
-    zz, yy, xx = np.meshgrid(*[np.arange(n) * v for n, v in zip(img.shape, vs)], indexing="ij")
+    zz, yy, xx = np.meshgrid(
+        *[np.arange(n) * v for n, v in zip(img.shape, vs, strict=True)], indexing="ij"
+    )
     face = ((yy - 7.5) ** 2 + (xx - 7.5) ** 2 <= 9.0) & (np.abs(zz - 4.0) < 0.5)
     edge = ((zz - 4.0) ** 2 + (xx - 7.5) ** 2 <= 9.0) & (np.abs(yy - 7.5) < 0.3)
     for disk in (face, edge):
@@ -564,14 +566,41 @@ def test_spot_lengths_measure_a_plate_and_not_a_point():
 
 
 def test_mitotic_nuclei_of_one_channel_are_not_granules():
-    # a nucleus in metaphase is a small bright spot, as a granule, but a plate: the
-    # one-channel granule test took 28 of the 30 metaphase nuclei of this embryo (their
-    # voxels zeroed; F1 0.93); with the lateral-length test 10 (F1 0.97)
+    # a nucleus in metaphase is a small bright spot, as a granule, but a plate holding
+    # its chromatin: the one-channel granule test took 28 of the 30 metaphase nuclei of
+    # this embryo (their voxels zeroed; F1 0.93); with the lateral-length test 10 (F1
+    # 0.97), with the light test too 2 (F1 0.99)
     from napari_sinkhorn_em.synthetic import make_embryo
 
     w = make_embryo(n_nuclei=200, mitotic_fraction=0.15, seed=0)
     r = _segment(w)
     m = match_centres_nn(r.centres, w.centres, voxel_size=w.voxel_size)
     mitotic = np.array(w.params["mitotic_labels"]) - 1
-    assert np.isin(mitotic, m.true_index).mean() >= 0.6  # 20 of 30 measured
-    assert m.f1 >= 0.95, m.summary()
+    assert np.isin(mitotic, m.true_index).mean() >= 0.85  # 28 of 30 measured
+    assert m.f1 >= 0.97, m.summary()
+
+
+def test_ball_light_sums_the_signal_of_a_ball():
+    from napari_sinkhorn_em.pipeline.adaptive import ball_light
+
+    vs = np.array([1.0, 0.5, 0.5])
+    img = np.ones((20, 40, 40), dtype=np.float32)
+    got = ball_light(img, np.array([[10, 20, 20], [0, 0, 0]]), vs, 6.0)
+    assert got[0] == pytest.approx(np.pi / 6 * 6.0**3, rel=0.1)
+    assert 0.1 * got[0] < got[1] < 0.25 * got[0]  # a corner: an eighth and the cut planes
+
+
+def test_bright_condensed_nuclei_do_not_vote_on_the_diameter():
+    # metaphase plates are small blobs 10x brighter than their neighbours: 15 % of them
+    # pulled the estimate one step down (2.05 um for 2.50; 2.42 without mitoses); local
+    # intensity outliers do not vote (depth attenuation, 5x, is no outlier)
+    from napari_sinkhorn_em.pipeline.preprocess import preprocess
+    from napari_sinkhorn_em.synthetic import make_embryo
+
+    def auto(w):
+        pre = preprocess(w.image, voxel_size=w.voxel_size, channel_axis=0, nucleus_diameter="auto")
+        return pre.info["nucleus_diameter_um"]
+
+    est = auto(make_embryo(n_nuclei=370, mitotic_fraction=0.15, seed=0))
+    assert est == pytest.approx(auto(make_embryo(n_nuclei=370, seed=0)))
+    assert est >= 2.3

@@ -53,6 +53,12 @@ _GRANULE_SNR = 20.0
 # granules 0.4-0.8 um apart fuse into one spot) cases, the metaphase plates of
 # make_embryo(mitotic_fraction=0.15) in 78 % (0.45: 4 / 20 granules, 88 %)
 _GRANULE_MAX_LENGTH = 0.5
+# ... and, in 3-D, holding less light than this many times the median nucleus (the
+# signal summed over a ball of the nucleus diameter, ball_light): the plate holds its
+# nucleus' chromatin, a granule a fraction (granules of the 3-D make_worm sets: median
+# 0.4, at most 0.78-1.15 of a nucleus; plates: median 1.6-2.1). Not in 2-D, where a
+# section holds a whole granule but a slab of a nucleus (2-D granules: median 0.85-1.0)
+_GRANULE_MAX_LIGHT = 1.0
 
 # marks cap_count's note (segment_nuclei folds it into its count warning)
 CAP_NOTE_MARK = " components fitted for the "
@@ -371,11 +377,13 @@ def granule_peaks(
       (:func:`~.noise.voxel_sd`). The granules of the synthetic single-channel
       worms stand 130-400 noise levels high; the dim small nuclei the first two rules
       took on dim synthetic embryos 2-12;
-    * its spot is compact: shorter in the lateral plane than :data:`_GRANULE_MAX_LENGTH`
-      ``diameter`` (:func:`spot_lengths`). A nucleus in mitosis is a small bright spot
-      too, but a plate: without this test the granule test took 28 of 30 metaphase
-      nuclei of a 200-nucleus synthetic embryo (``make_embryo(mitotic_fraction=0.15)``)
-      and zeroed their voxels; 10 with it.
+    * it is not a condensed nucleus: its spot is shorter in the lateral plane than
+      :data:`_GRANULE_MAX_LENGTH` ``diameter`` (:func:`spot_lengths`) and, in 3-D, it
+      holds less light than :data:`_GRANULE_MAX_LIGHT` x the median of the other peaks
+      (:func:`ball_light`). A nucleus in mitosis is a small bright spot too, but a plate
+      holding its chromatin: without these tests the granule test took 28 of the 30
+      metaphase nuclei of a 200-nucleus synthetic embryo
+      (``make_embryo(mitotic_fraction=0.15)``) and zeroed their voxels; 2 with them.
 
     Without the peak-level test the granules of a single-channel worm were nuclei (F1
     0.78 on a body, 0.68 on a head with as many granules as nuclei; 0.99-1.00 with it).
@@ -398,11 +406,36 @@ def granule_peaks(
     bright = pre.signal[at] >= _GRANULE_SNR * voxel_sd(pre.signal, blur)
     is_granule = gm[at] & small & bright
     if is_granule.any():
-        length = spot_lengths(pre.signal, idx[is_granule], vs, diameter)
-        is_granule[np.flatnonzero(is_granule)[length >= _GRANULE_MAX_LENGTH * diameter]] = False
+        cand = np.flatnonzero(is_granule)
+        length = spot_lengths(pre.signal, idx[cand], vs, diameter)
+        spare = length >= _GRANULE_MAX_LENGTH * diameter
+        others = np.flatnonzero(~is_granule)
+        if vs.size == 3 and others.size >= 5:
+            light = ball_light(pre.signal, idx, vs, diameter)
+            spare |= light[cand] >= _GRANULE_MAX_LIGHT * np.median(light[others])
+        is_granule[cand[spare]] = False
     lab, _ = ndi.label(gm)
     ids = np.unique(lab[at][is_granule])
     return is_granule, np.isin(lab, ids[ids > 0])
+
+
+def ball_light(signal: np.ndarray, points: np.ndarray, vs, diameter: float) -> np.ndarray:
+    """The summed ``signal`` (times the voxel volume) in a ball of ``diameter`` around
+    each of ``points`` (voxel indices)."""
+    vs = np.asarray(vs, dtype=np.float64)
+    shape = np.array(signal.shape)
+    half = np.ceil(0.5 * diameter / vs).astype(np.int64)
+    grids = np.meshgrid(
+        *[np.arange(-h, h + 1) * v for h, v in zip(half, vs, strict=True)], indexing="ij"
+    )
+    ball = sum(g**2 for g in grids) <= (0.5 * diameter) ** 2
+    offs = np.argwhere(ball) - half
+    out = np.zeros(len(points))
+    for i, p in enumerate(np.asarray(points, dtype=np.int64)):
+        q = p + offs
+        ok = np.all((q >= 0) & (q < shape), axis=1)
+        out[i] = float(signal[tuple(q[ok].T)].sum())
+    return out * float(np.prod(vs))
 
 
 def spot_lengths(signal: np.ndarray, points: np.ndarray, vs, diameter: float) -> np.ndarray:

@@ -545,7 +545,12 @@ def estimate_nucleus_diameter(
     if floor is None:
         floor = default_diameter_range(block.shape, vs)[0]
     return diameter_from_blobs(
-        blobs, img.ndim, min_contrast=min_contrast, floor_um=floor, leave_out_bright=True
+        blobs,
+        img.ndim,
+        min_contrast=min_contrast,
+        floor_um=floor,
+        leave_out_bright=True,
+        voxel_size=vs,
     )
 
 
@@ -556,6 +561,7 @@ def diameter_from_blobs(
     min_contrast: float = 1.0,
     floor_um: float | None = None,
     leave_out_bright: bool = False,
+    voxel_size=None,
 ) -> ScaleEstimate:
     """The typical diameter of :func:`estimate_nucleus_diameter` from blobs already found
     (e.g. those of a detection over 0.5-2x a previous diameter): the contrast-weighted
@@ -577,21 +583,30 @@ def diameter_from_blobs(
     QCANet 8-cell stack are response outliers among their own texture blobs. Not for the
     tracker's frame-to-frame estimate from the blobs around the previous diameter: on the
     DoG-filtered real targettrack frames the brightest neurons are such outliers, and the
-    chained estimate fell 1.69 -> 1.20 -> 0.60 um over two frames."""
+    chained estimate fell 1.69 -> 1.20 -> 0.60 um over two frames.
+
+    With ``leave_out_bright`` and ``voxel_size`` also the blobs that are local outliers
+    do not vote: smoothed intensity above :data:`LOCAL_OUTLIER` x the median of their
+    :data:`LOCAL_NEIGHBOURS` nearest blobs (a condensed mitotic nucleus, 10x brighter than
+    in interphase; a bright spot among dim nuclei). Local, so that depth attenuation and
+    uneven expression are no outliers: 15 % of the nuclei of a synthetic 370-nucleus
+    embryo in metaphase gave 2.05 um for 2.50 (2.42 without mitoses), 2.42 with the test;
+    no row of the real-data benchmark changes."""
     sel = blobs.contrast >= min_contrast
     if sel.sum() < 3:  # a very clean or tiny image: the strongest blobs
         sel = blobs.response >= np.sort(blobs.response)[-min(len(blobs), 3)]
-    est = _weighted_median_diameter(blobs, ndim, sel, leave_out_bright)
+    vs = None if voxel_size is None else np.asarray(voxel_size, dtype=np.float64)
+    est = _weighted_median_diameter(blobs, ndim, sel, leave_out_bright, vs)
     if floor_um is not None and est[0] <= _FLOOR_STEPS * floor_um:
         resolved = sel & (blobs.diameter_um(ndim) > _FLOOR_STEPS * floor_um)
         if resolved.sum() >= max(5, 0.2 * sel.sum()):
-            est = _weighted_median_diameter(blobs, ndim, resolved, leave_out_bright)
+            est = _weighted_median_diameter(blobs, ndim, resolved, leave_out_bright, vs)
     med, (lo, hi), n = est
     return ScaleEstimate(med, (lo, hi), n, blobs)
 
 
 def _weighted_median_diameter(
-    blobs: Blobs, ndim: int, sel: np.ndarray, leave_out_bright: bool = False
+    blobs: Blobs, ndim: int, sel: np.ndarray, leave_out_bright: bool = False, vs=None
 ):
     """``(median, (p10, p90), n)`` of :func:`diameter_from_blobs` over the blobs ``sel``."""
     resp = blobs.response[sel]
@@ -602,6 +617,8 @@ def _weighted_median_diameter(
             usual[:] = True
     strong = usual & (resp >= 0.25 * np.percentile(resp[usual], 95))
     idx = np.flatnonzero(sel)[strong]
+    if leave_out_bright and vs is not None and blobs.intensity is not None:
+        idx = idx[~_local_outliers(blobs.coords[idx] * vs, blobs.intensity[idx])]
     d = blobs.diameter_um(ndim)[idx]
     # weighted by local contrast, not by response: the response grows with brightness,
     # and two bright nuclei with textured cores outweighed six dim ones (QCANet 8-cell:
@@ -612,6 +629,26 @@ def _weighted_median_diameter(
     med = float(d[order][np.searchsorted(cw, 0.5 * cw[-1])])
     lo, hi = np.percentile(d, [10, 90])
     return med, (float(lo), float(hi)), int(idx.size)
+
+
+# a blob brighter than this many times the median of its this many nearest blobs is a
+# local outlier (diameter_from_blobs)
+LOCAL_OUTLIER = 2.5
+LOCAL_NEIGHBOURS = 6
+
+
+def _local_outliers(points_um: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    """Which blobs are local outliers (:data:`LOCAL_OUTLIER`); none when there are fewer
+    than ``LOCAL_NEIGHBOURS + 2`` blobs, or when fewer than 3 would be left."""
+    from scipy.spatial import cKDTree
+
+    n = points_um.shape[0]
+    if n < LOCAL_NEIGHBOURS + 2:
+        return np.zeros(n, dtype=bool)
+    nb = cKDTree(points_um).query(points_um, k=LOCAL_NEIGHBOURS + 1)[1][:, 1:]
+    ref = np.median(intensity[nb], axis=1)
+    out = intensity > LOCAL_OUTLIER * np.maximum(ref, 1e-12)
+    return out if n - out.sum() >= 3 else np.zeros(n, dtype=bool)
 
 
 # a value more than this many interquartile ranges of the log values (the range taken at
