@@ -702,6 +702,32 @@ def test_growing_embryo_truth():
         make_growing_embryo(attenuation=0.5)
 
 
+def test_growing_embryo_can_show_the_dividing_nuclei_in_metaphase():
+    kw = {
+        "n_frames": 3, "n_start": 8, "division_fraction": 0.5, "seed": 4,
+        "embryo_semi_axes_um": (10.0, 11.0, 16.0), "voxel_size": (1.0, 0.5, 0.5),
+    }  # fmt: skip
+    plain = make_growing_embryo(**kw)
+    assert plain.params["mitotic_ids"] == [[], [], []]
+    g = make_growing_embryo(mitotic_fraction=0.5, **kw)
+    mit = g.params["mitotic_ids"]
+    assert [len(m) for m in mit] == [2, 3, 0]  # half of the 4 / 6 that divide next
+    for t in (0, 1):
+        # each is a nucleus of this frame whose children are in the next one
+        parents_next = {g.parents[int(i)] for i in g.ids[t + 1] if int(i) in g.parents}
+        assert set(mit[t]) <= parents_next and set(mit[t]) <= set(g.ids[t].tolist())
+        # drawn as a plate: a small mask, brighter than the interphase nuclei
+        img = g.image[t, 0].astype(float) - 100.0
+        lab = g.labels[t]
+        vol = {int(i): int((lab == i).sum()) for i in g.ids[t]}
+        inter = [i for i in vol if i not in mit[t]]
+        for m in mit[t]:
+            assert vol[m] < 0.3 * np.median([vol[i] for i in inter])
+            assert img[lab == m].mean() > 2.0 * np.median([img[lab == i].mean() for i in inter])
+    with pytest.raises(ValueError, match="mitotic_fraction"):
+        make_growing_embryo(mitotic_fraction=-0.1)
+
+
 def test_growing_embryo_is_tracked_at_each_frames_scale():
     """Nuclei that divide and shrink (12 -> 48 nuclei of ~7 -> ~4.3 um): each frame is
     tracked at its own scale, and the children of divisions get their parent. Measured

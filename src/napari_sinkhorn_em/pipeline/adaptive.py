@@ -306,7 +306,9 @@ def detect(
     if len(blobs[0]):
         # the typical diameter of the blobs searched (0.5-2x ``diameter``), as the
         # automatic estimate takes it: the tracker's scale for the next frame
-        info["blob_diameter_um"] = diameter_from_blobs(blobs[0], pre.signal.ndim).diameter_um
+        info["blob_diameter_um"] = diameter_from_blobs(
+            blobs[0], pre.signal.ndim, voxel_size=vs
+        ).diameter_um
     return peaks, info
 
 

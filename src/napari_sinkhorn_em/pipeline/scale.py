@@ -585,13 +585,14 @@ def diameter_from_blobs(
     DoG-filtered real targettrack frames the brightest neurons are such outliers, and the
     chained estimate fell 1.69 -> 1.20 -> 0.60 um over two frames.
 
-    With ``leave_out_bright`` and ``voxel_size`` also the blobs that are local outliers
-    do not vote: smoothed intensity above :data:`LOCAL_OUTLIER` x the median of their
-    :data:`LOCAL_NEIGHBOURS` nearest blobs (a condensed mitotic nucleus, 10x brighter than
-    in interphase; a bright spot among dim nuclei). Local, so that depth attenuation and
-    uneven expression are no outliers: 15 % of the nuclei of a synthetic 370-nucleus
-    embryo in metaphase gave 2.05 um for 2.50 (2.42 without mitoses), 2.42 with the test;
-    no row of the real-data benchmark changes."""
+    With ``voxel_size`` (also for the tracker's frame-to-frame estimate) the blobs that
+    are local outliers do not vote: smoothed intensity above :data:`LOCAL_OUTLIER` x the
+    median of their :data:`LOCAL_NEIGHBOURS` nearest blobs (a condensed mitotic nucleus,
+    10x brighter than in interphase; a bright spot among dim nuclei). Local, so that
+    depth attenuation and uneven expression are no outliers: 15 % of the nuclei of a
+    synthetic 370-nucleus embryo in metaphase gave 2.05 um for 2.50 (2.42 without
+    mitoses), 2.42 with the test; no row of the real-data benchmark changes, nor of
+    ``bench_tracking.py --quick``."""
     sel = blobs.contrast >= min_contrast
     if sel.sum() < 3:  # a very clean or tiny image: the strongest blobs
         sel = blobs.response >= np.sort(blobs.response)[-min(len(blobs), 3)]
@@ -617,7 +618,7 @@ def _weighted_median_diameter(
             usual[:] = True
     strong = usual & (resp >= 0.25 * np.percentile(resp[usual], 95))
     idx = np.flatnonzero(sel)[strong]
-    if leave_out_bright and vs is not None and blobs.intensity is not None:
+    if vs is not None and blobs.intensity is not None:
         idx = idx[~_local_outliers(blobs.coords[idx] * vs, blobs.intensity[idx])]
     d = blobs.diameter_um(ndim)[idx]
     # weighted by local contrast, not by response: the response grows with brightness,

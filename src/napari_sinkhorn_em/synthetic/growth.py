@@ -68,6 +68,7 @@ def make_growing_embryo(
     cytoplasm: float = 0.08,
     read_noise: float = 3.0,
     camera_offset: float = 100.0,
+    mitotic_fraction: float = 0.0,
     seed: int | None = 0,
 ) -> SyntheticTimeLapse:
     """An embryo-like series whose nuclei divide and shrink from frame to frame.
@@ -103,6 +104,12 @@ def make_growing_embryo(
         As for :func:`~napari_sinkhorn_em.synthetic.make_embryo`.
     photons, background_photons, cytoplasm, read_noise, camera_offset : float
         As for :func:`~napari_sinkhorn_em.synthetic.make_embryo`.
+    mitotic_fraction : float
+        Fraction of the nuclei that divide before the next frame shown in metaphase in
+        this frame: the chromatin condensed into a bright plate, as
+        :func:`~napari_sinkhorn_em.synthetic.make_embryo` draws it (the truth centre stays
+        the nucleus'); their ids per frame are ``params["mitotic_ids"]``. With 0 (the
+        default) the series is the same as before the option existed.
     seed : int, optional
         Generator seed.
 
@@ -118,6 +125,8 @@ def make_growing_embryo(
         raise ValueError(f"n_start must be >= 1, got {n_start!r}")
     if not 0.0 <= float(division_fraction) <= 1.0:
         raise ValueError(f"division_fraction must be in [0, 1], got {division_fraction!r}")
+    if not 0.0 <= float(mitotic_fraction) <= 1.0:
+        raise ValueError(f"mitotic_fraction must be in [0, 1], got {mitotic_fraction!r}")
     vsz = np.asarray(voxel_size, dtype=float)
     semi_e = np.asarray(embryo_semi_axes_um, dtype=float)
     shape, mid, rho2 = _embryo_stack(semi_e, vsz)
@@ -145,10 +154,15 @@ def make_growing_embryo(
     parents: dict[int, int] = {}
     next_id = n + 1
     images, labels_t, centres_t, ids_t, counts, means = [], [], [], [], [], []
+    mitotic_ids: list[list[int]] = []
+    pending = None  # the nuclei that divide before the next frame, when drawn ahead
     for t in range(int(n_frames)):
         if t > 0:
             k = round(float(division_fraction) * ids.size)
-            split = np.sort(rng.choice(ids.size, size=k, replace=False))
+            if pending is None:
+                split = np.sort(rng.choice(ids.size, size=k, replace=False))
+            else:
+                split = pending
             keep = np.setdiff1d(np.arange(ids.size), split)
             new_pos, new_d, new_ids = [pos[keep]], [diam[keep]], [ids[keep]]
             for i in split.tolist():
@@ -166,6 +180,14 @@ def make_growing_embryo(
             step = rng.standard_normal(pos.shape)
             step *= (rng.uniform(0, jitter_um, len(pos)) / np.linalg.norm(step, axis=1))[:, None]
             pos = _relax(pos + step, diam / 2.0, mid, rho2, gap=1.05)
+        mitotic = np.zeros(ids.size, dtype=bool)
+        if mitotic_fraction > 0 and t < int(n_frames) - 1:
+            # the next frame's divisions drawn ahead: some of them are in metaphase now
+            k = round(float(division_fraction) * ids.size)
+            pending = np.sort(rng.choice(ids.size, size=k, replace=False))
+            m = round(float(mitotic_fraction) * k)
+            mitotic[rng.choice(pending, size=m, replace=False)] = True
+        mitotic_ids.append(ids[mitotic].tolist())
         frame = _regime_result(
             rng,
             shape=shape,
@@ -181,6 +203,7 @@ def make_growing_embryo(
             read_noise=read_noise,
             camera_offset=camera_offset,
             params={},
+            mitotic=mitotic,
         )
         # _regime_result shuffles the nuclei: label k + 1 is its centre row k
         row = cKDTree(pos / vsz - 0.5).query(frame.centres)[1]
@@ -204,6 +227,8 @@ def make_growing_embryo(
         "photons": float(photons),
         "n_nuclei": counts,
         "mean_diameter_um": means,
+        "mitotic_fraction": float(mitotic_fraction),
+        "mitotic_ids": mitotic_ids,
         "seed": seed,
     }
     return SyntheticTimeLapse(

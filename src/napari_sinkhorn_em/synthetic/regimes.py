@@ -96,6 +96,7 @@ def _regime_result(
     texture: float = 0.0,
     texture_scale_um: float | None = None,
     mitotic_fraction: float = 0.0,
+    mitotic: np.ndarray | None = None,
 ) -> SyntheticWorm:
     """Rasterise, blur, add noise and pack one single-channel regime as a SyntheticWorm.
 
@@ -114,10 +115,14 @@ def _regime_result(
     semi = radii[:, None] * aspect
     if not 0.0 <= mitotic_fraction <= 1.0:
         raise ValueError(f"mitotic_fraction must be in [0, 1], got {mitotic_fraction}")
-    mitotic = np.zeros(n, dtype=bool)
     plate = np.array(_PLATE_SHAPE[-ndim:])
-    if mitotic_fraction > 0 and n:
-        mitotic[rng.choice(n, size=round(mitotic_fraction * n), replace=False)] = True
+    if mitotic is not None:  # given per nucleus, in the order of ``centres_um``
+        mitotic = np.asarray(mitotic, dtype=bool)[perm]
+    else:
+        mitotic = np.zeros(n, dtype=bool)
+        if mitotic_fraction > 0 and n:
+            mitotic[rng.choice(n, size=round(mitotic_fraction * n), replace=False)] = True
+    if mitotic.any():
         # metaphase plates: the chromatin condensed into a randomly oriented disk
         semi[mitotic] = radii[mitotic, None] * plate[None, :]
     rot = np.stack([_random_rotation(rng, ndim) for _ in range(n)]) if n else np.empty((0,))
