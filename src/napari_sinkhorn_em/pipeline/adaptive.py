@@ -38,7 +38,7 @@ from .contrast import (
 )
 from .noise import noise_blur, voxel_sd
 from .peaks import Peaks, detect_nuclei
-from .preprocess import auto_threshold, granule_mask
+from .preprocess import auto_threshold, granule_mask, half_max_spot
 from .scale import diameter_from_blobs, high_outliers
 
 # granule peaks of a single-channel image (granule_peaks): at most this fraction of the
@@ -443,8 +443,8 @@ def ball_light(signal: np.ndarray, points: np.ndarray, vs, diameter: float) -> n
 def spot_lengths(signal: np.ndarray, points: np.ndarray, vs, diameter: float) -> np.ndarray:
     """The lateral length (um) of the bright spot at each of ``points`` (voxel indices).
 
-    The spot is the region connected to the brightest voxel within a quarter
-    ``diameter`` of the point where ``signal`` is at least half that voxel's value; its
+    The spot (:func:`~.preprocess.half_max_spot`, as the granule mask's size test takes
+    it) is that of the brightest voxel within a quarter ``diameter`` of the point; its
     voxels are projected onto the last two axes (a microscope's lateral plane, sampled
     finest) and the length is ``sqrt(12 x`` the larger principal variance ``)``: the
     length of a bar, 0.87 of a disk's diameter. Whatever its orientation, a thin disk
@@ -461,8 +461,7 @@ def spot_lengths(signal: np.ndarray, points: np.ndarray, vs, diameter: float) ->
         top = lo + np.array(np.unravel_index(int(np.argmax(sub)), sub.shape))
         lo, hi = np.maximum(top - far, 0), np.minimum(top + far + 1, shape)
         box = signal[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-        regions, _ = ndi.label(box >= 0.5 * signal[tuple(top)])
-        pts = np.argwhere(regions == regions[tuple(top - lo)])[:, -2:] * vs[-2:]
+        pts = np.argwhere(half_max_spot(box, top - lo))[:, -2:] * vs[-2:]
         if len(pts) > 2:
             out[i] = float(np.sqrt(12.0 * max(np.linalg.eigvalsh(np.cov(pts.T)).max(), 0.0)))
     return out

@@ -626,10 +626,15 @@ def _drop_nucleus_sized(
         inside = lab[box] == k
         vals = np.where(inside, sub, -np.inf)
         top = np.unravel_index(int(np.argmax(vals)), sub.shape)
-        half = sub >= 0.5 * sub[top]
-        spots, _ = ndi.label(half)
-        keep[k] = int((spots == spots[top]).sum()) < limit
+        keep[k] = int(half_max_spot(sub, top).sum()) < limit
     return keep[lab]
+
+
+def half_max_spot(values: np.ndarray, top) -> np.ndarray:
+    """The spot of the voxel ``top`` of ``values``: the connected region (face
+    connectivity) around it where ``values`` is at least half its value."""
+    regions, _ = ndi.label(values >= 0.5 * values[tuple(top)])
+    return regions == regions[tuple(top)]
 
 
 def _normalized_mean(data: np.ndarray) -> np.ndarray:

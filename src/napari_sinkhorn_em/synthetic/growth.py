@@ -158,8 +158,8 @@ def make_growing_embryo(
     pending = None  # the nuclei that divide before the next frame, when drawn ahead
     for t in range(int(n_frames)):
         if t > 0:
-            k = round(float(division_fraction) * ids.size)
             if pending is None:
+                k = round(float(division_fraction) * ids.size)
                 split = np.sort(rng.choice(ids.size, size=k, replace=False))
             else:
                 split = pending
