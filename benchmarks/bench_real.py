@@ -29,7 +29,9 @@ score against the points as stored is in the JSON as ``f1_stored_truth``), QCANe
 60-80 / 40 photons,
 ``make_nuclei_field_2d``, one NeuroPAL-like head ``make_worm``, and 40-nucleus
 ``make_worm`` crops with as many gut granules as nuclei: 3-D with one channel, 2-D with
-four and with one; textured nuclei; embryos with 15 % of the nuclei in mitosis). Real rows are skipped
+four and with one; textured nuclei; embryos with 15 % of the nuclei in mitosis;
+whole-brain stacks with real-data artefacts: registered, hot pixels, bright debris, a
+black level clipped at 0). Real rows are skipped
 when ``../shared/realdata`` is absent; the real 2-D DSB 2018 image (125 nuclei with masks,
 pixel units) when ``tools/fetch_external_data.py`` has fetched it
 (:mod:`napari_sinkhorn_em.evaluation.external`).
@@ -70,6 +72,7 @@ from napari_sinkhorn_em.synthetic import (
     make_nuclei_field_2d,
     make_whole_brain,
     make_worm,
+    with_clipped_black_level,
     with_debris,
     with_hot_pixels,
     with_registration_shift,
@@ -342,6 +345,18 @@ def case_builders() -> list[tuple[str, bool, Callable[[], Case]]]:
             False,
             lambda: _synthetic_case(
                 "whole brain, 20 bright debris spots", with_debris(make_whole_brain(seed=1))
+            ),
+        )
+    )
+    # a black level set above the background and clipped at 0 (half the voxels exactly 0),
+    # as confocal and camera software leave it
+    out.append(
+        (
+            "whole brain, black level clipped at the median",
+            False,
+            lambda: _synthetic_case(
+                "whole brain, black level clipped at the median",
+                with_clipped_black_level(make_whole_brain(seed=1), 50.0),
             ),
         )
     )

@@ -96,7 +96,12 @@ def test_regime_errors_are_specific():
 
 
 def test_artifacts_leave_the_input_and_record_themselves():
-    from napari_sinkhorn_em.synthetic import with_debris, with_hot_pixels, with_registration_shift
+    from napari_sinkhorn_em.synthetic import (
+        with_clipped_black_level,
+        with_debris,
+        with_hot_pixels,
+        with_registration_shift,
+    )
 
     w = make_whole_brain(seed=1)
     before = w.image.copy()
@@ -118,6 +123,15 @@ def test_artifacts_leave_the_input_and_record_themselves():
     d_before = np.diff(before[0].astype(np.float32), axis=-1).std()
     assert np.diff(reg.image[0], axis=-1).std() < 0.8 * d_before
     assert reg.image.mean() == pytest.approx(before.mean(), rel=0.01)
+    black = with_clipped_black_level(w, 50.0)
+    assert black.params["artifacts"][-1] == {"kind": "clipped_black_level", "percentile": 50.0}
+    assert black.image.min() == 0.0
+    assert np.mean(black.image == 0.0) == pytest.approx(0.5, abs=0.02)
+    kept = before > np.median(before)
+    np.testing.assert_allclose(black.image[kept], before[kept] - np.median(before))
+    assert np.array_equal(w.image, before)
+    with pytest.raises(ValueError, match="percentile"):
+        with_clipped_black_level(w, 100.0)
 
 
 def test_texture_varies_the_nuclei_and_leaves_the_truth():

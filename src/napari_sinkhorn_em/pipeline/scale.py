@@ -249,14 +249,62 @@ def local_contrast(response: np.ndarray, window_vox, noise: float) -> np.ndarray
     return (response / m).astype(np.float32, copy=False)
 
 
-def _noise_level(response: np.ndarray) -> float:
+def _noise_level(response: np.ndarray, where: np.ndarray | None = None) -> float:
     """Robust noise level of a LoG response: 1.4826 x the median absolute value over the
     image (background dominates the median in nucleus images; blobs and their rings
-    are a minority), floored at 1e-3 of the largest response."""
+    are a minority), floored at 1e-3 of the largest response; over ``where`` only when
+    given (:func:`unclipped`)."""
     s = response.reshape(-1)
     step = max(1, s.size // 1_000_000)
     a = np.abs(s[::step])
-    return float(max(1.4826 * np.median(a), 1e-3 * a.max(), 1e-12))
+    top = float(a.max()) if a.size else 0.0
+    if where is not None:
+        a = np.abs(response[where])
+    return float(max(1.4826 * np.median(a), 1e-3 * top, 1e-12))
+
+
+# unclipped: at least this fraction and at most this fraction of the voxels at the
+# image's minimum, and at least this many voxels off it
+_CLIP_MIN_FRACTION = 0.25
+_CLIP_MAX_FRACTION = 0.9
+_CLIP_MIN_LIVE = 2000
+
+
+def unclipped(image: np.ndarray) -> np.ndarray | None:
+    """The voxels neither at the image's minimum nor next to one, when
+    25-90 % of the voxels sit exactly at the minimum (a black level set high and clipped
+    at 0, as confocal and camera software leave it; our own background subtraction
+    clips about 10 %, which the blob tests were measured with); None otherwise, or when
+    fewer than 2000 voxels are left.
+
+    The noise level of the blob tests is measured there: clipped noise is half zeros,
+    its LoG response far weaker than that of the same noise in the tissue, where the
+    signal lifts it above the floor. A whole-brain stack whose background was cut at its
+    median (52 % zeros) gave 182 objects for 135 neurons (53 false); measured on the
+    voxels off the floor, 131 (2). Mostly-zero images (DoG-filtered recordings, 93-98 %
+    zeros) keep the whole image: what is off the floor there is the nuclei."""
+    a = np.asarray(image)
+    if a.size == 0:
+        return None
+    at = a == a.min()
+    frac = float(at.mean())
+    if not _CLIP_MIN_FRACTION <= frac <= _CLIP_MAX_FRACTION:
+        return None
+    live = ~ndi.binary_dilation(at)
+    return live if int(live.sum()) >= _CLIP_MIN_LIVE else None
+
+
+def _noise_where(image: np.ndarray, factor) -> np.ndarray | None:
+    """:func:`unclipped` on the grid block-averaged by ``factor`` (blocks wholly off the
+    floor)."""
+    live = unclipped(image)
+    if live is None:
+        return None
+    f = np.asarray(factor, dtype=np.int64)
+    if np.all(f == 1):
+        return live
+    grid = _block_mean(live.astype(np.float32), f) >= 1.0 - 1e-6
+    return grid if int(grid.sum()) >= _CLIP_MIN_LIVE // int(np.prod(f)) + 1 else None
 
 
 def _log_kernel(sigma_vox) -> np.ndarray:
@@ -333,7 +381,8 @@ def scale_space_blobs(
     # the block averaging's sqrt(voxels per block); exact also for floored axes. For
     # correlated noise (noise.noise_blur) the norms are those of the blurred filters
     blur = given_or_measured_blur(img, noise_blur_voxels)
-    pixel_noise = _noise_level(levels[0][1]) / _level_norm(sigmas[0], vs, levels[0][0], blur)
+    where = _noise_where(img, levels[0][0])
+    pixel_noise = _noise_level(levels[0][1], where) / _level_norm(sigmas[0], vs, levels[0][0], blur)
     parts = []
     for k in range(1, len(sigmas) - 1):
         factor, r, rmax, _ = levels[k]
@@ -400,7 +449,9 @@ def single_scale_blobs(
     s_fine = 0.5 * sigma / 2.0 ** (1.0 / _PER_OCTAVE)
     fine = _level(img, vs, s_fine)
     blur = given_or_measured_blur(img, noise_blur_voxels)
-    pixel_noise = _noise_level(fine[1]) / _level_norm(s_fine, vs, fine[0], blur)
+    pixel_noise = _noise_level(fine[1], _noise_where(img, fine[0])) / _level_norm(
+        s_fine, vs, fine[0], blur
+    )
     del fine
     lev = _level(img, vs, sigma)
     _, r, rmax, _ = lev

@@ -11,7 +11,8 @@ with the true centres, label image, diameters and colours.
 Also: :func:`make_moving_worm` / :func:`make_dividing_embryo` / :func:`make_growing_embryo`
 (time-lapses with identity truth), :func:`make_whole_brain`, :func:`make_embryo`,
 :func:`make_nuclei_field_2d` (other acquisition regimes),
-:func:`with_registration_shift` / :func:`with_hot_pixels` / :func:`with_debris`
+:func:`with_registration_shift` / :func:`with_hot_pixels` / :func:`with_debris` /
+:func:`with_clipped_black_level`
 (artefacts of real data) and the writers of sample images and batches of worms.
 Modules: ``worm`` (the head), ``timelapse``, ``growth``, ``regimes``, ``artifacts``,
 ``files``; ``_geometry`` (anatomy and nucleus placement) and ``_render``
@@ -26,7 +27,12 @@ is z (worms lie on their side on the slide). Physical coordinates are micrometre
 from __future__ import annotations
 
 from ._render import CHANNEL_NAMES
-from .artifacts import with_debris, with_hot_pixels, with_registration_shift
+from .artifacts import (
+    with_clipped_black_level,
+    with_debris,
+    with_hot_pixels,
+    with_registration_shift,
+)
 from .files import write_sample_images, write_synthetic_worms
 from .growth import make_growing_embryo
 from .regimes import embryo_nucleus_diameter, make_embryo, make_nuclei_field_2d, make_whole_brain
@@ -45,6 +51,7 @@ __all__ = [
     "make_nuclei_field_2d",
     "make_whole_brain",
     "make_worm",
+    "with_clipped_black_level",
     "with_debris",
     "with_hot_pixels",
     "with_registration_shift",

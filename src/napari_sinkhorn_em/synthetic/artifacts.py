@@ -8,7 +8,10 @@ artefact described in ``params["artifacts"]``:
   shift by linear interpolation averages each voxel's noise with its neighbours';
 * :func:`with_hot_pixels` -- camera hot pixels: single voxels far above their neighbours;
 * :func:`with_debris` -- a few nucleus-sized objects far brighter than every nucleus
-  (debris, dust, beads).
+  (debris, dust, beads);
+* :func:`with_clipped_black_level` -- a black level set above the background and
+  clipped at 0, as confocal and camera software leave it: much of the background is
+  exactly 0.
 
 Deterministic given ``seed``.
 """
@@ -22,7 +25,12 @@ from scipy import ndimage as ndi
 
 from .worm import SyntheticWorm
 
-__all__ = ["with_debris", "with_hot_pixels", "with_registration_shift"]
+__all__ = [
+    "with_clipped_black_level",
+    "with_debris",
+    "with_hot_pixels",
+    "with_registration_shift",
+]
 
 
 def _channels_first(w: SyntheticWorm) -> np.ndarray:
@@ -52,6 +60,19 @@ def with_registration_shift(w: SyntheticWorm, shift_px: float = 0.5) -> Syntheti
     out = ndi.shift(img, shift, order=1, mode="nearest").astype(np.float32)
     rec = {"kind": "registration_shift", "shift_px": float(shift_px)}
     return _replace(w, out, rec, labels=None)
+
+
+def with_clipped_black_level(w: SyntheticWorm, percentile: float = 50.0) -> SyntheticWorm:
+    """Subtract the ``percentile`` of each channel and clip at 0: that fraction of the
+    voxels (mostly background) becomes exactly 0. The truth is unchanged."""
+    if not 0.0 <= float(percentile) < 100.0:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+    img = _channels_first(w)
+    level = np.percentile(img.reshape(img.shape[0], -1), float(percentile), axis=1)
+    level = level.astype(np.float32).reshape((-1,) + (1,) * (img.ndim - 1))
+    out = np.maximum(img - level, 0.0)
+    rec = {"kind": "clipped_black_level", "percentile": float(percentile)}
+    return _replace(w, out.astype(np.float32), rec)
 
 
 def with_hot_pixels(
