@@ -38,6 +38,7 @@ __all__ = [
     "Preprocessed",
     "auto_threshold",
     "check_nucleus_diameter",
+    "fill_no_data",
     "granule_mask",
     "normalize_channels",
     "physical_voxel_size",
@@ -270,6 +271,80 @@ def subtract_background(
         subtract_interpolated(data4, out4, c, np.ascontiguousarray(coarse3), *interp[0],
                               *interp[1], *interp[2])  # fmt: skip
     return out, levels
+
+
+# fill_no_data: a region at the image's floor is no data when it touches the image
+# border, holds at least this many voxels, and the data around it sits at least this
+# many voxel-noise levels above the floor
+NO_DATA_MIN_VOXELS = 64
+NO_DATA_RISE = 5.0
+
+
+def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
+    """Fill regions that hold no data, in place; returns the number of voxels filled.
+
+    Registration (motion correction) fills the uncovered border with zeros, and stacks
+    are padded with empty planes. Such a region is exactly at the floor (every channel at
+    its minimum), touches the image border, and the voxels around it sit far above the
+    floor (:data:`NO_DATA_RISE` voxel-noise levels, and half the median level of the
+    data off the floor): unlike a clipped black level or the zero background of
+    DoG-filtered recordings, whose floor borders on values near it.
+    Each region is filled, per channel, with the median of the voxels around it plus
+    Gaussian noise of the channel's voxel noise (seeded): it then looks like background
+    to every later stage. Left as zeros, the region made the tissue's background an offset
+    the scale estimate could not see through (a whole-brain stack with a zero-filled border
+    of 20 rows and 25 columns: 1.34 um for 2 um neurons, F1 0.93).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        float32 ``(*spatial, C)`` (:func:`validate_image`), modified in place.
+    seed : int
+        Seed of the fill noise.
+    """
+    from .noise import voxel_noise
+
+    spatial = data.shape[:-1]
+    floor_val = data.reshape(-1, data.shape[-1]).min(axis=0)
+    floor = np.all(data == floor_val, axis=-1)
+    n_floor = int(floor.sum())
+    if n_floor < NO_DATA_MIN_VOXELS or n_floor == floor.size:
+        return 0
+    lab, n = ndi.label(floor)
+    edge = np.zeros(n + 1, dtype=bool)
+    for a in range(len(spatial)):
+        for end in (0, spatial[a] - 1):
+            edge[np.unique(np.take(lab, end, axis=a))] = True
+    edge[0] = False
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    cand = np.flatnonzero(edge & (sizes >= NO_DATA_MIN_VOXELS))
+    if cand.size == 0:
+        return 0
+    noise = np.array([voxel_noise(data[..., c]) for c in range(data.shape[-1])])
+    if not np.all(noise > 0):
+        return 0
+    # the data's typical level (of the voxels off the floor): the region's surroundings
+    # must reach half of it above the floor (a DoG recording's spots fade to 0 there)
+    typical = np.median(data[~floor][:: max(1, (floor.size - n_floor) // 100_000)], axis=0)
+    rng = np.random.default_rng(seed)
+    filled = 0
+    for k in cand.tolist():
+        region = lab == k
+        ring = ndi.binary_dilation(region) & ~floor
+        if not ring.any():
+            continue
+        around = data[ring]  # (n_ring, C)
+        level = np.median(around, axis=0)
+        rise = level - floor_val
+        if not (
+            np.all(rise >= NO_DATA_RISE * noise) and np.all(rise >= 0.5 * (typical - floor_val))
+        ):
+            continue
+        m = int(region.sum())
+        fill = level[None, :] + noise[None, :] * rng.standard_normal((m, data.shape[-1]))
+        data[region] = fill.astype(np.float32)
+        filled += m
+    return filled
 
 
 # a hot pixel stands this many voxel-noise levels above the highest of its neighbours,
@@ -734,7 +809,8 @@ def preprocess(
     data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
     if given is not None:
         check_nucleus_diameter(given, data.shape[:-1], vs)
-    info: dict = {"n_hot_pixels": remove_hot_pixels(data)}
+    info: dict = {"n_no_data_voxels": fill_no_data(data)}
+    info["n_hot_pixels"] = remove_hot_pixels(data)
     if given is None:
         est = estimate_nucleus_diameter(_normalized_mean(data), vs)
         nucleus_diameter = est.diameter_um
