@@ -273,6 +273,33 @@ def subtract_background(
     return out, levels
 
 
+def _redundant_channels(data: np.ndarray) -> tuple[list[int], list[int]]:
+    """``(constant, duplicate)`` channels of ``data`` (``(*spatial, C)``), left out of the
+    segmentation: channels in which every voxel has the same value (the alpha channel of
+    an RGBA image, an empty acquisition channel), and channels equal voxel for voxel to
+    an earlier one (a grey image saved as RGB: three copies would weigh its intensity
+    three times in the features; the real DSB image as RGB scored F1 0.934 / AP50 0.681
+    against 0.954 / 0.759 as grey). At least one channel is always kept (a wholly
+    constant image is rejected by :func:`validate_image`)."""
+    n = data.shape[-1]
+    if n == 1:
+        return [], []
+    flat = data.reshape(-1, n)
+    const = [c for c in range(n) if float(flat[:, c].min()) == float(flat[:, c].max())]
+    if len(const) == n:
+        return [], []
+    dup = []
+    kept: list[int] = []
+    for c in range(n):
+        if c in const:
+            continue
+        if any(np.array_equal(flat[:, c], flat[:, k]) for k in kept):
+            dup.append(c)
+        else:
+            kept.append(c)
+    return const, dup
+
+
 # fill_no_data: a region at the image's floor is no data when it touches the image
 # border, holds at least this many voxels, and the data around it sits at least this
 # many voxel-noise levels above the floor
@@ -809,7 +836,16 @@ def preprocess(
     data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
     if given is not None:
         check_nucleus_diameter(given, data.shape[:-1], vs)
-    info: dict = {"n_no_data_voxels": fill_no_data(data)}
+    constant, duplicate = _redundant_channels(data)
+    if constant or duplicate:
+        # a channel without signal (an RGBA image's alpha) or a copy of another (a grey
+        # image saved as RGB) is left out
+        data = np.ascontiguousarray(np.delete(data, constant + duplicate, axis=-1))
+    info: dict = {
+        "constant_channels": constant,
+        "duplicate_channels": duplicate,
+        "n_no_data_voxels": fill_no_data(data),
+    }
     info["n_hot_pixels"] = remove_hot_pixels(data)
     if given is None:
         est = estimate_nucleus_diameter(_normalized_mean(data), vs)

@@ -505,9 +505,17 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
             suppress_granules=p.suppress_granules and not (local and _one_channel(image, p)),
         )
         vs = np.asarray(pre.voxel_size)
-        names = _channel_names(p.channel_names, pre.data.shape[-1])
+        constant = pre.info.get("constant_channels", [])
+        duplicate = pre.info.get("duplicate_channels", [])
+        names = _channel_names(p.channel_names, pre.data.shape[-1] + len(constant) + len(duplicate))
     diameter = float(pre.info["nucleus_diameter_um"])
     local_peaks, local_info, notes = None, None, []
+    if constant:
+        left = ", ".join(names[c] for c in constant)
+        notes.append(f"constant channel(s) {left} carry no signal (an alpha channel?): left out")
+    if duplicate:
+        left = ", ".join(names[c] for c in duplicate)
+        notes.append(f"channel(s) {left} copy an earlier channel (a grey image as RGB?): left out")
     if local:
         with clock.stage("peaks"):
             # one channel: bright optical-resolution spots (gut granules) are dropped as
@@ -551,13 +559,21 @@ def _spatial_ndim(image, p: SegmentationParams) -> int:
 
 
 def _one_channel(image, p: SegmentationParams) -> bool:
-    """True when the image has a single channel (no channel axis, or one of length 1)."""
+    """True when the image has a single channel (no channel axis, or one of length 1),
+    or a single one that is neither constant nor a copy of another
+    (:func:`~.preprocess._redundant_channels`: a grey RGBA image)."""
     if p.channel_axis is None:
         return True
     shape = np.shape(image)
     if not -len(shape) <= p.channel_axis < len(shape):
         return False  # preprocess names the bad axis
-    return int(shape[p.channel_axis]) == 1
+    if int(shape[p.channel_axis]) == 1:
+        return True
+    from .preprocess import _redundant_channels
+
+    a = np.moveaxis(np.asarray(image), p.channel_axis, -1)
+    constant, duplicate = _redundant_channels(a)
+    return a.shape[-1] - len(constant) - len(duplicate) == 1
 
 
 def _diagnostics(clock, found, fit, n_found: int, n_refits: int, warn: list[str]) -> dict:
