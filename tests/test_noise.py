@@ -180,6 +180,15 @@ def test_fill_no_data_fills_a_zero_border_and_nothing_else():
     assert fill_no_data(dog.copy()) == 0
     # no floor region at all
     assert fill_no_data(x[..., None].copy()) == 0
+    # planes padded with a constant other than the floor (the mean): filled too
+    padded = np.concatenate([np.full((3, 60, 80), 100.0, np.float32), x], axis=0)[..., None]
+    assert fill_no_data(padded) == 3 * 60 * 80
+    assert padded[:3].std() == pytest.approx(5.0, rel=0.1)
+    # saturated voxels (the top value) are flat but data: left alone
+    sat = np.minimum(x, 150.0)[..., None]
+    sat[:, :, :2] = 150.0  # a saturated strip along the border
+    before = sat.copy()
+    assert fill_no_data(sat) == 0 and np.array_equal(sat, before)
 
 
 def test_zero_filled_border_of_a_registered_stack_is_no_data():

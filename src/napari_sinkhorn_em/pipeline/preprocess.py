@@ -311,8 +311,10 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
     """Fill regions that hold no data, in place; returns the number of voxels filled.
 
     Registration (motion correction) fills the uncovered border with zeros, and stacks
-    are padded with empty planes. Such a region is exactly at the floor (every channel at
-    its minimum), touches the image border, and the voxels around it sit far above the
+    are padded with empty planes. Such a region touches the image border, holds
+    :data:`NO_DATA_MIN_VOXELS` voxels or more, and is constant: either at another value
+    than the image's extremes (padding with the mean), or exactly at the floor (every
+    channel at its minimum) with the voxels around it far above the
     floor (:data:`NO_DATA_RISE` voxel-noise levels, and half the median level of the
     data off the floor): unlike a clipped black level or the zero background of
     DoG-filtered recordings, whose floor borders on values near it.
@@ -331,47 +333,76 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
     """
     from .noise import voxel_noise
 
-    spatial = data.shape[:-1]
-    floor_val = data.reshape(-1, data.shape[-1]).min(axis=0)
+    flat = data.reshape(-1, data.shape[-1])
+    floor_val, top_val = flat.min(axis=0), flat.max(axis=0)
     floor = np.all(data == floor_val, axis=-1)
     n_floor = int(floor.sum())
-    if n_floor < NO_DATA_MIN_VOXELS or n_floor == floor.size:
+    if n_floor == floor.size:
         return 0
-    lab, n = ndi.label(floor)
-    edge = np.zeros(n + 1, dtype=bool)
-    for a in range(len(spatial)):
-        for end in (0, spatial[a] - 1):
-            edge[np.unique(np.take(lab, end, axis=a))] = True
-    edge[0] = False
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    cand = np.flatnonzero(edge & (sizes >= NO_DATA_MIN_VOXELS))
-    if cand.size == 0:
+    # regions at the floor, and constant regions at another value (padding with the mean,
+    # say; not the top, where saturated nuclei are flat)
+    regions = [(r, True) for r in _border_regions(floor)] if n_floor else []
+    const = _constant_interior(data) & ~floor & ~np.all(data == top_val, axis=-1)
+    for interior in _border_regions(const):
+        value = data[tuple(np.argwhere(interior)[0])]
+        regions.append((ndi.binary_dilation(interior) & np.all(data == value, axis=-1), False))
+    if not regions:
         return 0
     noise = np.array([voxel_noise(data[..., c]) for c in range(data.shape[-1])])
     if not np.all(noise > 0):
         return 0
-    # the data's typical level (of the voxels off the floor): the region's surroundings
+    # the data's typical level (of the voxels off the floor): a floor region's surroundings
     # must reach half of it above the floor (a DoG recording's spots fade to 0 there)
-    typical = np.median(data[~floor][:: max(1, (floor.size - n_floor) // 100_000)], axis=0)
+    typical = np.median(flat[~floor.reshape(-1)][:: max(1, (floor.size - n_floor) // 100_000)], 0)
     rng = np.random.default_rng(seed)
     filled = 0
-    for k in cand.tolist():
-        region = lab == k
-        ring = ndi.binary_dilation(region) & ~floor
+    done = np.zeros(floor.shape, dtype=bool)
+    for region, at_floor in regions:
+        ring = ndi.binary_dilation(region) & ~region & ~done
         if not ring.any():
             continue
-        around = data[ring]  # (n_ring, C)
-        level = np.median(around, axis=0)
-        rise = level - floor_val
-        if not (
-            np.all(rise >= NO_DATA_RISE * noise) and np.all(rise >= 0.5 * (typical - floor_val))
-        ):
-            continue
+        level = np.median(data[ring], axis=0)  # (C,)
+        if at_floor:
+            rise = level - floor_val
+            if not (
+                np.all(rise >= NO_DATA_RISE * noise) and np.all(rise >= 0.5 * (typical - floor_val))
+            ):
+                continue
         m = int(region.sum())
         fill = level[None, :] + noise[None, :] * rng.standard_normal((m, data.shape[-1]))
         data[region] = fill.astype(np.float32)
+        done |= region
         filled += m
     return filled
+
+
+def _border_regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The connected regions of ``mask`` that touch the image border and hold at least
+    :data:`NO_DATA_MIN_VOXELS` voxels."""
+    if int(mask.sum()) < NO_DATA_MIN_VOXELS:
+        return []
+    lab, n = ndi.label(mask)
+    edge = np.zeros(n + 1, dtype=bool)
+    for a in range(mask.ndim):
+        for end in (0, mask.shape[a] - 1):
+            edge[np.unique(np.take(lab, end, axis=a))] = True
+    edge[0] = False
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    return [lab == k for k in np.flatnonzero(edge & (sizes >= NO_DATA_MIN_VOXELS)).tolist()]
+
+
+def _constant_interior(data: np.ndarray) -> np.ndarray:
+    """Voxels equal, in every channel, to each of their neighbours along the axes (the
+    interior of a constant region)."""
+    out = np.ones(data.shape[:-1], dtype=bool)
+    for a in range(data.ndim - 1):
+        same = np.all(np.diff(data, axis=a) == 0, axis=-1)
+        lo = [slice(None)] * out.ndim
+        hi = [slice(None)] * out.ndim
+        lo[a], hi[a] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] &= same
+        out[tuple(hi)] &= same
+    return out
 
 
 # a hot pixel stands this many voxel-noise levels above the highest of its neighbours,
