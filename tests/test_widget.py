@@ -309,6 +309,30 @@ def test_two_dimensional_uncalibrated_plane(make_napari_viewer, qtbot, tmp_path)
     np.testing.assert_allclose(read_image(tif).voxel_size, (0.35, 0.35), rtol=1e-6)
 
 
+def test_grey_rgba_image_layer_is_segmented(make_napari_viewer, qtbot):
+    # a grey image saved as RGBA (as PNG files often are): napari opens it as an RGB
+    # layer, whose colour axis the widget takes as channels; the alpha channel carries
+    # no signal and G, B copy R: they are left out (with a note), not refused
+    from napari_sinkhorn_em.synthetic import make_nuclei_field_2d
+
+    w = make_nuclei_field_2d(seed=1)
+    grey = np.moveaxis(np.asarray(w.image), w.channel_axis, -1)[..., 0]
+    grey = (255.0 * grey / grey.max()).astype(np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(rgba, name="png", rgb=True)
+    assert layer.rgb
+    widget = SinkhornEMWidget(viewer)
+    widget.voxel_size.value = ", ".join(str(v) for v in w.voxel_size)
+    widget.run()
+    _wait(qtbot, widget)
+    labels, points = viewer.layers["png nuclei"], viewer.layers["png centres"]
+    assert labels.data.shape == grey.shape
+    m = match_centres(points.data, w.centres, max_distance=0.25 * 25.0, voxel_size=w.voxel_size)
+    assert m.recall >= 0.95 and m.precision >= 0.95, m.summary()
+    assert "no signal" in widget.summary.value and "copy an earlier channel" in widget.summary.value
+
+
 def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     before = [layer.name for layer in viewer.layers]
