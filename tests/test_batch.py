@@ -666,3 +666,24 @@ def test_recursive_outputs_mirror_the_input_tree(worm_dir, tmp_path):
     moved = run_batch([other / "top.tif"], out, parameters=build_parameters(seed=7))
     assert moved.ok == ["top"] and moved.skipped == []
     assert _run_json(out)["files"]["top"]["input"] == str((other / "top.tif").resolve())
+
+
+def test_a_zero_filled_border_is_filled_and_reported(tmp_path, capsys):
+    # a registered image whose uncovered border the registration filled with zeros: the
+    # batch record and the log line say how many voxels were filled with background
+    from napari_sinkhorn_em.cli import main
+    from napari_sinkhorn_em.synthetic import make_nuclei_field_2d
+
+    w = make_nuclei_field_2d(seed=2)
+    img = np.moveaxis(np.asarray(w.image), w.channel_axis, -1)[..., 0].copy()
+    img[:30, :] = 0
+    img[:, -40:] = 0
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "registered.tif", img, voxel_size=w.voxel_size, axes="YX")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "in"), "-o", str(out)]) == 0
+    rec = _run_json(out)["files"]["registered"]
+    assert rec["status"] == "ok"
+    assert rec["n_no_data_voxels"] == int((img == 0).sum())
+    assert f"{rec['n_no_data_voxels']} no-data voxels filled" in capsys.readouterr().err
+    assert rec["n_nuclei"] >= 0.8 * len(w.centres)

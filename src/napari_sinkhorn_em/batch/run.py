@@ -258,6 +258,9 @@ def process_file(
                 # spikes replaced, for the log and for spotting odd stacks
                 nucleus_diameter_um=round(float(info["nucleus_diameter_um"]), 4),
                 n_hot_pixels=int(info.get("preprocess", {}).get("n_hot_pixels", 0)),
+                # a registration's zero-filled border, padding planes (filled with
+                # background: preprocess.fill_no_data)
+                n_no_data_voxels=int(info.get("preprocess", {}).get("n_no_data_voxels", 0)),
                 fit={
                     "converged": bool(info["converged"]),
                     "n_iter": int(info["n_iter"]),
@@ -571,6 +574,8 @@ def _log_result(task: FileTask, rec: Mapping[str, Any], entry: Mapping[str, Any]
             extra = f" (diameter {rec['nucleus_diameter_um']:.2f} um"
             if rec.get("n_hot_pixels"):
                 extra += f", {rec['n_hot_pixels']} hot pixels replaced"
+            if rec.get("n_no_data_voxels"):
+                extra += f", {rec['n_no_data_voxels']} no-data voxels filled"
             extra += ")"
         logger.info(
             "ok      %s: %d nuclei%s in %.2f s",
