@@ -204,3 +204,26 @@ def test_zero_filled_border_of_a_registered_stack_is_no_data():
     assert 1.6 <= r.info["nucleus_diameter_um"] <= 2.4
     m = match_centres_nn(r.centres, w.centres, voxel_size=w.voxel_size, fraction=0.5)
     assert m.f1 >= 0.96, m.summary()
+
+
+def test_nan_border_of_a_registered_stack_is_no_data():
+    # registration code that marks the uncovered border NaN: filled like a zero border;
+    # NaN anywhere else, NaN in some channels only, or infinities stay errors
+    w = make_whole_brain(seed=1)
+    img = w.image[0].astype(np.float32)
+    img[:, :20, :] = np.nan
+    img[:, :, -25:] = np.nan
+    r = segment_nuclei(img, voxel_size=w.voxel_size, random_state=0)
+    assert r.info["preprocess"]["n_no_data_voxels"] == int(np.isnan(img).sum())
+    m = match_centres_nn(r.centres, w.centres, voxel_size=w.voxel_size, fraction=0.5)
+    assert m.f1 >= 0.96, m.summary()
+    small = img[:, :60, -120:].copy()  # the NaN corner, a few neurons
+    two = np.stack([small, small + 1.0])
+    two[1, 5, 30, 30] = 7.0  # the channels differ
+    two[0, 3:6, 25:35, 60:70] = np.nan  # NaN in one channel only
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        segment_nuclei(two, voxel_size=w.voxel_size, channel_axis=0)
+    inf = small.copy()
+    inf[np.isnan(inf)] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        segment_nuclei(inf, voxel_size=w.voxel_size)

@@ -68,7 +68,7 @@ def physical_voxel_size(voxel_size, ndim: int) -> tuple[float, ...]:
     return check_voxel_size(voxel_size, ndim)
 
 
-def validate_image(image, channel_axis=None, voxel_size=None):
+def validate_image(image, channel_axis=None, voxel_size=None, *, nan_border: bool = False):
     """Validate an image and bring it to float32 ``(*spatial, C)`` layout.
 
     Parameters
@@ -126,13 +126,31 @@ def validate_image(image, channel_axis=None, voxel_size=None):
     # contiguous). Checked after the cast: float64 values beyond the float32 range
     # become inf.
     data, n_bad = to_channel_last_float32(arr, channel_axis)
-    if n_bad:
+    if n_bad and not (nan_border and _nan_is_border_no_data(data)):
         raise ValueError(f"image contains NaN or infinite values ({n_bad} voxels)")
     if any(s < 2 for s in data.shape[:-1]):
         raise ValueError(f"every spatial axis needs at least 2 voxels, got shape {arr.shape}")
-    if float(data.max()) == float(data.min()):
-        raise ValueError(f"image is constant (every voxel equals {float(data.min())})")
+    if float(np.nanmax(data)) == float(np.nanmin(data)):
+        raise ValueError(f"image is constant (every voxel equals {float(np.nanmin(data))})")
     return data, vs, channel_axis
+
+
+def _nan_is_border_no_data(data: np.ndarray) -> bool:
+    """Whether the non-finite voxels of ``data`` (``(*spatial, C)``) are NaN in every
+    channel and make up whole regions of :data:`NO_DATA_MIN_VOXELS` or more voxels that
+    touch the image border (a registration that marks the uncovered border NaN), with
+    data left: those :func:`fill_no_data` fills. Anything else (infinities, scattered
+    NaN, NaN in some channels only) is an error."""
+    if np.isinf(data).any():
+        return False
+    nan = np.isnan(data)
+    every = nan.all(axis=-1)
+    if (nan.any(axis=-1) & ~every).any() or every.all():
+        return False
+    covered = np.zeros(every.shape, dtype=bool)
+    for region in _border_regions(every):
+        covered |= region
+    return not (every & ~covered).any()
 
 
 # more channels than this, or a channel axis longer than MAX_SPATIAL_LOOKING_CHANNELS
@@ -285,7 +303,7 @@ def _redundant_channels(data: np.ndarray) -> tuple[list[int], list[int]]:
     if n == 1:
         return [], []
     flat = data.reshape(-1, n)
-    const = [c for c in range(n) if float(flat[:, c].min()) == float(flat[:, c].max())]
+    const = [c for c in range(n) if float(np.nanmin(flat[:, c])) == float(np.nanmax(flat[:, c]))]
     if len(const) == n:
         return [], []
     dup = []
@@ -293,7 +311,7 @@ def _redundant_channels(data: np.ndarray) -> tuple[list[int], list[int]]:
     for c in range(n):
         if c in const:
             continue
-        if any(np.array_equal(flat[:, c], flat[:, k]) for k in kept):
+        if any(np.array_equal(flat[:, c], flat[:, k], equal_nan=True) for k in kept):
             dup.append(c)
         else:
             kept.append(c)
@@ -310,8 +328,8 @@ NO_DATA_RISE = 5.0
 def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
     """Fill regions that hold no data, in place; returns the number of voxels filled.
 
-    Registration (motion correction) fills the uncovered border with zeros, and stacks
-    are padded with empty planes. Such a region touches the image border, holds
+    Registration (motion correction) fills the uncovered border with zeros (or NaN), and
+    stacks are padded with empty planes. Such a region touches the image border, holds
     :data:`NO_DATA_MIN_VOXELS` voxels or more, and is constant: either at another value
     than the image's extremes (padding with the mean), or exactly at the floor (every
     channel at its minimum) with the voxels around it far above the
@@ -334,15 +352,22 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
     from .noise import voxel_noise
 
     flat = data.reshape(-1, data.shape[-1])
+    # NaN regions (validate_image(nan_border=True) let only border regions through) are
+    # no data whatever surrounds them; the statistics below see them at the floor
+    nan = np.isnan(data).any(axis=-1)
+    nan_regions = _border_regions(nan) if nan.any() else []
+    if nan.any():
+        data[nan] = np.nanmin(flat, axis=0)
     floor_val, top_val = flat.min(axis=0), flat.max(axis=0)
-    floor = np.all(data == floor_val, axis=-1)
+    floor = np.all(data == floor_val, axis=-1) & ~nan
     n_floor = int(floor.sum())
     if n_floor == floor.size:
         return 0
     # regions at the floor, and constant regions at another value (padding with the mean,
     # say; not the top, where saturated nuclei are flat)
-    regions = [(r, True) for r in _border_regions(floor)] if n_floor else []
-    const = _constant_interior(data) & ~floor & ~np.all(data == top_val, axis=-1)
+    regions = [(r, False) for r in nan_regions]
+    regions += [(r, True) for r in _border_regions(floor)] if n_floor else []
+    const = _constant_interior(data) & ~floor & ~nan & ~np.all(data == top_val, axis=-1)
     for interior in _border_regions(const):
         value = data[tuple(np.argwhere(interior)[0])]
         regions.append((ndi.binary_dilation(interior) & np.all(data == value, axis=-1), False))
@@ -350,10 +375,13 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
         return 0
     noise = np.array([voxel_noise(data[..., c]) for c in range(data.shape[-1])])
     if not np.all(noise > 0):
+        if nan_regions:
+            raise ValueError("the image's NaN border cannot be filled: its data has no noise")
         return 0
     # the data's typical level (of the voxels off the floor): a floor region's surroundings
     # must reach half of it above the floor (a DoG recording's spots fade to 0 there)
-    typical = np.median(flat[~floor.reshape(-1)][:: max(1, (floor.size - n_floor) // 100_000)], 0)
+    off = ~(floor | nan).reshape(-1)
+    typical = np.median(flat[off][:: max(1, int(off.sum()) // 100_000)], axis=0)
     rng = np.random.default_rng(seed)
     filled = 0
     done = np.zeros(floor.shape, dtype=bool)
@@ -864,7 +892,7 @@ def preprocess(
     from .scale import estimate_nucleus_diameter, resolve_diameter
 
     given = resolve_diameter(nucleus_diameter)
-    data, vs, ch_axis = validate_image(image, channel_axis, voxel_size)
+    data, vs, ch_axis = validate_image(image, channel_axis, voxel_size, nan_border=True)
     if given is not None:
         check_nucleus_diameter(given, data.shape[:-1], vs)
     constant, duplicate = _redundant_channels(data)
