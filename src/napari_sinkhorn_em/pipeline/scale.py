@@ -28,12 +28,14 @@ from .noise import given_or_measured_blur, response_noise
 __all__ = [
     "Blobs",
     "ScaleEstimate",
+    "border_noise_ratio",
     "default_diameter_range",
     "estimate_nucleus_diameter",
     "local_contrast",
     "normalized_log",
     "resolve_diameter",
     "scale_space_blobs",
+    "unclipped",
 ]
 
 # LoG scales per octave of the ladder (sigma ratio 2**0.25 = 1.19: a diameter is
