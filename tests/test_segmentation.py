@@ -277,3 +277,41 @@ def test_nucleus_weights_equal_voronoi_weights_from_the_peaks(worms):
     for bad in (0, -3.0, "strict", True):
         with pytest.raises(ValueError, match="marginal_penalty must be a positive number"):
             run(w, marginal_penalty=bad)
+
+
+def test_a_single_plane_saved_as_a_stack_is_segmented_in_2d():
+    # a (1, Y, X) stack (one plane saved as 3-D, a napari layer with a singleton axis) was
+    # refused ("every spatial axis needs at least 2 voxels"): now the plane is segmented in
+    # 2-D and the axis put back, coordinates 0 along it
+    from napari_sinkhorn_em.synthetic import make_nuclei_field_2d
+
+    w = make_nuclei_field_2d(seed=1)
+    grey = np.moveaxis(np.asarray(w.image), w.channel_axis, -1)[..., 0]
+    flat = segment_nuclei(grey, voxel_size=w.voxel_size, random_state=0)
+    r = segment_nuclei(grey[None], voxel_size=(2.0, *w.voxel_size), random_state=0)
+    assert r.labels.shape == (1, *grey.shape)
+    np.testing.assert_array_equal(r.labels[0], flat.labels)
+    assert list(r.table.columns[:8]) == [
+        "label",
+        "z",
+        "y",
+        "x",
+        "z_um",
+        "y_um",
+        "x_um",
+        "volume_um3",
+    ]
+    assert (r.table["z"] == 0).all() and (r.centres[:, 0] == 0).all()
+    np.testing.assert_allclose(r.table["volume_um3"], 2.0 * flat.table["volume_um3"])
+    assert any("one plane along axis 0" in m for m in r.info["warnings"])
+    # the recorded parameters reproduce the result from the same stack
+    again = segment_nuclei(grey[None], **{k: v for k, v in r.params.items() if k != "image"})
+    np.testing.assert_array_equal(again.labels, r.labels)
+    # with a channel axis too, and a plane in the middle axis
+    c = segment_nuclei(grey[None, None], channel_axis=0, voxel_size=(2.0, 1.0, 1.0))
+    assert c.labels.shape == (1, *grey.shape)
+    m = segment_nuclei(grey[:, None, :], voxel_size=(1.0, 2.0, 1.0), random_state=0)
+    assert m.labels.shape == (grey.shape[0], 1, grey.shape[1])
+    assert (m.table["y"] == 0).all()
+    with pytest.raises(ValueError, match="voxel_size must have 3 entries"):
+        segment_nuclei(grey[None], voxel_size=w.voxel_size)

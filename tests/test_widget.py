@@ -333,6 +333,25 @@ def test_grey_rgba_image_layer_is_segmented(make_napari_viewer, qtbot):
     assert "no signal" in widget.summary.value and "copy an earlier channel" in widget.summary.value
 
 
+def test_single_plane_stack_layer_is_segmented(make_napari_viewer, qtbot):
+    # a (1, Y, X) layer (one plane saved as a stack): segmented in 2-D, labels (1, Y, X)
+    from napari_sinkhorn_em.synthetic import make_nuclei_field_2d
+
+    w = make_nuclei_field_2d(seed=1)
+    grey = np.moveaxis(np.asarray(w.image), w.channel_axis, -1)[..., 0]
+    viewer = make_napari_viewer()
+    viewer.add_image(grey[None], name="plane", scale=(2.0, *w.voxel_size))
+    widget = SinkhornEMWidget(viewer)
+    assert widget.voxel_size.value == "2, 1, 1"
+    widget.run()
+    _wait(qtbot, widget)
+    labels, points = viewer.layers["plane nuclei"], viewer.layers["plane centres"]
+    assert labels.data.shape == (1, *grey.shape)
+    assert points.data.shape[1] == 3 and np.all(points.data[:, 0] == 0)
+    assert len(points.data) == _n_labels(labels.data) >= 0.9 * len(w.centres)
+    assert "one plane along axis 0" in widget.summary.value
+
+
 def test_cancel_returns_promptly_and_leaves_viewer_unchanged(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     before = [layer.name for layer in viewer.layers]

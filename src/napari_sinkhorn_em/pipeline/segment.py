@@ -341,6 +341,9 @@ def segment_nuclei(
         When no nuclei, or fewer than half the fitted components, were found.
     """
     args = dict(locals())  # the keyword arguments, checked as one SegmentationParams
+    flat = _single_plane_axes(image, channel_axis)
+    if flat:  # a (1, Y, X) stack: segmented in 2-D, the plane axis put back
+        return _on_the_plane(args, flat)
     # one validation step: the keywords become the checked, normalised parameter object
     p = SegmentationParams.from_dict({n: args[n] for n in SegmentationParams.names()})
     clock = StageClock(progress)
@@ -436,6 +439,81 @@ def segment_nuclei(
     notes = [n for n in found.notes if not (warn and adaptive.CAP_NOTE_MARK in n)]
     info["warnings"] = warn + notes + adaptive.convergence_notes(fit, p.max_iter)
     return SegmentationResult(lab.labels, tab.table, fit.model, used.to_dict(), tab.centres, info)
+
+
+def _single_plane_axes(image, channel_axis) -> list[int]:
+    """The spatial axes of length 1 of a 3-D stack with two longer spatial axes (one plane
+    saved as a stack), as axes of ``image``; [] otherwise (and for anything
+    ``segment_nuclei`` should reject with its own message)."""
+    shape = np.shape(image)
+    if channel_axis is not None:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, int | np.integer):
+            return []
+        if not -len(shape) <= int(channel_axis) < len(shape):
+            return []
+        ca = int(channel_axis) % len(shape)
+        spatial = [a for a in range(len(shape)) if a != ca]
+    else:
+        spatial = list(range(len(shape)))
+    if len(spatial) != 3:
+        return []
+    ones = [a for a in spatial if shape[a] == 1]
+    return ones if len(ones) == 1 and all(shape[a] >= 2 for a in spatial if a not in ones) else []
+
+
+def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
+    """:func:`segment_nuclei` of a single-plane stack: the plane in 2-D, then labels,
+    centres and table with the plane axis back (coordinate 0; volumes times its voxel
+    size, when given); ``params`` as given, so that they reproduce the result."""
+    image = np.asarray(args["image"])
+    axis = flat[0]
+    ca = args["channel_axis"]
+    ca = None if ca is None else int(ca) % image.ndim
+    spatial = [a for a in range(image.ndim) if a != ca]
+    k = spatial.index(axis)  # the plane axis among the spatial axes
+    kw = {n: args[n] for n in SegmentationParams.names() if n in args}
+    kw["channel_axis"] = None if ca is None else ca - (ca > axis)
+    vs = args["voxel_size"]
+    plane_um = 1.0
+    if vs is not None:
+        vs = [float(v) for v in np.asarray(vs, dtype=np.float64).reshape(-1)]
+        if len(vs) != 3:
+            raise ValueError(
+                f"voxel_size must have 3 entries for an image with 3 spatial axes, got {vs}"
+            )
+        plane_um = vs[k]
+        kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
+    init = args["init"]
+    if not isinstance(init, str):
+        init = np.asarray(init, dtype=np.float64)
+        if init.ndim != 2 or init.shape[1] != 3:
+            raise ValueError(
+                f"init array must have shape (K, 3) (centres in voxel coordinates), "
+                f"got {init.shape}"
+            )
+        kw["init"] = np.delete(init, k, axis=1)
+    res = segment_nuclei(np.squeeze(image, axis=axis), progress=args["progress"], **kw)
+    labels = np.expand_dims(res.labels, k)
+    centres = np.insert(np.asarray(res.centres, dtype=np.float64), k, 0.0, axis=1)
+    names3 = ("z", "y", "x")
+    names2 = [names3[i] for i in range(3) if i != k]
+    rename = {}
+    for old, new in zip(("y", "x"), names2, strict=True):
+        rename[old], rename[f"{old}_um"] = new, f"{new}_um"
+    t = res.table.rename(columns=rename)
+    t.insert(1 + k, names3[k], 0.0)
+    t.insert(4 + k, f"{names3[k]}_um", 0.0)
+    t["volume_um3"] = t["volume_um3"] * plane_um
+    params = dict(res.params)
+    params["voxel_size"] = None if vs is None else tuple(vs)
+    params["channel_axis"] = args["channel_axis"]
+    if not isinstance(args["init"], str):
+        params["init"] = args["init"]
+    info = dict(res.info)
+    note = f"one plane along axis {axis}: segmented in 2-D"
+    info["warnings"] = [*info.get("warnings", []), note]
+    info["single_plane_axis"] = axis
+    return SegmentationResult(labels, t, res.model, params, centres, info)
 
 
 @dataclass
