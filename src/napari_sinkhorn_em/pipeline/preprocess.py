@@ -303,15 +303,23 @@ def _redundant_channels(data: np.ndarray) -> tuple[list[int], list[int]]:
     if n == 1:
         return [], []
     flat = data.reshape(-1, n)
-    const = [c for c in range(n) if float(np.nanmin(flat[:, c])) == float(np.nanmax(flat[:, c]))]
+    # NaN-ignoring extremes in one pass each (NaN border regions: validate_image)
+    lo, hi = np.fmin.reduce(flat, axis=0), np.fmax.reduce(flat, axis=0)
+    const = [c for c in range(n) if lo[c] == hi[c]]
     if len(const) == n:
         return [], []
+    sample = flat[:: max(1, flat.shape[0] // 1000)]
     dup = []
     kept: list[int] = []
     for c in range(n):
         if c in const:
             continue
-        if any(np.array_equal(flat[:, c], flat[:, k], equal_nan=True) for k in kept):
+        # a sample first: differing channels differ there (no full comparison)
+        if any(
+            np.array_equal(sample[:, c], sample[:, k], equal_nan=True)
+            and np.array_equal(flat[:, c], flat[:, k], equal_nan=True)
+            for k in kept
+        ):
             dup.append(c)
         else:
             kept.append(c)
@@ -353,12 +361,16 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
 
     flat = data.reshape(-1, data.shape[-1])
     # NaN regions (validate_image(nan_border=True) let only border regions through) are
-    # no data whatever surrounds them; the statistics below see them at the floor
-    nan = np.isnan(data).any(axis=-1)
-    nan_regions = _border_regions(nan) if nan.any() else []
-    if nan.any():
-        data[nan] = np.nanmin(flat, axis=0)
-    floor_val, top_val = flat.min(axis=0), flat.max(axis=0)
+    # no data whatever surrounds them; the statistics below see them at the floor (the
+    # minimum propagates NaN: no separate pass over the image without any)
+    floor_val = flat.min(axis=0)
+    nan = np.zeros(data.shape[:-1], dtype=bool)
+    nan_regions: list[np.ndarray] = []
+    if np.isnan(floor_val).any():
+        nan = np.isnan(data).any(axis=-1)
+        nan_regions = _border_regions(nan)
+        floor_val = np.fmin.reduce(flat, axis=0)
+        data[nan] = floor_val
     floor = np.all(data == floor_val, axis=-1) & ~nan
     n_floor = int(floor.sum())
     if n_floor == floor.size:
@@ -367,7 +379,9 @@ def fill_no_data(data: np.ndarray, seed: int = 0) -> int:
     # say; not the top, where saturated nuclei are flat)
     regions = [(r, False) for r in nan_regions]
     regions += [(r, True) for r in _border_regions(floor)] if n_floor else []
-    const = _constant_interior(data) & ~floor & ~nan & ~np.all(data == top_val, axis=-1)
+    const = _constant_interior(data) & ~floor & ~nan
+    if const.sum() >= NO_DATA_MIN_VOXELS:
+        const &= ~np.all(data == flat.max(axis=0), axis=-1)
     for interior in _border_regions(const):
         value = data[tuple(np.argwhere(interior)[0])]
         regions.append((ndi.binary_dilation(interior) & np.all(data == value, axis=-1), False))
@@ -424,10 +438,10 @@ def _constant_interior(data: np.ndarray) -> np.ndarray:
     interior of a constant region)."""
     out = np.ones(data.shape[:-1], dtype=bool)
     for a in range(data.ndim - 1):
-        same = np.all(np.diff(data, axis=a) == 0, axis=-1)
         lo = [slice(None)] * out.ndim
         hi = [slice(None)] * out.ndim
         lo[a], hi[a] = slice(0, -1), slice(1, None)
+        same = np.all(data[tuple(lo)] == data[tuple(hi)], axis=-1)
         out[tuple(lo)] &= same
         out[tuple(hi)] &= same
     return out

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._validation import check_voxel_size
 from ..io import atomic_write
 from ..params import SegmentationParams, parse_json
 from . import adaptive
@@ -473,14 +474,9 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     k = spatial.index(axis)  # the plane axis among the spatial axes
     kw = {n: args[n] for n in SegmentationParams.names() if n in args}
     kw["channel_axis"] = None if ca is None else ca - (ca > axis)
-    vs = args["voxel_size"]
+    vs = check_voxel_size(args["voxel_size"], 3)
     plane_um = 1.0
     if vs is not None:
-        vs = [float(v) for v in np.asarray(vs, dtype=np.float64).reshape(-1)]
-        if len(vs) != 3:
-            raise ValueError(
-                f"voxel_size must have 3 entries for an image with 3 spatial axes, got {vs}"
-            )
         plane_um = vs[k]
         kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
     init = args["init"]
@@ -505,7 +501,7 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     t.insert(4 + k, f"{names3[k]}_um", 0.0)
     t["volume_um3"] = t["volume_um3"] * plane_um
     params = dict(res.params)
-    params["voxel_size"] = None if vs is None else tuple(vs)
+    params["voxel_size"] = vs
     params["channel_axis"] = args["channel_axis"]
     if not isinstance(args["init"], str):
         params["init"] = args["init"]
@@ -571,6 +567,9 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
     local mode the nuclei are detected before the features (their own foreground joins
     the mask, and so does that of the ``given`` init centres) and returned in
     ``meta["local_peaks"]``."""
+    # one channel (or one with signal) in the local mode: the granules are dropped as
+    # peaks, not by the voxel-level filter (decided once: it scans the channels)
+    one = bool(p.suppress_granules and local and _one_channel(image, p))
     with clock.stage("preprocess"):
         pre = preprocess(
             image,
@@ -580,7 +579,7 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
             background_scale=p.background_scale,
             foreground_threshold=p.foreground_threshold,
             threshold_method=p.threshold_method,
-            suppress_granules=p.suppress_granules and not (local and _one_channel(image, p)),
+            suppress_granules=p.suppress_granules and not one,
         )
         vs = np.asarray(pre.voxel_size)
         constant = pre.info.get("constant_channels", [])
@@ -598,7 +597,7 @@ def _features(image, p: SegmentationParams, clock: StageClock, local: bool = Fal
         with clock.stage("peaks"):
             # one channel: bright optical-resolution spots (gut granules) are dropped as
             # peaks (the voxel-level granule filter above needs the colour test there)
-            granules = p.suppress_granules and _one_channel(image, p)
+            granules = one
             local_peaks, local_info = adaptive.detect(
                 pre,
                 vs,
