@@ -179,3 +179,28 @@ def test_refine_a_frame_and_re_track_forward(viewer_widget, qtbot, direct, tmp_p
     assert lab.axes == "TZYX" and lab.voxel_size == pytest.approx((0.8, 0.35, 0.35))
     np.testing.assert_array_equal(lab.data, after)
     assert read_tiff(paths[0])[0][2] == "labels"
+
+
+def test_time_lapse_of_single_planes(make_napari_viewer, qtbot, series):
+    """A 2-D time-lapse layer with a singleton z axis, (T, 1, Y, X): tracked in 2-D, the
+    result layers keep the layer's four axes."""
+    plane = series.image[:, 0, series.image.shape[2] // 2][:, None]  # (3, 1, 113, 73)
+    viewer = make_napari_viewer()
+    viewer.add_image(plane, name="planes", scale=(1.0, *series.voxel_size))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sinkhorn-em", "Sinkhorn-EM nuclei")
+    widget.form.set_value("nucleus_diameter", 2.7)
+    widget.form.set_value("random_state", 0)
+    assert widget.time_lapse.value and widget.voxel_size.value == "0.8, 0.35, 0.35"
+    widget.run()
+    _wait(qtbot, widget)
+    direct = track_nuclei(plane, voxel_size=series.voxel_size, nucleus_diameter=2.7, random_state=0)
+    assert len(direct.tracks) > 0
+    labels_layer, tracks_layer, points_layer = viewer.layers[1:]
+    assert labels_layer.data.shape == plane.shape
+    np.testing.assert_array_equal(labels_layer.data, direct.labels)
+    np.testing.assert_allclose(labels_layer.scale, (1.0, *series.voxel_size))
+    np.testing.assert_allclose(
+        tracks_layer.data, direct.tracks[["track_id", "t", "z", "y", "x"]].to_numpy()
+    )
+    assert points_layer.data.shape == (len(direct.tracks), 4)
+    widget.cancel()

@@ -402,6 +402,55 @@ def test_two_dimensional_time_lapse(moving_head, motion):
     assert acc["linked_given_found"] == 1.0
 
 
+def test_time_lapse_of_single_planes(moving_head, tmp_path):
+    """A 2-D time-lapse saved with a z axis of length 1, (T, 1, Y, X) (an ImageJ / OME
+    hyperstack, a napari layer with a singleton axis): tracked in 2-D, the axis put back."""
+    import tifffile
+
+    w = moving_head
+    plane = w.image[:, 3, w.image.shape[2] // 2]  # (T, Y, X)
+    vs = w.voxel_size  # (0.8, 0.35, 0.35): the plane axis 0.8 um
+    flat = track_nuclei(plane, voxel_size=vs[1:], nucleus_diameter=2.7, random_state=0)
+    r = track_nuclei(plane[:, None], voxel_size=vs, nucleus_diameter=2.7, random_state=0)
+    assert r.labels.shape == (plane.shape[0], 1, *plane.shape[1:])
+    np.testing.assert_array_equal(r.labels[:, 0], flat.labels)
+    assert list(r.tracks.columns[:8]) == ["track_id", "t", "z", "y", "x", "z_um", "y_um", "x_um"]
+    assert (r.tracks[["z", "z_um"]].to_numpy() == 0).all()
+    for c in ("track_id", "t", "y", "x", "y_um", "x_um", "parent_id"):
+        np.testing.assert_array_equal(r.tracks[c], flat.tracks[c])
+    np.testing.assert_allclose(r.tracks.volume_um3, flat.tracks.volume_um3 * vs[0])
+    assert r.params["voxel_size"] == pytest.approx(vs) and r.params["time_axis"] == 0
+    assert r.frames[0]["single_plane_axis"] == 0
+    assert r.graph == flat.graph and r.nucleus_diameter_um == flat.nucleus_diameter_um
+    # the parameters reproduce it; given centres are (z, y, x) rows
+    again = track_nuclei(plane[:, None], **{**r.params, "init": "peaks"})
+    np.testing.assert_array_equal(again.labels, r.labels)
+    first = r.tracks[r.tracks.t == 0]
+    given = track_nuclei(
+        plane[:, None], voxel_size=vs, nucleus_diameter=2.7, random_state=0,
+        init=first[["z", "y", "x"]].to_numpy(),
+    )  # fmt: skip
+    assert given.labels.shape == r.labels.shape and given.params["init"].shape == (len(first), 3)
+    with pytest.raises(ValueError, match=r"shape \(K, 3\)"):
+        track_nuclei(plane[:, None], voxel_size=vs, init=np.zeros((3, 2)))
+    # time last, channels first: (C, Y, X, 1, T) is the same series
+    five = np.moveaxis(plane[:, None, None], (0, 1, 2), (4, 3, 0))
+    other = track_nuclei(
+        five, time_axis=4, channel_axis=0, voxel_size=(0.35, 0.35, 0.8),
+        nucleus_diameter=2.7, random_state=0,
+    )  # fmt: skip
+    assert other.labels.shape == (plane.shape[0], *plane.shape[1:], 1)
+    np.testing.assert_array_equal(other.labels[..., 0], flat.labels)
+    assert list(other.tracks.columns[2:5]) == ["z", "y", "x"]
+    np.testing.assert_array_equal(other.tracks.x, 0.0)
+    np.testing.assert_array_equal(other.tracks.z, flat.tracks.y)
+    # saved as a TZYX hyperstack with the plane's spacing
+    paths = save_tracking(r, tmp_path, stem="planes")
+    with tifffile.TiffFile(paths["labels"]) as tif:
+        assert tif.imagej_metadata["spacing"] == pytest.approx(vs[0])
+        np.testing.assert_array_equal(tif.asarray().reshape(r.labels.shape), r.labels)
+
+
 def test_save_tracking_round_trip(tmp_path, embryo, embryo_tracks):
     import json
 

@@ -491,15 +491,7 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     res = segment_nuclei(np.squeeze(image, axis=axis), progress=args["progress"], **kw)
     labels = np.expand_dims(res.labels, k)
     centres = np.insert(np.asarray(res.centres, dtype=np.float64), k, 0.0, axis=1)
-    names3 = ("z", "y", "x")
-    names2 = [names3[i] for i in range(3) if i != k]
-    rename = {}
-    for old, new in zip(("y", "x"), names2, strict=True):
-        rename[old], rename[f"{old}_um"] = new, f"{new}_um"
-    t = res.table.rename(columns=rename)
-    t.insert(1 + k, names3[k], 0.0)
-    t.insert(4 + k, f"{names3[k]}_um", 0.0)
-    t["volume_um3"] = t["volume_um3"] * plane_um
+    t = _plane_axis_columns(res.table, k, first=1, plane_um=plane_um)
     params = dict(res.params)
     params["voxel_size"] = vs
     params["channel_axis"] = args["channel_axis"]
@@ -510,6 +502,24 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     info["warnings"] = [*info.get("warnings", []), note]
     info["single_plane_axis"] = axis
     return SegmentationResult(labels, t, res.model, params, centres, info)
+
+
+def _plane_axis_columns(table, k: int, *, first: int, plane_um: float):
+    """A per-nucleus table of a 2-D segmentation as that of the (1, Y, X)-like stack it
+    came from: the plane axis (spatial axis ``k`` of 3) back as a coordinate column and
+    its ``_um`` column, both 0, and the 2-D ``y`` / ``x`` columns renamed to the stack's
+    other two axes; ``first`` is the position of the first coordinate column. Areas in
+    ``volume_um3`` become volumes (times the plane's voxel size ``plane_um``)."""
+    names3 = ("z", "y", "x")
+    names2 = [names3[i] for i in range(3) if i != k]
+    rename = {}
+    for old, new in zip(("y", "x"), names2, strict=True):
+        rename[old], rename[f"{old}_um"] = new, f"{new}_um"
+    t = table.rename(columns=rename)
+    t.insert(first + k, names3[k], 0.0)
+    t.insert(first + 3 + k, f"{names3[k]}_um", 0.0)
+    t["volume_um3"] = t["volume_um3"] * plane_um
+    return t
 
 
 @dataclass

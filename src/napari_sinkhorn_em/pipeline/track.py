@@ -39,12 +39,18 @@ from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
+from .._validation import check_voxel_size
 from ..mixture import ConvergenceWarning, SinkhornEM
 from . import adaptive
 from .features import voxel_features
 from .labels import min_label_volume
 from .preprocess import auto_threshold, granule_mask, preprocess
-from .segment import SegmentationCancelled, segment_nuclei
+from .segment import (
+    SegmentationCancelled,
+    _plane_axis_columns,
+    _single_plane_axes,
+    segment_nuclei,
+)
 
 # The backfill pass reruns track_nuclei from the reference nuclei plus the ones it adds;
 # of those given centres only the user's own (tracks 1..n) are protected from the
@@ -592,7 +598,9 @@ def track_nuclei(
     ----------
     stack : numpy.ndarray
         Time series of 2-D or 3-D (multichannel) images: a time axis plus the axes that
-        :func:`~napari_sinkhorn_em.segment_nuclei` accepts.
+        :func:`~napari_sinkhorn_em.segment_nuclei` accepts. Single planes saved as
+        stacks, ``(T, 1, Y, X)``, are tracked in 2-D with the plane axis put back
+        (labels ``(T, 1, Y, X)``, ``z = 0`` in the tracks).
     time_axis : int
         Axis of ``stack`` holding time (negative values count from the end).
     voxel_size : sequence of float, optional
@@ -755,6 +763,9 @@ threshold_method, suppress_granules, max_iter
     T = arr.shape[time_axis]
     if T < 1:
         raise ValueError("stack has no frames (time axis of length 0)")
+    flat = _single_plane_axes(np.moveaxis(arr, time_axis, 0)[0], frame_ch)
+    if flat:  # a time-lapse of single planes, (T, 1, Y, X): tracked in 2-D
+        return _track_on_the_plane(call, arr, time_axis, frame_ch, flat[0])
     ref = _check_int("reference_frame", reference_frame)
     if not 0 <= ref < T:
         raise ValueError(f"reference_frame={ref} is outside the {T} frames")
@@ -1744,6 +1755,53 @@ def _backfill(result, call, T, shape, diam, vs, t_start, ref_signal, cell_um):
     info["retracked"] = [t for t, f in enumerate(again.frames) if not f.get("spliced")]
     info["timings"]["tracking_total"] = time.perf_counter() - t_start
     return again
+
+
+def _track_on_the_plane(call: dict, arr, time_axis: int, frame_ch, axis: int) -> TrackingResult:
+    """:func:`track_nuclei` of a time-lapse of single planes (a 2-D time-lapse saved with
+    a z axis of length 1, e.g. an ImageJ TZYX hyperstack): the planes tracked in 2-D,
+    then labels and tracks with the plane axis back (coordinate 0; volumes times its
+    voxel size, when given). ``axis`` is the plane axis in a frame; ``params`` are as
+    given, so that they reproduce the result."""
+    kw = {n: v for n, v in call.items() if n != "stack"}
+    spatial = [a for a in range(arr.ndim - 1) if a != frame_ch]
+    k = spatial.index(axis)  # the plane axis among the spatial axes
+    at = axis + (axis >= time_axis)  # ... and in the stack
+    kw["time_axis"] = time_axis - (time_axis > at)
+    ca = call["channel_axis"]
+    if ca is not None:
+        ca = int(ca) % arr.ndim
+        kw["channel_axis"] = ca - (ca > at)
+    vs = check_voxel_size(call["voxel_size"], 3)
+    plane_um = 1.0
+    if vs is not None:
+        plane_um = vs[k]
+        kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
+    init = call["init"]
+    if not isinstance(init, str):
+        init = np.asarray(init, dtype=np.float64)
+        if init.ndim != 2 or init.shape[1] != 3:
+            raise ValueError(
+                f"init array must have shape (K, 3) (centres in voxel coordinates), "
+                f"got {init.shape}"
+            )
+        kw["init"] = np.delete(init, k, axis=1)
+    res = track_nuclei(np.squeeze(arr, axis=at), **kw)
+    params = dict(res.params)
+    params["voxel_size"] = [float(v) for v in np.insert(res.params["voxel_size"], k, plane_um)]
+    params["time_axis"] = int(time_axis)
+    params["channel_axis"] = call["channel_axis"]
+    if not isinstance(call["init"], str):
+        params["init"] = call["init"]
+    frames = [dict(f) for f in res.frames]
+    ref = int(params["reference_frame"])
+    frames[ref]["single_plane_axis"] = int(axis)
+    return TrackingResult(
+        np.expand_dims(res.labels, 1 + k),
+        _plane_axis_columns(res.tracks, k, first=2, plane_um=plane_um),
+        params,
+        frames,
+    )
 
 
 def save_tracking(result: TrackingResult, folder, stem: str = "tracking") -> dict:
