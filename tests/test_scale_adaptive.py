@@ -397,6 +397,34 @@ def test_valley_test_separates_two_nuclei_but_not_one_elongated_one():
     assert _valley_dips(two, np.zeros((0, 2)), np.zeros((0, 2)), 0.1).shape == (0,)
 
 
+def test_one_nucleus_on_two_coarse_planes_is_one_peak_and_two_stacked_stay_two():
+    from napari_sinkhorn_em.pipeline.peaks import Peaks, _merge_plane_twins
+
+    # 4.3 um balls at 2.5 x 0.3 x 0.3 um: a nucleus spans 1.7 planes
+    vs = np.array([2.5, 0.3, 0.3])
+    d = 4.3
+    shape = (12, 40, 100)
+    grids = np.meshgrid(*[np.arange(n) * v for n, v in zip(shape, vs, strict=True)], indexing="ij")
+    img = np.zeros(shape, dtype=np.float32)
+    # A: centred half-way between planes 3 and 4; B and C: touching, stacked along z,
+    # centred at planes 4.6 and 6.32 (nearest planes 5 and 6); D beside A, 3 um away
+    for c in ([3.5 * 2.5, 6.0, 6.0], [4.6 * 2.5, 6.0, 20.0], [6.32 * 2.5, 6.0, 20.0]):
+        img[sum((g - ci) ** 2 for g, ci in zip(grids, c, strict=True)) <= (d / 2) ** 2] = 1.0
+    img = ndi.gaussian_filter(img, 0.3 / vs) + np.float32(0.1)
+    coords = np.array(
+        [[3, 20, 20], [4, 20, 20], [5, 20, 67], [6, 20, 67], [4, 20, 30]], dtype=np.float64
+    )
+    peaks = Peaks(coords, np.ones(5), np.ones(5), np.arange(5.0)[::-1], 0.0)
+    out = _merge_plane_twins(peaks, vs, d, np.full(5, d), lambda: img)
+    # A's second plane goes; B and C (a run of 4 planes) and the lateral neighbour stay
+    np.testing.assert_array_equal(out.coords, coords[[0, 2, 3, 4]])
+    # on a finely sampled axis nothing is tested, nor where a nucleus spans under 1.5
+    # planes (one nucleus between two planes and two stacked ones both light 2 planes)
+    for step in (0.5, 3.0):
+        same = _merge_plane_twins(peaks, np.array([step, 0.3, 0.3]), d, np.full(5, d), lambda: img)
+        assert len(same) == 5
+
+
 def test_single_scale_blobs_scores_like_the_scale_space_blobs():
     from napari_sinkhorn_em.pipeline.scale import scale_space_blobs, single_scale_blobs
 

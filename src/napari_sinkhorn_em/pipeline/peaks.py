@@ -665,15 +665,95 @@ def _detect_local(
         threshold=0.0,
     )
     if small_fg is None or len(primary) < 3:
-        return primary
-    d_kept = d_i
+        return _merge_plane_twins(primary, vs, diameter, d_i, smoothed)
     # only when the global foreground it searches is mostly the detected nuclei
     # (not on whole-brain stacks, whose Otsu foreground is noise)
-    if not foreground_is_mostly_nuclei(np.count_nonzero(small_fg), vs, d_kept, ndim):
-        return primary
-    return _add_small_scale(
-        primary, sig, vs, diameter, small_fg, d_kept, separation, smoothed, blur
-    )
+    if not foreground_is_mostly_nuclei(np.count_nonzero(small_fg), vs, d_i, ndim):
+        return _merge_plane_twins(primary, vs, diameter, d_i, smoothed)
+    found = _add_small_scale(primary, sig, vs, diameter, small_fg, d_i, separation, smoothed, blur)
+    d_all = np.concatenate([d_i, np.full(len(found) - len(primary), diameter)])
+    return _merge_plane_twins(found, vs, diameter, d_all, smoothed)
+
+
+# an axis is coarse when a typical nucleus spans fewer than this many of its samples: one
+# nucleus centred between two of its planes peaks in both (the suppression distance, half
+# a diameter, is shorter than the step); see _merge_plane_twins
+_TWIN_MAX_SAMPLES = 4.0
+# ... and the run test tells one nucleus from two stacked ones only where it spans at
+# least this many: one nucleus of diameter d covers at most floor(d / step) + 1 planes,
+# two stacked ones at least floor(2 d / step), which is more only from d = 1.5 steps on.
+# Below, a nucleus between two planes and two nuclei on them both light 2 planes (whole
+# brain registered, 1.9 um neurons at 2 um z-steps: 2 true neurons merged, F1 0.952 ->
+# 0.944; real targettrack heads, ~2.5 um at 2 um: 2-5 objects per frame fewer, mean F1
+# -0.004)
+_TWIN_MIN_SAMPLES = 1.5
+
+
+def _merge_plane_twins(peaks: Peaks, vs, diameter: float, d_i, smoothed) -> Peaks:
+    """Drop the later of two peaks that are one nucleus seen on two neighbouring planes of
+    a coarse axis (:data:`_TWIN_MAX_SAMPLES`).
+
+    A nucleus centred between two planes gives each plane about half its signal and may
+    peak on both (at different scales, or once in the scale-space pass and once in the
+    fill or the small-scale pass): synthetic embryo, 4.3 um nuclei at 2.5 um z-steps, 10
+    of 100 nuclei came out as two objects stacked one plane apart. Nothing between two
+    neighbouring planes is sampled, so a dip of the signal cannot tell them from two
+    nuclei stacked along the axis; the length of the bright run can. Along the axis
+    through the pair (its mean position in the other axes) the smoothed signal is above
+    half-way between its floor (the minimum within the pair's diameter plus a plane on
+    either side) and the pair's brighter plane over a run of planes; one nucleus covers
+    at most ``d / step + 1`` of them (``d`` the pair's mean diameter, at least the
+    typical one), two stacked ones at least ``2 d / step`` (tested only where that is
+    more: :data:`_TWIN_MIN_SAMPLES`). Pairs one plane apart whose
+    other coordinates are within half a diameter and whose run is at most that long are
+    one nucleus; the peak that comes first in ``peaks`` (primary before fill before
+    small-scale; by response within each) stays."""
+    n = len(peaks)
+    vs = np.asarray(vs, dtype=np.float64)
+    samples = diameter / vs
+    coarse = np.flatnonzero((samples < _TWIN_MAX_SAMPLES) & (samples >= _TWIN_MIN_SAMPLES))
+    if n < 2 or coarse.size == 0:
+        return peaks
+    c = np.rint(peaks.coords).astype(np.int64)
+    d_pair = np.maximum(np.asarray(d_i, dtype=np.float64), diameter)
+    smooth = None
+    drop = np.zeros(n, dtype=bool)
+    for ax in coarse.tolist():
+        step = float(vs[ax])
+        pairs = _close_pairs(c * vs, np.hypot(step, 0.5 * float(d_pair.max())))
+        if not pairs.size:
+            continue
+        a, b = pairs[:, 0], pairs[:, 1]
+        dc = c[b] - c[a]
+        one_plane = np.abs(dc[:, ax]) == 1
+        lateral = np.delete(dc, ax, axis=1) * np.delete(vs, ax)
+        dp = 0.5 * (d_pair[a] + d_pair[b])
+        near = one_plane & (np.linalg.norm(lateral, axis=1) < 0.5 * dp)
+        if not near.any():
+            continue
+        if smooth is None:
+            smooth = smoothed()
+        size = smooth.shape[ax]
+        for i, j, d in zip(a[near].tolist(), b[near].tolist(), dp[near].tolist(), strict=True):
+            lo_p, hi_p = sorted((int(c[i, ax]), int(c[j, ax])))
+            w = int(np.ceil(d / step)) + 1
+            z0, z1 = max(lo_p - w, 0), min(hi_p + w, size - 1)
+            at = np.rint(0.5 * (c[i] + c[j])).astype(np.int64)
+            idx = [int(v) for v in at]
+            idx[ax] = slice(z0, z1 + 1)
+            prof = np.asarray(smooth[tuple(idx)], dtype=np.float64)
+            top = max(prof[lo_p - z0], prof[hi_p - z0])
+            level = 0.5 * (prof.min() + top)
+            run_lo, run_hi = lo_p - z0, hi_p - z0
+            while run_lo > 0 and prof[run_lo - 1] >= level:
+                run_lo -= 1
+            while run_hi < prof.size - 1 and prof[run_hi + 1] >= level:
+                run_hi += 1
+            if run_hi - run_lo + 1 <= d / step + 1.0:
+                drop[max(i, j)] = True
+    if not drop.any():
+        return peaks
+    return peaks.take(np.flatnonzero(~drop))
 
 
 # two blobs closer than this many times their (mean, at least typical) diameter with no
