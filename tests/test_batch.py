@@ -687,3 +687,32 @@ def test_a_zero_filled_border_is_filled_and_reported(tmp_path, capsys):
     assert rec["n_no_data_voxels"] == int((img == 0).sum())
     assert f"{rec['n_no_data_voxels']} no-data voxels filled" in capsys.readouterr().err
     assert rec["n_nuclei"] >= 0.8 * len(w.centres)
+
+
+def test_a_plain_tiff_of_one_plane_with_a_trailing_axis_is_segmented(tmp_path, capsys):
+    # a 2-D image saved as (Y, X, 1) without calibration (tifffile's "YXQ"): one plane, so
+    # only its pixel size matters (1 um assumed, as for a 2-D image, with a warning); the
+    # labels keep the input's shape and can be read back (ImageJ cannot hold a plane one
+    # voxel wide: they were written as a file no reader could open)
+    import tifffile
+
+    from napari_sinkhorn_em.cli import main
+    from napari_sinkhorn_em.synthetic import make_nuclei_field_2d
+
+    w = make_nuclei_field_2d(n_nuclei=20, shape=(200, 200), seed=0)
+    img = np.moveaxis(np.asarray(w.image), w.channel_axis, -1)  # (200, 200, 1)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "plane.tif", img.astype(np.uint16))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "in"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "plane.tif: a single plane (shape (200, 200, 1))" in err and "1 um per pixel" in err
+    rec = _run_json(out)["files"]["plane"]
+    assert rec["status"] == "ok" and rec["voxel_size_source"] == "default"
+    labels = read_image(out / "plane_labels.tif")
+    assert labels.data.shape == img.shape
+    assert labels.voxel_size == pytest.approx((1.0, 1.0, 1.0))
+    table = pd.read_csv(out / "plane_nuclei.csv")
+    assert len(table) == rec["n_nuclei"] == len(np.unique(labels.data)) - 1
+    assert (table["x"] == 0).all()
+    assert rec["n_nuclei"] >= 0.9 * len(w.centres)

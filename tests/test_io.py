@@ -347,6 +347,17 @@ def test_write_labels_2d_and_bool(tmp_path):
     np.testing.assert_array_equal(img.data, mask.astype(np.uint16))
 
 
+@pytest.mark.parametrize("shape", [(6, 1, 9), (6, 9, 1)])
+def test_write_labels_with_a_plane_of_one_voxel_round_trip(tmp_path, shape):
+    # ImageJ hyperstacks cannot hold a Y or X axis of length 1 (tifffile wrote a file
+    # that no reader could open): those go to OME-TIFF with the same shape
+    lab = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape) % 4
+    img = read_image(write_labels(tmp_path / "l.tif", lab, (2.0, 0.5, 0.25)))
+    assert img.data.shape == shape
+    np.testing.assert_array_equal(img.data, lab)
+    assert img.voxel_size == pytest.approx((2.0, 0.5, 0.25))
+
+
 def test_write_labels_errors(tmp_path):
     good = np.ones((4, 5, 6), np.int32)
     with pytest.raises(ValueError, match=r"l\.tif.*>= 0"):

@@ -640,7 +640,11 @@ def _write_tiff(
 ) -> None:
     """Write ``data`` (axes in T, Z, C, Y, X order, a subset) as ImageJ or OME-TIFF."""
     spatial = axes.replace("C", "").replace("T", "")
-    if data.dtype in _IMAGEJ_DTYPES:
+    # ImageJ hyperstacks hold planes of at least 2 x 2: one of length 1 (a plane saved
+    # along Y or X, e.g. labels of a (Y, X, 1) image) was written as a file that no reader
+    # could open; OME-TIFF keeps the shape
+    flat_plane = any(data.shape[axes.index(a)] == 1 for a in "YX")
+    if data.dtype in _IMAGEJ_DTYPES and not flat_plane:
         metadata: dict[str, Any] = {"axes": axes}
         if voxel_size is not None:
             metadata["unit"] = "micron"
@@ -656,8 +660,9 @@ def _write_tiff(
         if voxel_size is None:
             kwargs.pop("resolution", None)
     else:
-        # ImageJ cannot hold this dtype (e.g. uint32, int32, float64): OME-TIFF, which
-        # Fiji opens through Bio-Formats, with the calibration also in resolution tags.
+        # ImageJ cannot hold this dtype (e.g. uint32, int32, float64) or shape: OME-TIFF,
+        # which Fiji opens through Bio-Formats, with the calibration also in resolution
+        # tags.
         metadata = {"axes": axes}
         if voxel_size is not None:
             for a, v in zip(spatial, voxel_size, strict=True):

@@ -232,6 +232,19 @@ def resolve_voxel_size(
                 f"{list(vs)} but the image has {ndim} spatial axes (shape {data.shape})"
             )
         return vs, source
+    skip = {a % data.ndim for a in (image.channel_axis, getattr(image, "time_axis", None))
+            if a is not None}  # fmt: skip
+    spatial = [n for a, n in enumerate(data.shape) if a not in skip]
+    if ndim == 3 and spatial.count(1) == 1 and min(n for n in spatial if n != 1) >= 2:
+        # one plane saved as a stack (e.g. a 2-D image stored as (Y, X, 1)): segmented in
+        # 2-D, so only its pixel size matters, as for a 2-D image
+        logger.warning(
+            "%s: a single plane (shape %s) without a pixel size in the metadata; assuming "
+            "1 um per pixel",
+            name,
+            data.shape,
+        )
+        return (1.0,) * ndim, "default"
     if ndim == 3:
         # The z step of a fluorescence stack is almost never its pixel size: guessing
         # isotropic voxels would silently distort the nuclei, so ask instead.
