@@ -804,3 +804,31 @@ def test_growing_embryo_is_tracked_at_each_frames_scale():
     assert not dividing[0] and sum(dividing) >= 2
     assert all(f["n_iter"] <= 35 for f in r.frames if f["dividing"])
     assert (r.tracks.groupby("track_id")["parent_id"].first() > 0).sum() >= 0.8 * len(g.parents)
+
+
+def test_unclaimed_peaks_gap():
+    from napari_sinkhorn_em.pipeline.track import _unclaimed_peaks
+
+    # two components on two peaks; a third peak 0.7 diameters from the second one's
+    d = 3.0
+    centres = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    peaks = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 9.0], [0.0, 2.1, 9.0]])
+    used = np.zeros(3, dtype=bool)
+    assert _unclaimed_peaks(centres, peaks, d, used) == []  # 0.8 diameters by default
+    assert _unclaimed_peaks(centres, peaks, d, used, gap=0.6) == [(2, 1, 1)]
+    used[2] = True
+    assert _unclaimed_peaks(centres, peaks, d, used, gap=0.6) == []
+
+
+def test_daughters_closer_than_the_frame_scale_get_their_own_tracks():
+    """In frames where many nuclei divide, the daughters sit 0.5-0.75 of the frame's
+    (lagging) scale from their sister: the full-size growing embryo (24 -> 251 nuclei),
+    seed 0, measured 0.970 of the nuclei found and 0.922 of the links right (0.952 and
+    0.888 when an unclaimed peak had to be 0.8 diameters from every claimed one)."""
+    g = make_growing_embryo(seed=0)
+    r = track_nuclei(g.image, channel_axis=1, voxel_size=g.voxel_size, random_state=0)
+    acc = link_accuracy(
+        r.tracks, _truth_um(g), g.ids, 0.5 * g.params["mean_diameter_um"][-1],
+        truth_parents=g.parents,
+    )  # fmt: skip
+    assert acc["detected"] >= 0.965 and acc["accuracy"] >= 0.91, acc
