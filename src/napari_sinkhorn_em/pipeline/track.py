@@ -1091,8 +1091,8 @@ threshold_method, suppress_granules, max_iter
             component ends, two children start at the two peaks. As for the divisions
             before the fit, only a component that sat on a single peak in the previous
             frame divides (one that covered two nuclei there is under-segmented)."""
-            gap = UNCLAIMED_GAP_DIVIDING if dividing else UNCLAIMED_GAP
-            found = _unclaimed_peaks(means[:, :ndim], peaks_um, d, used, gap)
+            min_gap = UNCLAIMED_GAP_DIVIDING if dividing else UNCLAIMED_GAP
+            found = _unclaimed_peaks(means[:, :ndim], peaks_um, d, used, min_gap)
             if not found:
                 return ids, means, covs, mass, 0
             fresh = set(new)
