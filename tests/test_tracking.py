@@ -669,16 +669,16 @@ def test_backfill_second_pass_retracks_only_the_frames_it_changes(
 
 
 def test_backfill_keeps_the_first_pass_when_its_reference_frame_ends_the_added(monkeypatch):
-    # the growing embryo, seed 1: a nucleus carried back 0.54 diameters from a reference
-    # nucleus (now below BACKFILL_MIN_GAP, so not tried). Tried anyway, the second pass'
-    # reference frame ends it as that neighbour's duplicate: the first pass is the
+    # the growing embryo, seed 0: a nucleus carried back 0.4-0.5 diameters from a
+    # reference nucleus (below BACKFILL_MIN_GAP, so not tried). Tried anyway, the second
+    # pass' reference frame ends it as that neighbour's duplicate: the first pass is the
     # result, after the reference frame only (the whole series was tracked again before)
     from napari_sinkhorn_em.pipeline import track as track_mod
 
-    g = make_growing_embryo(seed=1)
-    kw = {"channel_axis": 1, "voxel_size": g.voxel_size, "random_state": 1}
+    g = make_growing_embryo(seed=0)
+    kw = {"channel_axis": 1, "voxel_size": g.voxel_size, "random_state": 0}
     once = track_nuclei(g.image, backfill=False, **kw)
-    monkeypatch.setattr(track_mod, "BACKFILL_MIN_GAP", 0.5)
+    monkeypatch.setattr(track_mod, "BACKFILL_MIN_GAP", 0.4)
     r = track_nuclei(g.image, **kw)
     info = r.frames[0]
     assert info["backfilled"] == [] and len(info["backfill_ended"]) == 1
@@ -823,15 +823,16 @@ def test_unclaimed_peaks_gap():
 def test_daughters_closer_than_the_frame_scale_get_their_own_tracks():
     """In frames where many nuclei divide, the daughters sit 0.5-0.75 of the frame's
     (lagging) scale from their sister: the full-size growing embryo (24 -> 251 nuclei),
-    seed 0, measured 0.970 of the nuclei found and 0.922 of the links right (0.952 and
-    0.888 when an unclaimed peak had to be 0.8 diameters from every claimed one)."""
+    seed 0, measured 0.970 of the nuclei found and 0.931 of the links right (0.952 and
+    0.888 when an unclaimed peak had to be 0.8 diameters from every claimed one; 0.922
+    without the orphans adopted again on the fitted centres)."""
     g = make_growing_embryo(seed=0)
     r = track_nuclei(g.image, channel_axis=1, voxel_size=g.voxel_size, random_state=0)
     acc = link_accuracy(
         r.tracks, _truth_um(g), g.ids, 0.5 * g.params["mean_diameter_um"][-1],
         truth_parents=g.parents,
     )  # fmt: skip
-    assert acc["detected"] >= 0.965 and acc["accuracy"] >= 0.91, acc
+    assert acc["detected"] >= 0.965 and acc["accuracy"] >= 0.926, acc
 
 
 def test_a_child_peak_whose_component_left_gets_a_track():
