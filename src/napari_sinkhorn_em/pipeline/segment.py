@@ -474,20 +474,8 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     k = spatial.index(axis)  # the plane axis among the spatial axes
     kw = {n: args[n] for n in SegmentationParams.names() if n in args}
     kw["channel_axis"] = None if ca is None else ca - (ca > axis)
-    vs = check_voxel_size(args["voxel_size"], 3)
-    plane_um = 1.0
-    if vs is not None:
-        plane_um = vs[k]
-        kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
-    init = args["init"]
-    if not isinstance(init, str):
-        init = np.asarray(init, dtype=np.float64)
-        if init.ndim != 2 or init.shape[1] != 3:
-            raise ValueError(
-                f"init array must have shape (K, 3) (centres in voxel coordinates), "
-                f"got {init.shape}"
-            )
-        kw["init"] = np.delete(init, k, axis=1)
+    vs, plane_um, flat_kw = _without_plane_axis(args["voxel_size"], args["init"], k)
+    kw.update(flat_kw)
     res = segment_nuclei(np.squeeze(image, axis=axis), progress=args["progress"], **kw)
     labels = np.expand_dims(res.labels, k)
     centres = np.insert(np.asarray(res.centres, dtype=np.float64), k, 0.0, axis=1)
@@ -502,6 +490,28 @@ def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
     info["warnings"] = [*info.get("warnings", []), note]
     info["single_plane_axis"] = axis
     return SegmentationResult(labels, t, res.model, params, centres, info)
+
+
+def _without_plane_axis(voxel_size, init, k: int) -> tuple[tuple | None, float, dict]:
+    """For the 2-D call on a single-plane stack (plane along spatial axis ``k`` of 3):
+    the checked 3-D voxel size (None when not given), the plane's voxel size (1 when not
+    given) and the 2-D call's ``voxel_size`` / ``init`` keywords (given ``(K, 3)``
+    centres without their plane coordinate)."""
+    kw: dict = {}
+    vs = check_voxel_size(voxel_size, 3)
+    plane_um = 1.0
+    if vs is not None:
+        plane_um = vs[k]
+        kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
+    if not isinstance(init, str):
+        init = np.asarray(init, dtype=np.float64)
+        if init.ndim != 2 or init.shape[1] != 3:
+            raise ValueError(
+                f"init array must have shape (K, 3) (centres in voxel coordinates), "
+                f"got {init.shape}"
+            )
+        kw["init"] = np.delete(init, k, axis=1)
+    return vs, plane_um, kw
 
 
 def _plane_axis_columns(table, k: int, *, first: int, plane_um: float):

@@ -39,7 +39,6 @@ from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
-from .._validation import check_voxel_size
 from ..mixture import ConvergenceWarning, SinkhornEM
 from . import adaptive
 from .features import voxel_features
@@ -49,6 +48,7 @@ from .segment import (
     SegmentationCancelled,
     _plane_axis_columns,
     _single_plane_axes,
+    _without_plane_axis,
     segment_nuclei,
 )
 
@@ -1809,20 +1809,8 @@ def _track_on_the_plane(call: dict, arr, time_axis: int, frame_ch, axis: int) ->
     if ca is not None:
         ca = int(ca) % arr.ndim
         kw["channel_axis"] = ca - (ca > at)
-    vs = check_voxel_size(call["voxel_size"], 3)
-    plane_um = 1.0
-    if vs is not None:
-        plane_um = vs[k]
-        kw["voxel_size"] = tuple(v for i, v in enumerate(vs) if i != k)
-    init = call["init"]
-    if not isinstance(init, str):
-        init = np.asarray(init, dtype=np.float64)
-        if init.ndim != 2 or init.shape[1] != 3:
-            raise ValueError(
-                f"init array must have shape (K, 3) (centres in voxel coordinates), "
-                f"got {init.shape}"
-            )
-        kw["init"] = np.delete(init, k, axis=1)
+    _, plane_um, flat_kw = _without_plane_axis(call["voxel_size"], call["init"], k)
+    kw.update(flat_kw)
     res = track_nuclei(np.squeeze(arr, axis=at), **kw)
     params = dict(res.params)
     params["voxel_size"] = [float(v) for v in np.insert(res.params["voxel_size"], k, plane_um)]
