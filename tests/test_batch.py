@@ -716,3 +716,21 @@ def test_a_plain_tiff_of_one_plane_with_a_trailing_axis_is_segmented(tmp_path, c
     assert len(table) == rec["n_nuclei"] == len(np.unique(labels.data)) - 1
     assert (table["x"] == 0).all()
     assert rec["n_nuclei"] >= 0.9 * len(w.centres)
+
+
+def test_a_stack_with_a_pixel_size_but_no_z_step_says_which_is_missing(tmp_path):
+    # an ImageJ stack calibrated in the plane (unit and resolution) without "spacing":
+    # the message names the pixel size it found and the z step it lacks
+    import tifffile
+
+    stack = np.random.default_rng(0).integers(100, 200, (6, 24, 24)).astype(np.uint16)
+    path = tmp_path / "nospacing.tif"
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+        metadata={"axes": "ZYX", "unit": "micron"},
+    )  # fmt: skip
+    report = run_batch([path], tmp_path / "out", progress_bar=False)
+    assert report.failed == ["nospacing"]
+    msg = report.errors["nospacing"]
+    assert "pixel size (0.25 x 0.25 um) but no z step" in msg
+    assert "--voxel-size Z 0.25 0.25" in msg and "nospacing.tif" in msg

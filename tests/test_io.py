@@ -71,7 +71,9 @@ def test_read_imagej_stack_without_spacing_has_unknown_z(tmp_path):
         resolution=(1 / 0.2, 1 / 0.2),
         metadata={"axes": "ZYX", "unit": "micron"},
     )
-    assert read_image(path).voxel_size is None
+    img = read_image(path)
+    assert img.voxel_size is None
+    assert img.pixel_size == pytest.approx((0.2, 0.2))  # the plane is calibrated
 
 
 def test_read_imagej_2d_calibrated(tmp_path):

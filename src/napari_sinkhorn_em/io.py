@@ -19,6 +19,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -109,6 +110,9 @@ class ImageData:
     time_axis : int or None
         Index of the time axis in ``data`` (time-lapses read with ``time_series=True``),
         else None.
+    pixel_size : tuple of float or None
+        ``(y, x)`` pixel size in micrometres of a stack whose metadata calibrate the
+        plane but not the z step (``voxel_size`` is then None); else None.
     """
 
     data: np.ndarray
@@ -118,6 +122,7 @@ class ImageData:
     channel_names: list[str] | None
     path: Path
     time_axis: int | None = None
+    pixel_size: tuple[float, ...] | None = None
 
     @property
     def spatial_axes(self) -> str:
@@ -498,17 +503,21 @@ def read_image(
                 axes = axes[:t_idx] + "T" + axes[t_idx:]
 
             spatial = axes.replace("C", "").replace("T", "")
-            voxel_size: tuple[float, ...] | None = None
             channel_names: list[str] | None = None
             pixels = _ome_pixels(tif) if tif.is_ome else None
             if pixels is not None:
-                voxel_size = _ome_voxel_size(pixels, spatial)
+                calibration = partial(_ome_voxel_size, pixels)
                 channel_names = _ome_channel_names(pixels)
             elif tif.is_imagej:
-                voxel_size = _imagej_voxel_size(tif, spatial)
+                calibration = partial(_imagej_voxel_size, tif)
                 channel_names = _imagej_channel_names(tif.imagej_metadata or {}, data, axes)
             else:
-                voxel_size = _resolution_tag_voxel_size(tif, spatial)
+                calibration = partial(_resolution_tag_voxel_size, tif)
+            voxel_size = calibration(spatial)
+            pixel_size = None
+            if voxel_size is None and "Z" in spatial:
+                # the plane calibrated, the z step not: the caller can say which is missing
+                pixel_size = calibration("YX")
 
     c_axis = axes.index("C") if "C" in axes else None
     if channel_names is not None and (c_axis is None or len(channel_names) != data.shape[c_axis]):
@@ -521,6 +530,7 @@ def read_image(
         channel_names=channel_names,
         path=path,
         time_axis=axes.index("T") if "T" in axes else None,
+        pixel_size=pixel_size,
     )
 
 

@@ -248,6 +248,14 @@ def resolve_voxel_size(
     if ndim == 3:
         # The z step of a fluorescence stack is almost never its pixel size: guessing
         # isotropic voxels would silently distort the nuclei, so ask instead.
+        plane = getattr(image, "pixel_size", None)
+        if plane is not None:
+            y, x = (f"{v:g}" for v in plane)
+            raise ValueError(
+                f"{name}: the metadata give the pixel size ({y} x {x} um) but no z step "
+                f"for a 3-D stack (shape {data.shape}); pass --voxel-size Z {y} {x} with "
+                "the z step in micrometres"
+            )
         raise ValueError(
             f"{name}: voxel size unknown (no ImageJ/OME calibration) for a 3-D stack "
             f"(shape {data.shape}), whose z step usually differs from its pixel size; "
