@@ -22,6 +22,7 @@ __all__ = [
     "check_int",
     "check_marginal_penalty",
     "check_voxel_size",
+    "single_plane_axis",
 ]
 
 # plausible voxel lengths (um): 1 nm (beyond any light microscope) .. 100 um (beyond any
@@ -167,6 +168,29 @@ def check_voxel_size(
                 f"micrometres{_unit_hint(v)}"
             )
     return vs
+
+
+def single_plane_axis(shape: Sequence[int], channel_axis: Any = None) -> int | None:
+    """The spatial axis of length 1 of a 3-D stack whose two other spatial axes are
+    longer (one plane saved as a stack, e.g. ``(1, Y, X)`` or ``(Y, X, 1)``), as an axis
+    of ``shape``; None otherwise, and for a ``channel_axis`` that is not an axis of
+    ``shape`` (the caller's own checks report that)."""
+    shape = tuple(int(n) for n in shape)
+    if channel_axis is not None:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, int | np.integer):
+            return None
+        if not -len(shape) <= int(channel_axis) < len(shape):
+            return None
+        ca = int(channel_axis) % len(shape)
+        spatial = [a for a in range(len(shape)) if a != ca]
+    else:
+        spatial = list(range(len(shape)))
+    if len(spatial) != 3:
+        return None
+    ones = [a for a in spatial if shape[a] == 1]
+    if len(ones) == 1 and all(shape[a] >= 2 for a in spatial if a != ones[0]):
+        return ones[0]
+    return None
 
 
 def check_marginal_penalty(tau: Any) -> float | None:

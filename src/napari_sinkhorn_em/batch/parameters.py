@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._json import jsonable
-from .._validation import check_voxel_size
+from .._validation import check_voxel_size, single_plane_axis
 from .inputs import BatchError, BatchInput, derive_seed
 
 __all__ = [
@@ -232,10 +232,14 @@ def resolve_voxel_size(
                 f"{list(vs)} but the image has {ndim} spatial axes (shape {data.shape})"
             )
         return vs, source
-    skip = {a % data.ndim for a in (image.channel_axis, getattr(image, "time_axis", None))
-            if a is not None}  # fmt: skip
-    spatial = [n for a, n in enumerate(data.shape) if a not in skip]
-    if ndim == 3 and spatial.count(1) == 1 and min(n for n in spatial if n != 1) >= 2:
+    # one frame's shape and channel axis (a time-lapse's time axis left out)
+    t_axis, frame_ch = getattr(image, "time_axis", None), image.channel_axis
+    frame = data.shape
+    if t_axis is not None:
+        frame = frame[:t_axis] + frame[t_axis + 1 :]
+        if frame_ch is not None and frame_ch > t_axis:
+            frame_ch -= 1
+    if single_plane_axis(frame, frame_ch) is not None:
         # one plane saved as a stack (e.g. a 2-D image stored as (Y, X, 1)): segmented in
         # 2-D, so only its pixel size matters, as for a 2-D image
         logger.warning(

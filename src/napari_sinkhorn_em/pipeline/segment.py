@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._validation import check_voxel_size
+from .._validation import check_voxel_size, single_plane_axis
 from ..io import atomic_write
 from ..params import SegmentationParams, parse_json
 from . import adaptive
@@ -342,9 +342,9 @@ def segment_nuclei(
         When no nuclei, or fewer than half the fitted components, were found.
     """
     args = dict(locals())  # the keyword arguments, checked as one SegmentationParams
-    flat = _single_plane_axes(image, channel_axis)
-    if flat:  # a (1, Y, X) stack: segmented in 2-D, the plane axis put back
-        return _on_the_plane(args, flat)
+    plane_axis = single_plane_axis(np.shape(image), channel_axis)
+    if plane_axis is not None:  # a (1, Y, X) stack: segmented in 2-D, the axis put back
+        return _on_the_plane(args, plane_axis)
     # one validation step: the keywords become the checked, normalised parameter object
     p = SegmentationParams.from_dict({n: args[n] for n in SegmentationParams.names()})
     clock = StageClock(progress)
@@ -442,32 +442,11 @@ def segment_nuclei(
     return SegmentationResult(lab.labels, tab.table, fit.model, used.to_dict(), tab.centres, info)
 
 
-def _single_plane_axes(image, channel_axis) -> list[int]:
-    """The spatial axes of length 1 of a 3-D stack with two longer spatial axes (one plane
-    saved as a stack), as axes of ``image``; [] otherwise (and for anything
-    ``segment_nuclei`` should reject with its own message)."""
-    shape = np.shape(image)
-    if channel_axis is not None:
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, int | np.integer):
-            return []
-        if not -len(shape) <= int(channel_axis) < len(shape):
-            return []
-        ca = int(channel_axis) % len(shape)
-        spatial = [a for a in range(len(shape)) if a != ca]
-    else:
-        spatial = list(range(len(shape)))
-    if len(spatial) != 3:
-        return []
-    ones = [a for a in spatial if shape[a] == 1]
-    return ones if len(ones) == 1 and all(shape[a] >= 2 for a in spatial if a not in ones) else []
-
-
-def _on_the_plane(args: dict, flat: list[int]) -> SegmentationResult:
+def _on_the_plane(args: dict, axis: int) -> SegmentationResult:
     """:func:`segment_nuclei` of a single-plane stack: the plane in 2-D, then labels,
     centres and table with the plane axis back (coordinate 0; volumes times its voxel
     size, when given); ``params`` as given, so that they reproduce the result."""
     image = np.asarray(args["image"])
-    axis = flat[0]
     ca = args["channel_axis"]
     ca = None if ca is None else int(ca) % image.ndim
     spatial = [a for a in range(image.ndim) if a != ca]

@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
+from .._validation import single_plane_axis
 from ..mixture import ConvergenceWarning, SinkhornEM
 from . import adaptive
 from .features import voxel_features
@@ -47,7 +48,6 @@ from .preprocess import auto_threshold, granule_mask, preprocess
 from .segment import (
     SegmentationCancelled,
     _plane_axis_columns,
-    _single_plane_axes,
     _without_plane_axis,
     segment_nuclei,
 )
@@ -776,9 +776,9 @@ threshold_method, suppress_granules, max_iter
     T = arr.shape[time_axis]
     if T < 1:
         raise ValueError("stack has no frames (time axis of length 0)")
-    flat = _single_plane_axes(np.moveaxis(arr, time_axis, 0)[0], frame_ch)
-    if flat:  # a time-lapse of single planes, (T, 1, Y, X): tracked in 2-D
-        return _track_on_the_plane(call, arr, time_axis, frame_ch, flat[0])
+    plane_axis = single_plane_axis(arr.shape[:time_axis] + arr.shape[time_axis + 1 :], frame_ch)
+    if plane_axis is not None:  # a time-lapse of single planes, (T, 1, Y, X): tracked in 2-D
+        return _track_on_the_plane(call, arr, time_axis, frame_ch, plane_axis)
     ref = _check_int("reference_frame", reference_frame)
     if not 0 <= ref < T:
         raise ValueError(f"reference_frame={ref} is outside the {T} frames")
