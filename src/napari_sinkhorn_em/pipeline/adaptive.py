@@ -4,8 +4,8 @@ On by default (``nucleus_diameter="auto"``). The steps that differ from the fixe
 pipeline, each in one function called from ``segment.py``:
 
 * :func:`search_mask` -- where peaks are looked for: the global foreground plus every
-  voxel above the noise level (median + 4 MAD), so that nuclei far dimmer than the
-  global (Otsu) level are not excluded before detection;
+  voxel where the signal smoothed over a quarter diameter is above its noise, so that
+  nuclei far dimmer than the global (Otsu) level are not excluded before detection;
 * peak detection at each nucleus' own scale with local-contrast acceptance
   (:func:`~napari_sinkhorn_em.pipeline.peaks.detect_nuclei` with ``local=True``), then,
   when one scale fits the detected sizes, the fixed-scale pipeline's small-scale pass in
@@ -36,11 +36,14 @@ from .contrast import (
     near_mask,
     nucleus_extents,
 )
-from .noise import noise_blur, voxel_sd
+from .noise import given_or_measured_blur, noise_blur, response_noise, voxel_sd, white_noise_level
 from .peaks import Peaks, detect_nuclei
 from .preprocess import auto_threshold, granule_mask, half_max_spot
 from .scale import diameter_from_blobs, high_outliers
 
+# the search mask (search_mask) tests the signal smoothed by a Gaussian of this many
+# nucleus diameters (sigma): the noise falls by the filter's gain, a nucleus' mean stays
+_SEARCH_SMOOTHING = 0.25
 # granule peaks of a single-channel image (granule_peaks): at most this fraction of the
 # nucleus diameter and this many um across, at least this many voxel-noise levels bright
 _GRANULE_MAX_FRACTION = 0.7
@@ -76,23 +79,44 @@ __all__ = [
 ]
 
 
-def search_mask(pre, blur=None) -> np.ndarray:
-    """Global foreground plus every voxel above the noise level of the signal: the lower
-    of the whole image's median + 4 MAD and :func:`_difference_noise_level`
-    (``blur``: the signal's :func:`~.noise.noise_blur` if known)."""
-    noise_thr = min(auto_threshold(pre.signal, "noise"), _difference_noise_level(pre.signal, blur))
-    return pre.foreground | (pre.signal > noise_thr)
+def search_mask(pre, blur=None, voxel_size=None, diameter: float | None = None) -> np.ndarray:
+    """Global foreground plus every voxel where the signal, smoothed over a quarter of a
+    nucleus diameter, stands above its noise: the lower of the smoothed image's median
+    + 4 MAD and its background (25th percentile) + 4 standard deviations of the smoothed
+    noise (``blur``: the signal's :func:`~.noise.noise_blur` if known). Without
+    ``voxel_size`` and ``diameter`` the test is on single voxels.
+
+    Single voxels of a dim nucleus under heavy noise cross a voxel-noise threshold only
+    by chance, so its peak was searched or not by luck (real DSB 2018 image with 10 %
+    noise: 22 of 125 nuclei missed); smoothed, the noise shrinks by the filter's gain and
+    the nucleus' mean stands out. The whole image's MAD alone is no noise measure where
+    nuclei cover a fifth of the image (real 2-D DSB image: median + 4 MAD = 0.27 above
+    Otsu's 0.17, and the dim nuclei between the two were never searched), hence the
+    background + noise test beside it."""
+    sig = np.asarray(pre.signal)
+    b = given_or_measured_blur(sig, blur)
+    if voxel_size is None or diameter is None:
+        sm, gain = sig, response_noise(np.ones((1,) * sig.ndim), 1.0, b)
+    else:
+        sv = _SEARCH_SMOOTHING * float(diameter) / np.asarray(voxel_size, dtype=np.float64)
+        sm = ndi.gaussian_filter(sig.astype(np.float32, copy=False), sv, mode="nearest")
+        gain = _gauss_gain(sv, b)
+    flat = sm.reshape(-1)[:: max(1, sm.size // 1_000_000)]
+    noise_thr = min(
+        auto_threshold(flat, "noise"),
+        float(np.percentile(flat, 25)) + 4.0 * white_noise_level(sig, b) * gain,
+    )
+    return pre.foreground | (sm > noise_thr)
 
 
-def _difference_noise_level(signal: np.ndarray, blur=None) -> float:
-    """The background (25th percentile) plus 4 voxel-noise standard deviations, the noise
-    from the differences of neighbouring voxels along the last axis, which are blind to
-    smooth signal. Where nuclei cover a fifth of the image the whole image's MAD measures
-    the nuclei, not the noise (real 2-D DSB image: median + 4 MAD = 0.27 above Otsu's
-    0.17, and the dim nuclei between the two were never searched)."""
-    s = np.asarray(signal)
-    rows = s.reshape(-1, s.shape[-1])[:: max(1, s.size // 1_000_000)]
-    return float(np.percentile(rows, 25)) + 4.0 * voxel_sd(s, blur)
+def _gauss_gain(sigma_vox, blur) -> float:
+    """Standard deviation of the response of a Gaussian filter (``sigma_vox`` per axis,
+    as ``ndimage.gaussian_filter`` applies it) to unit white noise blurred by ``blur``."""
+    sv = np.asarray(sigma_vox, dtype=np.float64)
+    half = np.ceil(4.0 * sv).astype(int) + 1
+    delta = np.zeros(tuple(2 * h + 1 for h in half))
+    delta[tuple(half)] = 1.0
+    return response_noise(ndi.gaussian_filter(delta, sv, mode="constant"), 1.0, blur)
 
 
 def _peak_diameters(peaks: Peaks, diameter: float, ndim: int) -> np.ndarray:
@@ -264,7 +288,7 @@ def detect(
             pre.signal,
             vs,
             nucleus_diameter=diameter,
-            foreground=search_mask(pre, blur),
+            foreground=search_mask(pre, blur, vs, diameter),
             local=True,
             small_foreground=pre.foreground,
             blobs_out=blobs,
