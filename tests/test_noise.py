@@ -106,13 +106,16 @@ def test_border_noise_ratio():
     rng = np.random.default_rng(0)
     r = rng.normal(0.0, 1.0, (10, 40, 50))
     r[:, 0, :] *= 3.0  # the first row three times as noisy
-    pts = np.array([[5, 0, 20], [5, 20, 20], [0, 20, 20], [5, 39, 0], [5, 0, 0]])
+    r[:, :, 0] *= 2.0  # the first column twice
+    pts = np.array([[5, 0, 20], [5, 20, 20], [0, 20, 20], [5, 20, 49], [5, 0, 0], [5, 20, 0]])
     got = border_noise_ratio(r, pts)
     assert got[0] == pytest.approx(3.0, rel=0.1)
     assert got[1] == 1.0  # inside
     assert got[2] == pytest.approx(1.0, abs=0.1)  # a border plane as noisy as the rest
     assert got[3] == pytest.approx(1.0, abs=0.15)
-    assert got[4] == pytest.approx(3.0, rel=0.1)  # a corner: its noisiest plane
+    assert got[5] == pytest.approx(2.0, rel=0.1)
+    # a corner: the edge extension repeats the noise along both planes
+    assert got[4] == pytest.approx(6.0, rel=0.1)
     # axes shorter than 8 are not borders; no points, no ratios
     assert border_noise_ratio(r[:5], np.array([[0, 20, 20]])).tolist() == [1.0]
     assert border_noise_ratio(r, np.zeros((0, 3), dtype=int)).shape == (0,)
