@@ -19,15 +19,16 @@ labels after :func:`.cleanup.clean_labels`):
   (outline noise), except one bean-shaped nucleus (2.8 px) whose cut would leave a part
   below :data:`MIN_PART_FACTOR`.
 
-So for each label of at least :data:`MIN_LABEL_FACTOR` typical nuclei (area of a disc of
-diameter ``D``): the deficiency of its convex hull (hull minus label) falls into notches;
-when the two deepest both reach :data:`NECK_DEPTH` ``D`` (distance, um, from the hull's
-outside), the label is cut along the chord between their deepest points and kept cut
-when both parts hold at least :data:`MIN_PART_FACTOR` typical nuclei. A single oval or
-elongated nucleus has a convex outline (no notch deeper than the noise), so it is never
-split whatever its size or aspect ratio. On DSB 2018 this cuts 4 unions: AP50 0.67 ->
-0.73, centre F1 0.93 -> 0.95; the synthetic 2-D fields (seeds 0-2) are unchanged (no
-label qualifies).
+So for each label of more than :data:`MIN_LABEL_FACTOR` typical nuclei (area of a disc
+of diameter ``D``, or at least the median label's area over :data:`MIN_LABEL_FACTOR`, so
+that the median label is never cut): the deficiency of its convex hull (hull minus
+label) falls into notches; when the two deepest both reach :data:`NECK_DEPTH` ``D``
+(distance, um, from the hull's outside), the label is cut along the chord between their
+deepest points and kept cut when both parts hold at least :data:`MIN_PART_FACTOR`
+typical nuclei. A single oval or elongated nucleus has a convex outline (no notch deeper
+than the noise), so it is never split whatever its size or aspect ratio. On DSB 2018
+this cuts 4 unions: AP50 0.67 -> 0.73, centre F1 0.93 -> 0.95; the synthetic 2-D fields
+(seeds 0-2) are unchanged (no label qualifies).
 
 Only 2-D images: in 3-D the neck between two balls is a ring (one notch of the hull),
 which needs another cut; 3-D labels are returned unchanged.
@@ -42,9 +43,16 @@ from scipy import ndimage as ndi
 
 from .labels import label_dtype
 
-__all__ = ["MIN_LABEL_FACTOR", "MIN_PART_FACTOR", "NECK_DEPTH", "SplitLabels", "split_touching"]
+__all__ = [
+    "MIN_LABELS_FOR_MEDIAN",
+    "MIN_LABEL_FACTOR",
+    "MIN_PART_FACTOR",
+    "NECK_DEPTH",
+    "SplitLabels",
+    "split_touching",
+]
 
-#: Labels smaller than this many typical nuclei (volume / area of a ball / disc of the
+#: Labels of at most this many typical nuclei (volume / area of a ball / disc of the
 #: typical diameter) are never split. DSB 2018: the unions are 1.5-3.5 typical areas.
 MIN_LABEL_FACTOR = 1.5
 #: Each part must hold this many typical nuclei (DSB 2018: the cut unions' parts are
@@ -54,6 +62,9 @@ MIN_PART_FACTOR = 0.5
 #: reach inside the convex hull. DSB 2018: second notch of the unions 0.15-0.2 D
 #: (3.0-4.1 px), of single nuclei <= 0.11 D (2.2 px); 0.125 D (2.5 px) lies between.
 NECK_DEPTH = 0.125
+#: With at least this many labels, the typical size is at least their median size over
+#: MIN_LABEL_FACTOR: the median label is never cut.
+MIN_LABELS_FOR_MEDIAN = 10
 
 
 @dataclass
@@ -162,9 +173,18 @@ def split_touching(
         return SplitLabels(labels, component_ids, centres, 0)
     cell = float(np.prod(vs))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * cell
+    # the median label never qualifies for a cut (with MIN_LABELS_FOR_MEDIAN labels or
+    # more): cuts are for the odd union, and when half the labels would qualify the
+    # typical size is wrong. Single nuclei's labels measure a median 1.24-1.63 typical
+    # areas on the 2-D benchmark images; under heavy noise the scale estimate falls short
+    # (16.9 um for the DSB image's 20 um nuclei at 30 % noise), the median reached 2.4,
+    # and ragged single nuclei were cut (34 cuts, precision 0.97 -> 0.77)
+    present = sizes[sizes > 0]
+    if present.size >= MIN_LABELS_FOR_MEDIAN:
+        typical = max(typical, float(np.median(present)) / MIN_LABEL_FACTOR)
     boxes = ndi.find_objects(labels)
     new_parts: list[tuple[tuple[slice, ...], np.ndarray, int]] = []
-    for j in np.flatnonzero(sizes >= MIN_LABEL_FACTOR * typical):
+    for j in np.flatnonzero(sizes > MIN_LABEL_FACTOR * typical):
         box = boxes[j]
         if box is None:
             continue
