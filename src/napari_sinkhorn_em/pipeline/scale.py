@@ -460,7 +460,13 @@ def scale_space_blobs(
         if ok.any():
             parts.append(
                 _score(
-                    levels[k], sigmas[k], vs, cand[ok], pixel_noise, contrast_window, blur,
+                    levels[k],
+                    sigmas[k],
+                    vs,
+                    cand[ok],
+                    pixel_noise,
+                    contrast_window,
+                    blur,
                     floor_noise_levels,
                 )
             )
